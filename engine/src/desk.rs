@@ -1,0 +1,668 @@
+//! The order desk: owns every order and hold from the moment a shard accepts its reservation until it ends in
+//! tickets or is released.
+//!
+//! Every flow runs in a task of its own, spawned here, never in the caller's future: FACTS.md measured that a
+//! dropped caller future can skip an actor's handler or lose its reply, so a client that hangs up or times out
+//! must not be able to cut an order in half. The caller awaits the task's outcome; with an `Idempotency-Key`
+//! a repeated request waits for (or reads) the first outcome instead of ordering again.
+//!
+//! The book (orders, holds, idempotency keys, ticket tokens) sits behind one mutex held only for map updates,
+//! never across an await. It guards bookkeeping, not inventory: inventory is only ever changed by shard actors.
+
+use crate::clock::Clock;
+use crate::error::EngineError;
+use crate::ids::{ConcertId, HoldId, OrderId, TicketId, UserId, ticket_token};
+use crate::payment::{ChargeRequest, PaymentCard, PaymentPool, PaymentResult, PaymentSlot};
+use crate::router::{ClaimRequest, ConcertHandle, Part, Router};
+use crate::shard_state::{IssuedTicket, Purpose, ReleaseReason};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// Longest `Idempotency-Key` accepted (API.md).
+pub const IDEMPOTENCY_KEY_LENGTH_MAX: usize = 64;
+/// Idempotency keys remembered at most; the oldest are forgotten first.
+pub const IDEMPOTENCY_KEYS_MAX: usize = 1_000_000;
+/// How long an idempotency key, and a purchased hold, are remembered.
+pub const IDEMPOTENCY_KEY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// How long an expired hold is still answered as `hold_expired` before it is forgotten.
+pub const EXPIRED_HOLD_RETENTION_MS: u64 = 10 * 60 * 1000;
+
+#[derive(Clone, Copy, Debug)]
+pub struct DeskConfig {
+    pub hold_ttl_ms: u64,
+    pub tickets_per_order_max: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderStatus {
+    Pending,
+    Confirmed,
+    Declined,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    pub id: TicketId,
+    pub token: String,
+    pub order_id: OrderId,
+    pub concert_id: ConcertId,
+    pub user_id: UserId,
+    /// The seat label, for seated concerts.
+    pub seat: Option<String>,
+    pub shard: u32,
+    pub checked_in_at_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Order {
+    pub id: OrderId,
+    pub concert_id: ConcertId,
+    pub user_id: UserId,
+    pub status: OrderStatus,
+    pub amount_cents: u64,
+    pub tickets: Vec<Ticket>,
+    pub created_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub id: HoldId,
+    pub concert_id: ConcertId,
+    pub user_id: UserId,
+    pub quantity: u32,
+    /// Seat labels, for seated concerts.
+    pub seats: Vec<String>,
+    pub expires_at_ms: u64,
+    pub seated: bool,
+}
+
+/// What an order ended in; errors are domain outcomes such as `SoldOut` or `PaymentDeclined`.
+pub type OrderOutcome = Result<Order, EngineError>;
+type OutcomeReceiver = watch::Receiver<Option<OrderOutcome>>;
+
+/// A request for tickets of one concert.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct OrderRequest {
+    pub concert_id: ConcertId,
+    pub claim: ClaimRequest,
+}
+
+enum HoldState {
+    Active,
+    Purchasing {
+        outcome: OutcomeReceiver,
+        started_at_ms: u64,
+    },
+}
+
+enum PurchaseStart {
+    Started {
+        sender: watch::Sender<Option<OrderOutcome>>,
+        hold: Hold,
+        parts: Vec<Part>,
+        slot: PaymentSlot,
+        card: PaymentCard,
+    },
+    AlreadyPurchasing(OutcomeReceiver),
+}
+
+struct HoldRecord {
+    hold: Hold,
+    parts: Vec<Part>,
+    state: HoldState,
+}
+
+struct IdempotencyEntry {
+    fingerprint: u64,
+    outcome: OutcomeReceiver,
+}
+
+#[derive(Default)]
+struct Book {
+    orders: HashMap<OrderId, Order>,
+    orders_by_user: HashMap<UserId, Vec<OrderId>>,
+    /// Ticket token to its order and position in the order.
+    tickets_by_token: HashMap<String, (OrderId, usize)>,
+    holds: HashMap<HoldId, HoldRecord>,
+    idempotency: HashMap<(UserId, String), IdempotencyEntry>,
+    /// Keys in the order they were first used, with that time, so the oldest are forgotten first.
+    idempotency_age: VecDeque<(u64, UserId, String)>,
+}
+
+impl Book {
+    fn upsert_order(&mut self, order: &Order) {
+        if !self.orders.contains_key(&order.id) {
+            self.orders_by_user
+                .entry(order.user_id.clone())
+                .or_default()
+                .push(order.id.clone());
+        }
+        for (position, ticket) in order.tickets.iter().enumerate() {
+            self.tickets_by_token
+                .insert(ticket.token.clone(), (order.id.clone(), position));
+        }
+        self.orders.insert(order.id.clone(), order.clone());
+    }
+
+    fn forget_oldest_keys(&mut self, now_ms: u64) {
+        while let Some((created_at_ms, _, _)) = self.idempotency_age.front() {
+            let expired = created_at_ms + IDEMPOTENCY_KEY_TTL_MS <= now_ms;
+            if !expired && self.idempotency_age.len() <= IDEMPOTENCY_KEYS_MAX {
+                break;
+            }
+            let (_, user, key) = self.idempotency_age.pop_front().expect("front exists");
+            self.idempotency.remove(&(user, key));
+        }
+    }
+}
+
+pub struct Desk {
+    router: Arc<Router>,
+    payments: Arc<PaymentPool>,
+    clock: Arc<dyn Clock>,
+    config: DeskConfig,
+    book: Mutex<Book>,
+}
+
+impl Desk {
+    pub fn new(
+        router: Arc<Router>,
+        payments: Arc<PaymentPool>,
+        clock: Arc<dyn Clock>,
+        config: DeskConfig,
+    ) -> Self {
+        assert!(config.hold_ttl_ms > 0, "holds last a while");
+        assert!(config.tickets_per_order_max > 0, "an order can have tickets");
+        Self {
+            router,
+            payments,
+            clock,
+            config,
+            book: Mutex::new(Book::default()),
+        }
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    pub fn config(&self) -> DeskConfig {
+        self.config
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().expect("book lock")
+    }
+
+    fn concert_for(&self, request: &OrderRequest) -> Result<Arc<ConcertHandle>, EngineError> {
+        let concert = self
+            .router
+            .concert(&request.concert_id)
+            .ok_or(EngineError::ConcertNotFound)?;
+        let max = self.config.tickets_per_order_max;
+        match &request.claim {
+            ClaimRequest::Quantity(quantity) if *quantity == 0 || *quantity > max => Err(
+                EngineError::invalid("quantity", format!("must be 1 to {max}")),
+            ),
+            ClaimRequest::Seats(seats) if seats.is_empty() || seats.len() > max as usize => Err(
+                EngineError::invalid("seats", format!("must list 1 to {max} seats")),
+            ),
+            ClaimRequest::Seats(_) if !concert.spec.is_seated() => Err(EngineError::invalid(
+                "seats",
+                "this is a general-admission concert: ask for a quantity",
+            )),
+            _ => Ok(concert),
+        }
+    }
+
+    /// Reserves, charges and confirms an order; see the module comment for what happens when the caller leaves.
+    pub async fn place_order(
+        self: &Arc<Self>,
+        user: &UserId,
+        card: Option<PaymentCard>,
+        request: OrderRequest,
+        idempotency_key: Option<String>,
+    ) -> OrderOutcome {
+        let concert = self.concert_for(&request)?;
+        let card = card.ok_or(EngineError::CardRequired)?;
+        let fingerprint = fingerprint(&("order", &request));
+        let (desk, owner) = (self.clone(), user.clone());
+        self.idempotent(user, idempotency_key, fingerprint, move || {
+            desk.order_flow(owner, card, concert, request.claim)
+        })
+        .await
+    }
+
+    async fn order_flow(
+        self: Arc<Self>,
+        user: UserId,
+        card: PaymentCard,
+        concert: Arc<ConcertHandle>,
+        claim: ClaimRequest,
+    ) -> OrderOutcome {
+        let started = Instant::now();
+        let outcome = async {
+            let slot = self.payments.admit()?;
+            let order_id = OrderId::random();
+            let purpose = Purpose::Order {
+                order_id: order_id.clone(),
+            };
+            let parts = concert.reserve(&user, &claim, purpose).await?;
+            let order = self.pending_order(order_id, &concert, &user, &parts);
+            self.book().upsert_order(&order);
+            self.settle(order, &concert, &parts, card, slot).await
+        }
+        .await;
+        record_order_metrics(&outcome, started);
+        outcome
+    }
+
+    fn pending_order(&self, id: OrderId, concert: &ConcertHandle, user: &UserId, parts: &[Part]) -> Order {
+        let quantity: u64 = parts.iter().map(|part| u64::from(part.quantity)).sum();
+        Order {
+            id,
+            concert_id: concert.spec.id.clone(),
+            user_id: user.clone(),
+            status: OrderStatus::Pending,
+            amount_cents: concert.spec.price_cents * quantity,
+            tickets: Vec::new(),
+            created_at_ms: self.clock.now_ms(),
+        }
+    }
+
+    /// Charges a durable reservation and turns it into tickets, or releases it.
+    async fn settle(
+        &self,
+        mut order: Order,
+        concert: &ConcertHandle,
+        parts: &[Part],
+        card: PaymentCard,
+        slot: PaymentSlot,
+    ) -> OrderOutcome {
+        let charge = ChargeRequest {
+            idempotency_key: order.id.0.clone(),
+            amount_cents: order.amount_cents,
+            card,
+        };
+        let (reason, error) = match self.payments.charge(slot, charge).await {
+            PaymentResult::Approved => return self.confirm(order, concert, parts).await,
+            PaymentResult::Declined { reason } => (
+                ReleaseReason::Declined,
+                EngineError::PaymentDeclined { reason },
+            ),
+            PaymentResult::Failed => (ReleaseReason::Abandoned, EngineError::PaymentUnavailable),
+        };
+        if let Err(release_error) = concert.release(parts, reason).await {
+            tracing::error!(order_id = %order.id, %release_error, "could not release after failed payment");
+        }
+        order.status = OrderStatus::Declined;
+        self.book().upsert_order(&order);
+        Err(error)
+    }
+
+    async fn confirm(&self, mut order: Order, concert: &ConcertHandle, parts: &[Part]) -> OrderOutcome {
+        let issued: Vec<Vec<IssuedTicket>> = parts
+            .iter()
+            .map(|part| {
+                (0..part.quantity)
+                    .map(|_| IssuedTicket {
+                        ticket_id: TicketId::random(),
+                        token: ticket_token(),
+                        seat: None,
+                    })
+                    .collect()
+            })
+            .collect();
+        order.tickets = parts
+            .iter()
+            .zip(&issued)
+            .flat_map(|(part, tickets)| {
+                tickets.iter().enumerate().map(|(position, ticket)| Ticket {
+                    id: ticket.ticket_id.clone(),
+                    token: ticket.token.clone(),
+                    order_id: order.id.clone(),
+                    concert_id: order.concert_id.clone(),
+                    user_id: order.user_id.clone(),
+                    seat: part
+                        .seats
+                        .get(position)
+                        .and_then(|seat| concert.spec.seat_label(*seat)),
+                    shard: part.shard,
+                    checked_in_at_ms: None,
+                })
+            })
+            .collect();
+        if let Err(error) = concert.confirm(parts, &order.id, issued).await {
+            // The card is charged and the reservation still stands: the order stays pending for reconciliation.
+            tracing::error!(order_id = %order.id, %error, "charged but not confirmed");
+            return Err(EngineError::Unavailable);
+        }
+        order.status = OrderStatus::Confirmed;
+        self.book().upsert_order(&order);
+        Ok(order)
+    }
+
+    /// Holds seats or tickets for the configured time.
+    pub async fn place_hold(self: &Arc<Self>, user: &UserId, request: OrderRequest) -> Result<Hold, EngineError> {
+        let concert = self.concert_for(&request)?;
+        let desk = self.clone();
+        let user = user.clone();
+        spawn_owned(async move {
+            let hold_id = HoldId::random();
+            let expires_at_ms = desk.clock.now_ms() + desk.config.hold_ttl_ms;
+            let purpose = Purpose::Hold {
+                hold_id: hold_id.clone(),
+                expires_at_ms,
+            };
+            let parts = concert.reserve(&user, &request.claim, purpose).await?;
+            let hold = Hold {
+                id: hold_id.clone(),
+                concert_id: concert.spec.id.clone(),
+                user_id: user,
+                quantity: parts.iter().map(|part| part.quantity).sum(),
+                seats: parts
+                    .iter()
+                    .flat_map(|part| part.seats.iter())
+                    .filter_map(|seat| concert.spec.seat_label(*seat))
+                    .collect(),
+                expires_at_ms,
+                seated: concert.spec.is_seated(),
+            };
+            desk.book().holds.insert(
+                hold_id,
+                HoldRecord {
+                    hold: hold.clone(),
+                    parts,
+                    state: HoldState::Active,
+                },
+            );
+            Ok(hold)
+        })
+        .await
+    }
+
+    /// Releases a hold of `user` that is neither expired nor being purchased.
+    pub async fn cancel_hold(self: &Arc<Self>, user: &UserId, hold_id: &HoldId) -> Result<(), EngineError> {
+        let now_ms = self.clock.now_ms();
+        let (concert_id, parts) = {
+            let mut book = self.book();
+            let record = book
+                .holds
+                .get(hold_id)
+                .filter(|record| &record.hold.user_id == user)
+                .ok_or(EngineError::HoldNotFound)?;
+            if matches!(record.state, HoldState::Purchasing { .. }) {
+                return Err(EngineError::HoldNotActive);
+            }
+            let record = book.holds.remove(hold_id).expect("record found above");
+            if record.hold.expires_at_ms <= now_ms {
+                return Err(EngineError::HoldNotFound);
+            }
+            (record.hold.concert_id, record.parts)
+        };
+        let concert = self
+            .router
+            .concert(&concert_id)
+            .ok_or(EngineError::ConcertNotFound)?;
+        spawn_owned(async move { concert.release(&parts, ReleaseReason::Cancelled).await }).await
+    }
+
+    pub fn hold(&self, hold_id: &HoldId) -> Option<Hold> {
+        self.book().holds.get(hold_id).map(|record| record.hold.clone())
+    }
+
+    /// Pays for a hold. A second purchase of the same hold returns the first one's outcome.
+    pub async fn purchase_hold(
+        self: &Arc<Self>,
+        user: &UserId,
+        card: Option<PaymentCard>,
+        hold_id: &HoldId,
+        idempotency_key: Option<String>,
+    ) -> OrderOutcome {
+        let fingerprint = fingerprint(&("purchase", hold_id));
+        let (desk, owner, hold_id) = (self.clone(), user.clone(), hold_id.clone());
+        self.idempotent(user, idempotency_key, fingerprint, move || {
+            desk.purchase_flow(owner, card, hold_id)
+        })
+        .await
+    }
+
+    async fn purchase_flow(self: Arc<Self>, user: UserId, card: Option<PaymentCard>, hold_id: HoldId) -> OrderOutcome {
+        let started = Instant::now();
+        let now_ms = self.clock.now_ms();
+        let (sender, record_hold, parts, slot, card) = match self.begin_hold_purchase(&user, &hold_id, card, now_ms)? {
+            PurchaseStart::Started { sender, hold, parts, slot, card } => (sender, hold, parts, slot, card),
+            PurchaseStart::AlreadyPurchasing(outcome) => return wait_outcome(outcome).await,
+        };
+        let outcome = async {
+            let concert = self
+                .router
+                .concert(&record_hold.concert_id)
+                .ok_or(EngineError::ConcertNotFound)?;
+            let order_id = OrderId::random();
+            if let Err(error) = concert.begin_purchase(&parts, &user, &order_id).await {
+                self.book().holds.remove(&hold_id);
+                return Err(error);
+            }
+            let order = self.pending_order(order_id, &concert, &user, &parts);
+            self.book().upsert_order(&order);
+            self.settle(order, &concert, &parts, card, slot).await
+        }
+        .await;
+        // A declined purchase released the seats: the hold is over whatever the outcome.
+        if outcome.is_err()
+            && let Some(record) = self.book().holds.get_mut(&hold_id)
+            && matches!(record.state, HoldState::Purchasing { .. })
+        {
+            record.parts.clear();
+        }
+        let _ = sender.send(Some(outcome.clone()));
+        record_order_metrics(&outcome, started);
+        outcome
+    }
+
+    /// Marks an active hold as being purchased, under the book lock, so that a second purchase waits for this one.
+    fn begin_hold_purchase(
+        &self,
+        user: &UserId,
+        hold_id: &HoldId,
+        card: Option<PaymentCard>,
+        now_ms: u64,
+    ) -> Result<PurchaseStart, EngineError> {
+        let mut book = self.book();
+        let record = book
+            .holds
+            .get_mut(hold_id)
+            .filter(|record| &record.hold.user_id == user)
+            .ok_or(EngineError::HoldNotFound)?;
+        if let HoldState::Purchasing { outcome, .. } = &record.state {
+            return Ok(PurchaseStart::AlreadyPurchasing(outcome.clone()));
+        }
+        if record.hold.expires_at_ms <= now_ms {
+            return Err(EngineError::HoldExpired);
+        }
+        let card = card.ok_or(EngineError::CardRequired)?;
+        let slot = self.payments.admit()?;
+        let (sender, receiver) = watch::channel(None);
+        record.state = HoldState::Purchasing {
+            outcome: receiver,
+            started_at_ms: now_ms,
+        };
+        Ok(PurchaseStart::Started {
+            sender,
+            hold: record.hold.clone(),
+            parts: record.parts.clone(),
+            slot,
+            card,
+        })
+    }
+
+    pub fn order(&self, order_id: &OrderId) -> Option<Order> {
+        self.book().orders.get(order_id).cloned()
+    }
+
+    /// Every ticket `user` owns, oldest order first.
+    pub fn tickets_of(&self, user: &UserId) -> Vec<Ticket> {
+        let book = self.book();
+        let Some(order_ids) = book.orders_by_user.get(user) else {
+            return Vec::new();
+        };
+        order_ids
+            .iter()
+            .filter_map(|id| book.orders.get(id))
+            .filter(|order| order.status == OrderStatus::Confirmed)
+            .flat_map(|order| order.tickets.iter().cloned())
+            .collect()
+    }
+
+    /// Marks the ticket with this token as used, once.
+    pub async fn check_in(self: &Arc<Self>, token: &str) -> Result<Ticket, EngineError> {
+        let ticket = {
+            let book = self.book();
+            let (order_id, position) = book
+                .tickets_by_token
+                .get(token)
+                .ok_or(EngineError::UnknownTicket)?;
+            book.orders[order_id].tickets[*position].clone()
+        };
+        let concert = self
+            .router
+            .concert(&ticket.concert_id)
+            .ok_or(EngineError::UnknownTicket)?;
+        let desk = self.clone();
+        spawn_owned(async move {
+            let at_ms = concert.check_in(ticket.shard, &ticket.id).await?;
+            let mut book = desk.book();
+            let order = book
+                .orders
+                .get_mut(&ticket.order_id)
+                .expect("a ticket's order stays in the book");
+            let stored = order
+                .tickets
+                .iter_mut()
+                .find(|stored| stored.id == ticket.id)
+                .expect("a ticket stays in its order");
+            stored.checked_in_at_ms = Some(at_ms);
+            Ok(stored.clone())
+        })
+        .await
+    }
+
+    /// Forgets old idempotency keys and holds that ended long ago; called periodically.
+    pub fn sweep(&self) {
+        let now_ms = self.clock.now_ms();
+        let mut book = self.book();
+        book.forget_oldest_keys(now_ms);
+        book.holds.retain(|_, record| match &record.state {
+            HoldState::Active => record.hold.expires_at_ms + EXPIRED_HOLD_RETENTION_MS > now_ms,
+            HoldState::Purchasing { started_at_ms, .. } => {
+                started_at_ms + IDEMPOTENCY_KEY_TTL_MS > now_ms
+            }
+        });
+    }
+
+    /// Records a first use of `key`, or returns the earlier use's outcome; a different request under it is refused.
+    #[allow(clippy::type_complexity)]
+    fn claim_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+        fingerprint: u64,
+    ) -> Result<Result<watch::Sender<Option<OrderOutcome>>, OutcomeReceiver>, EngineError> {
+        let mut book = self.book();
+        let book_key = (user.clone(), key.to_owned());
+        if let Some(entry) = book.idempotency.get(&book_key) {
+            if entry.fingerprint != fingerprint {
+                return Err(EngineError::IdempotencyKeyReused);
+            }
+            return Ok(Err(entry.outcome.clone()));
+        }
+        let (sender, receiver) = watch::channel(None);
+        book.idempotency.insert(
+            book_key,
+            IdempotencyEntry {
+                fingerprint,
+                outcome: receiver,
+            },
+        );
+        let now_ms = self.clock.now_ms();
+        book.idempotency_age
+            .push_back((now_ms, user.clone(), key.to_owned()));
+        book.forget_oldest_keys(now_ms);
+        Ok(Ok(sender))
+    }
+
+    /// Runs `work` in its own task; with a key, a repeated request gets the first outcome instead.
+    async fn idempotent<F, Fut>(
+        self: &Arc<Self>,
+        user: &UserId,
+        key: Option<String>,
+        fingerprint: u64,
+        work: F,
+    ) -> OrderOutcome
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = OrderOutcome> + Send + 'static,
+    {
+        let Some(key) = key else {
+            return spawn_owned(work()).await;
+        };
+        let sender = match self.claim_idempotency_key(user, &key, fingerprint)? {
+            Ok(sender) => sender,
+            Err(earlier) => return wait_outcome(earlier).await,
+        };
+        let (desk, user) = (self.clone(), user.clone());
+        let work = work();
+        spawn_owned(async move {
+            let outcome = work.await;
+            if matches!(outcome, Err(EngineError::Overloaded)) {
+                // Nothing happened: a retry with the same key should try again rather than read "overloaded".
+                desk.book().idempotency.remove(&(user, key));
+            }
+            let _ = sender.send(Some(outcome.clone()));
+            outcome
+        })
+        .await
+    }
+}
+
+/// Runs `work` in a task of its own so that it finishes even if the caller stops waiting.
+async fn spawn_owned<T: Send + 'static>(
+    work: impl Future<Output = Result<T, EngineError>> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::spawn(work).await.unwrap_or_else(|join_error| {
+        tracing::error!(%join_error, "order task failed");
+        Err(EngineError::Unavailable)
+    })
+}
+
+async fn wait_outcome(mut outcome: OutcomeReceiver) -> OrderOutcome {
+    match outcome.wait_for(Option::is_some).await {
+        Ok(value) => value.clone().expect("waited for a value"),
+        Err(_) => Err(EngineError::Unavailable),
+    }
+}
+
+fn fingerprint(value: &impl Hash) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn record_order_metrics(outcome: &OrderOutcome, started: Instant) {
+    let label = match outcome {
+        Ok(_) => "confirmed",
+        Err(EngineError::SoldOut) => "sold_out",
+        Err(EngineError::SeatTaken { .. }) => "seat_taken",
+        Err(EngineError::PaymentDeclined { .. }) => "declined",
+        Err(EngineError::Overloaded) => "overloaded",
+        Err(EngineError::HoldExpired) => "hold_expired",
+        Err(_) => "error",
+    };
+    metrics::counter!("boxoffice_orders_total", "outcome" => label).increment(1);
+    metrics::histogram!("boxoffice_order_latency_seconds").record(started.elapsed().as_secs_f64());
+}

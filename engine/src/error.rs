@@ -1,0 +1,71 @@
+//! Domain outcomes that are not a plain success. The `api` crate maps each to an HTTP status in one place.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    ConcertNotFound,
+    HoldNotFound,
+    OrderNotFound,
+    /// The concert has fewer tickets left (neither held nor sold) than were asked for.
+    SoldOut,
+    /// A named seat is held or sold by someone else.
+    SeatTaken { seat: String },
+    /// A named seat does not exist in the concert.
+    UnknownSeat { seat: String },
+    HoldExpired,
+    /// The hold is already being purchased or was purchased.
+    HoldNotActive,
+    UnknownTicket,
+    AlreadyCheckedIn { checked_in_at_ms: u64 },
+    /// A bounded queue is full; the client should retry after a pause.
+    Overloaded,
+    PaymentDeclined { reason: String },
+    /// The payment provider did not answer within the deadline; the charge was voided.
+    PaymentUnavailable,
+    /// The request is well formed but cannot be served as asked (422).
+    Invalid { field: &'static str, message: String },
+    /// The same idempotency key was used before with a different request body.
+    IdempotencyKeyReused,
+    /// The ordering user has no card on file.
+    CardRequired,
+    /// A shard stopped answering; the node is shutting down or broken.
+    Unavailable,
+}
+
+impl EngineError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ConcertNotFound => write!(f, "concert not found"),
+            Self::HoldNotFound => write!(f, "hold not found"),
+            Self::OrderNotFound => write!(f, "order not found"),
+            Self::SoldOut => write!(f, "not enough tickets left"),
+            Self::SeatTaken { seat } => write!(f, "seat {seat} is already taken"),
+            Self::UnknownSeat { seat } => write!(f, "seat {seat} does not exist"),
+            Self::HoldExpired => write!(f, "the hold has expired"),
+            Self::HoldNotActive => write!(f, "the hold is already being purchased"),
+            Self::UnknownTicket => write!(f, "unknown ticket"),
+            Self::AlreadyCheckedIn { .. } => write!(f, "ticket already checked in"),
+            Self::Overloaded => write!(f, "too many requests in flight, retry shortly"),
+            Self::PaymentDeclined { reason } => write!(f, "payment declined: {reason}"),
+            Self::PaymentUnavailable => write!(f, "the payment provider did not answer in time"),
+            Self::Invalid { field, message } => write!(f, "{field}: {message}"),
+            Self::IdempotencyKeyReused => {
+                write!(f, "idempotency key was already used with a different request")
+            }
+            Self::CardRequired => write!(f, "a card on file is required to pay"),
+            Self::Unavailable => write!(f, "the sale is temporarily unavailable"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}

@@ -1,0 +1,23 @@
+//! The boxoffice engine: everything about selling tickets that is not HTTP, storage or sockets.
+//!
+//! - [`concert`]: concert definitions, seat labels, how inventory is cut into shards.
+//! - [`shard_state`]: one shard's inventory as a pure state machine (decide, then apply an event).
+//! - [`shard`]: the actix actor that owns a `ShardState`, journals its events and expires holds.
+//! - [`router`]: the node's concerts and how a claim is spread over their shards.
+//! - [`desk`]: the order desk, which owns every order and hold from reservation to tickets or release.
+//! - [`payment`]: the `PaymentProvider` port, the simulator, and the pool that bounds and times out charges.
+//! - [`journal`]: the `Journal` port shard actors write to.
+//! - [`clock`], [`ids`], [`error`]: time, identifiers and domain outcomes.
+
+pub mod clock;
+pub mod concert;
+pub mod desk;
+pub mod error;
+pub mod ids;
+pub mod journal;
+pub mod payment;
+pub mod router;
+pub mod shard;
+pub mod shard_state;
+
+pub use error::EngineError;

@@ -1,0 +1,328 @@
+//! The `PaymentProvider` port, the in-process simulator, and the payment pool that isolates the provider.
+//!
+//! Who calls: the order desk, from a task of its own, never from a shard actor. The pool admits at most
+//! `concurrency + queue_max` charges at once: admission is checked before anything is reserved, and a full pool
+//! answers `EngineError::Overloaded` at once (the HTTP front turns it into `503 overloaded` with `Retry-After`).
+//! Admitted charges wait for one of `concurrency` slots, and each call to the provider has a deadline; a charge
+//! that misses it is voided with the provider, so a late approval can never charge a card without tickets.
+
+use crate::error::EngineError;
+use futures_util::future::BoxFuture;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Card data as the provider needs it. Its `Debug` form never shows the number or cvv.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PaymentCard {
+    pub holder_name: String,
+    pub number: String,
+    pub exp_month: u8,
+    pub exp_year: u16,
+    pub cvv: String,
+}
+
+impl fmt::Debug for PaymentCard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PaymentCard").finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ChargeRequest {
+    /// The order id: a provider charges one key at most once.
+    pub idempotency_key: String,
+    pub amount_cents: u64,
+    pub card: PaymentCard,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    Approved,
+    Declined { reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PaymentError {
+    /// The charge was voided before it completed.
+    Voided,
+    /// The provider could not be reached or failed.
+    Provider(String),
+}
+
+pub trait PaymentProvider: Send + Sync + 'static {
+    fn charge(&self, request: ChargeRequest) -> BoxFuture<'static, Result<ChargeOutcome, PaymentError>>;
+    /// Cancels or refunds the charge made under `idempotency_key`, if any. Idempotent.
+    fn void(&self, idempotency_key: &str) -> BoxFuture<'static, Result<(), PaymentError>>;
+}
+
+/// Card numbers ending in this always decline in the simulator, whatever the decline rate.
+pub const SIMULATOR_DECLINING_CARD_SUFFIX: &str = "0002";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimulatedChargeState {
+    Pending,
+    Approved,
+    Declined,
+    Voided,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimulatedCharge {
+    pub amount_cents: u64,
+    pub state: SimulatedChargeState,
+}
+
+/// The in-process payment provider: answers after `latency`, declines a `decline_rate` share of charges at
+/// random and every card whose number ends in [`SIMULATOR_DECLINING_CARD_SUFFIX`]. Its ledger remembers every
+/// charge by idempotency key so a repeated key never charges twice.
+pub struct SimulatedProvider {
+    latency: Duration,
+    decline_rate: f64,
+    ledger: Arc<Mutex<HashMap<String, SimulatedCharge>>>,
+}
+
+impl SimulatedProvider {
+    pub fn new(latency: Duration, decline_rate: f64) -> Self {
+        assert!((0.0..=1.0).contains(&decline_rate), "decline rate is a probability");
+        Self {
+            latency,
+            decline_rate,
+            ledger: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A copy of the ledger, for tests and reconciliation.
+    pub fn ledger(&self) -> HashMap<String, SimulatedCharge> {
+        self.ledger.lock().expect("ledger lock").clone()
+    }
+}
+
+impl PaymentProvider for SimulatedProvider {
+    fn charge(&self, request: ChargeRequest) -> BoxFuture<'static, Result<ChargeOutcome, PaymentError>> {
+        let ledger = self.ledger.clone();
+        let latency = self.latency;
+        let declines = request.card.number.ends_with(SIMULATOR_DECLINING_CARD_SUFFIX)
+            || rand::random_bool(self.decline_rate);
+        Box::pin(async move {
+            {
+                let mut ledger = ledger.lock().expect("ledger lock");
+                if let Some(existing) = ledger.get(&request.idempotency_key) {
+                    return match existing.state {
+                        SimulatedChargeState::Approved => Ok(ChargeOutcome::Approved),
+                        SimulatedChargeState::Declined => Ok(ChargeOutcome::Declined {
+                            reason: "card declined".into(),
+                        }),
+                        SimulatedChargeState::Voided => Err(PaymentError::Voided),
+                        SimulatedChargeState::Pending => {
+                            Err(PaymentError::Provider("charge already in progress".into()))
+                        }
+                    };
+                }
+                ledger.insert(
+                    request.idempotency_key.clone(),
+                    SimulatedCharge {
+                        amount_cents: request.amount_cents,
+                        state: SimulatedChargeState::Pending,
+                    },
+                );
+            }
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            let mut ledger = ledger.lock().expect("ledger lock");
+            let charge = ledger
+                .get_mut(&request.idempotency_key)
+                .expect("a pending charge stays in the ledger");
+            if charge.state == SimulatedChargeState::Voided {
+                return Err(PaymentError::Voided);
+            }
+            if declines {
+                charge.state = SimulatedChargeState::Declined;
+                Ok(ChargeOutcome::Declined {
+                    reason: "card declined".into(),
+                })
+            } else {
+                charge.state = SimulatedChargeState::Approved;
+                Ok(ChargeOutcome::Approved)
+            }
+        })
+    }
+
+    fn void(&self, idempotency_key: &str) -> BoxFuture<'static, Result<(), PaymentError>> {
+        let ledger = self.ledger.clone();
+        let key = idempotency_key.to_owned();
+        Box::pin(async move {
+            if let Some(charge) = ledger.lock().expect("ledger lock").get_mut(&key) {
+                charge.state = SimulatedChargeState::Voided;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct PaymentPoolConfig {
+    /// Charges in flight with the provider at most.
+    pub concurrency: usize,
+    /// Admitted charges waiting for a slot at most; beyond that, new orders are refused as overloaded.
+    pub queue_max: usize,
+    /// Deadline of one provider call.
+    pub timeout: Duration,
+}
+
+/// The right to one charge, taken before the order reserves anything.
+pub struct PaymentSlot {
+    _admitted: OwnedSemaphorePermit,
+}
+
+/// How a charge through the pool ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PaymentResult {
+    Approved,
+    Declined { reason: String },
+    /// No answer within the deadline, or the provider failed; the charge was voided.
+    Failed,
+}
+
+pub struct PaymentPool {
+    provider: Arc<dyn PaymentProvider>,
+    admitted: Arc<Semaphore>,
+    in_flight: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+impl PaymentPool {
+    pub fn new(provider: Arc<dyn PaymentProvider>, config: PaymentPoolConfig) -> Self {
+        assert!(config.concurrency > 0, "at least one charge can be in flight");
+        Self {
+            provider,
+            admitted: Arc::new(Semaphore::new(config.concurrency + config.queue_max)),
+            in_flight: Arc::new(Semaphore::new(config.concurrency)),
+            timeout: config.timeout,
+        }
+    }
+
+    /// Takes a slot for one charge, or refuses at once when the pool is full.
+    pub fn admit(&self) -> Result<PaymentSlot, EngineError> {
+        self.admitted
+            .clone()
+            .try_acquire_owned()
+            .map(|permit| PaymentSlot { _admitted: permit })
+            .map_err(|_| EngineError::Overloaded)
+    }
+
+    /// Charges the card: waits for a free slot, calls the provider with a deadline, voids on failure.
+    pub async fn charge(&self, slot: PaymentSlot, request: ChargeRequest) -> PaymentResult {
+        let _in_flight = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the payment semaphore is never closed");
+        metrics::gauge!("boxoffice_payments_in_flight").increment(1.0);
+        let started = Instant::now();
+        let key = request.idempotency_key.clone();
+        let answer = tokio::time::timeout(self.timeout, self.provider.charge(request)).await;
+        let result = match answer {
+            Ok(Ok(ChargeOutcome::Approved)) => PaymentResult::Approved,
+            Ok(Ok(ChargeOutcome::Declined { reason })) => PaymentResult::Declined { reason },
+            Ok(Err(error)) => {
+                tracing::warn!(order_id = %key, ?error, "payment failed, voiding");
+                self.void(&key).await;
+                PaymentResult::Failed
+            }
+            Err(_) => {
+                tracing::warn!(order_id = %key, timeout_ms = self.timeout.as_millis() as u64, "payment timed out, voiding");
+                self.void(&key).await;
+                PaymentResult::Failed
+            }
+        };
+        let outcome = match result {
+            PaymentResult::Approved => "approved",
+            PaymentResult::Declined { .. } => "declined",
+            PaymentResult::Failed => "failed",
+        };
+        metrics::histogram!("boxoffice_payment_latency_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        metrics::gauge!("boxoffice_payments_in_flight").decrement(1.0);
+        drop(slot);
+        result
+    }
+
+    /// Voids a charge, retrying a few times; a void that never succeeds is logged for reconciliation.
+    async fn void(&self, key: &str) {
+        for _ in 0..VOID_ATTEMPTS_MAX {
+            match tokio::time::timeout(self.timeout, self.provider.void(key)).await {
+                Ok(Ok(())) => return,
+                Ok(Err(error)) => tracing::warn!(order_id = %key, ?error, "void failed"),
+                Err(_) => tracing::warn!(order_id = %key, "void timed out"),
+            }
+        }
+        tracing::error!(order_id = %key, "could not void charge; it needs reconciliation");
+    }
+}
+
+/// Tries to void a failed charge at most this often before leaving it to reconciliation.
+const VOID_ATTEMPTS_MAX: u32 = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card(number: &str) -> PaymentCard {
+        PaymentCard {
+            holder_name: "Ada".into(),
+            number: number.into(),
+            exp_month: 12,
+            exp_year: 2030,
+            cvv: "123".into(),
+        }
+    }
+
+    fn request(key: &str, number: &str) -> ChargeRequest {
+        ChargeRequest {
+            idempotency_key: key.into(),
+            amount_cents: 500,
+            card: card(number),
+        }
+    }
+
+    #[tokio::test]
+    async fn simulator_charges_a_key_once_and_declines_the_test_card() {
+        let provider = SimulatedProvider::new(Duration::ZERO, 0.0);
+        let first = provider.charge(request("o_1", "4242424242424242")).await;
+        let again = provider.charge(request("o_1", "4242424242424242")).await;
+        assert_eq!(first, Ok(ChargeOutcome::Approved));
+        assert_eq!(again, Ok(ChargeOutcome::Approved));
+        assert_eq!(provider.ledger().len(), 1);
+        let declined = provider.charge(request("o_2", "4000000000000002")).await;
+        assert!(matches!(declined, Ok(ChargeOutcome::Declined { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_charge_past_its_deadline_is_voided() {
+        let provider = Arc::new(SimulatedProvider::new(Duration::from_secs(10), 0.0));
+        let pool = PaymentPool::new(
+            provider.clone(),
+            PaymentPoolConfig {
+                concurrency: 1,
+                queue_max: 0,
+                timeout: Duration::from_secs(1),
+            },
+        );
+        let slot = pool.admit().expect("empty pool admits");
+        assert!(pool.admit().is_err(), "a pool of one admits one");
+        let result = pool.charge(slot, request("o_slow", "4242424242424242")).await;
+        assert_eq!(result, PaymentResult::Failed);
+        assert_eq!(provider.ledger()["o_slow"].state, SimulatedChargeState::Voided);
+        assert!(pool.admit().is_ok(), "the slot is returned");
+    }
+
+    #[test]
+    fn card_debug_hides_the_number() {
+        let shown = format!("{:?}", card("4242424242424242"));
+        assert!(!shown.contains("4242"));
+    }
+}

@@ -1,0 +1,518 @@
+//! The state of one shard as a pure, deterministic state machine.
+//!
+//! Every change goes in two steps: a `decide_*` method checks a request against the state and returns the
+//! [`ShardEvent`] that records it (or why it is refused) without changing anything; [`ShardState::apply`] then
+//! applies the event. The shard actor journals exactly the events it applies, so replaying a journal through
+//! `apply` rebuilds the same state, and the property test can drive this type directly against a model.
+//!
+//! Seats are numbered locally, `0..capacity` of this shard; the router translates to concert-wide labels.
+
+use crate::error::EngineError;
+use crate::ids::{HoldId, OrderId, TicketId, UserId};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// A reservation's number, unique within its shard.
+pub type ReservationId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum SeatStatus {
+    Free,
+    Held,
+    Sold,
+}
+
+/// Counts that always add up to the shard's capacity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Availability {
+    pub remaining: u64,
+    pub held: u64,
+    pub sold: u64,
+}
+
+impl Availability {
+    pub fn total(&self) -> u64 {
+        self.remaining + self.held + self.sold
+    }
+
+    pub fn add(&mut self, other: Availability) {
+        self.remaining += other.remaining;
+        self.held += other.held;
+        self.sold += other.sold;
+    }
+}
+
+/// What a reservation asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Claim {
+    /// `quantity` tickets (general admission) or any free seats (seated). With `up_to`, fewer are accepted when
+    /// fewer are left, but never zero: the router uses it to gather an order from several shards near the end.
+    Quantity { quantity: u32, up_to: bool },
+    /// These exact local seats, all or none.
+    Seats(Vec<u32>),
+}
+
+/// Why the tickets are reserved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Purpose {
+    /// A buyer holds seats while choosing; released by itself at `expires_at_ms`.
+    Hold { hold_id: HoldId, expires_at_ms: u64 },
+    /// Reserved by a direct order while it is being paid.
+    Order { order_id: OrderId },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseReason {
+    Cancelled,
+    Declined,
+    Expired,
+    /// The order could not be completed (payment timeout, overload, a sibling shard refused its part).
+    Abandoned,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedTicket {
+    pub ticket_id: TicketId,
+    pub token: String,
+    pub seat: Option<u32>,
+}
+
+/// One change of a shard: what the journal records and replay applies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardEvent {
+    Reserved {
+        reservation_id: ReservationId,
+        owner: UserId,
+        quantity: u32,
+        seats: Vec<u32>,
+        purpose: Purpose,
+    },
+    PurchaseStarted {
+        reservation_id: ReservationId,
+        order_id: OrderId,
+    },
+    Confirmed {
+        reservation_id: ReservationId,
+        order_id: OrderId,
+        tickets: Vec<IssuedTicket>,
+    },
+    Released {
+        reservation_id: ReservationId,
+        reason: ReleaseReason,
+    },
+    CheckedIn {
+        ticket_id: TicketId,
+        at_ms: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    pub owner: UserId,
+    pub quantity: u32,
+    pub seats: Vec<u32>,
+    pub purpose: Purpose,
+    /// Set once payment has begun: the reservation then belongs to that order and no longer expires.
+    pub paying: Option<OrderId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TicketRecord {
+    pub order_id: OrderId,
+    pub owner: UserId,
+    pub token: String,
+    pub seat: Option<u32>,
+    pub checked_in_at_ms: Option<u64>,
+}
+
+/// Why a reservation was refused; the router turns the local seat into a label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReserveRefusal {
+    SoldOut,
+    SeatTaken { local_seat: u32 },
+    UnknownSeat { local_seat: u32 },
+}
+
+#[derive(Clone, Debug)]
+pub struct ShardState {
+    capacity: u64,
+    remaining: u64,
+    held: u64,
+    sold: u64,
+    /// Per-seat status, one byte a seat; empty for general admission.
+    seats: Vec<SeatStatus>,
+    seated: bool,
+    reservations: HashMap<ReservationId, Reservation>,
+    next_reservation_id: ReservationId,
+    tickets: HashMap<TicketId, TicketRecord>,
+}
+
+impl ShardState {
+    pub fn new(capacity: u64, seated: bool) -> Self {
+        let seats = if seated {
+            vec![SeatStatus::Free; capacity as usize]
+        } else {
+            Vec::new()
+        };
+        Self {
+            capacity,
+            remaining: capacity,
+            held: 0,
+            sold: 0,
+            seats,
+            seated,
+            reservations: HashMap::new(),
+            next_reservation_id: 1,
+            tickets: HashMap::new(),
+        }
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn availability(&self) -> Availability {
+        Availability {
+            remaining: self.remaining,
+            held: self.held,
+            sold: self.sold,
+        }
+    }
+
+    pub fn seats(&self) -> &[SeatStatus] {
+        &self.seats
+    }
+
+    pub fn reservation(&self, reservation_id: ReservationId) -> Option<&Reservation> {
+        self.reservations.get(&reservation_id)
+    }
+
+    pub fn reservations(&self) -> impl Iterator<Item = (&ReservationId, &Reservation)> {
+        self.reservations.iter()
+    }
+
+    pub fn ticket(&self, ticket_id: &TicketId) -> Option<&TicketRecord> {
+        self.tickets.get(ticket_id)
+    }
+
+    pub fn tickets(&self) -> impl Iterator<Item = (&TicketId, &TicketRecord)> {
+        self.tickets.iter()
+    }
+
+    pub fn decide_reserve(
+        &self,
+        owner: &UserId,
+        claim: &Claim,
+        purpose: Purpose,
+    ) -> Result<ShardEvent, ReserveRefusal> {
+        let (quantity, seats) = match claim {
+            Claim::Quantity { quantity, up_to } => {
+                assert!(*quantity > 0, "a claim asks for at least one ticket");
+                let granted = if u64::from(*quantity) <= self.remaining {
+                    *quantity
+                } else if *up_to && self.remaining > 0 {
+                    self.remaining as u32
+                } else {
+                    return Err(ReserveRefusal::SoldOut);
+                };
+                let seats = if self.seated {
+                    self.pick_free_seats(granted)
+                } else {
+                    Vec::new()
+                };
+                (granted, seats)
+            }
+            Claim::Seats(seats) => {
+                assert!(!seats.is_empty(), "a seat claim names at least one seat");
+                assert!(self.seated, "seats are claimed only in seated concerts");
+                for &seat in seats {
+                    match self.seats.get(seat as usize) {
+                        None => return Err(ReserveRefusal::UnknownSeat { local_seat: seat }),
+                        Some(SeatStatus::Free) => {}
+                        Some(_) => return Err(ReserveRefusal::SeatTaken { local_seat: seat }),
+                    }
+                }
+                let mut unique = seats.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                assert_eq!(unique.len(), seats.len(), "seat claims have no duplicates");
+                (seats.len() as u32, seats.clone())
+            }
+        };
+        Ok(ShardEvent::Reserved {
+            reservation_id: self.next_reservation_id,
+            owner: owner.clone(),
+            quantity,
+            seats,
+            purpose,
+        })
+    }
+
+    /// The first `count` free seats, preferring a run of adjacent ones. The caller checked `count <= remaining`.
+    fn pick_free_seats(&self, count: u32) -> Vec<u32> {
+        let count = count as usize;
+        let mut run_start = 0;
+        let mut run_length = 0;
+        for (index, status) in self.seats.iter().enumerate() {
+            if *status == SeatStatus::Free {
+                if run_length == 0 {
+                    run_start = index;
+                }
+                run_length += 1;
+                if run_length == count {
+                    return (run_start as u32..(run_start + count) as u32).collect();
+                }
+            } else {
+                run_length = 0;
+            }
+        }
+        let picked: Vec<u32> = self
+            .seats
+            .iter()
+            .enumerate()
+            .filter(|(_, status)| **status == SeatStatus::Free)
+            .map(|(index, _)| index as u32)
+            .take(count)
+            .collect();
+        assert_eq!(picked.len(), count, "remaining counts free seats");
+        picked
+    }
+
+    /// Moves a held reservation into payment for `order_id`. A hold that has passed its expiry is refused.
+    pub fn decide_begin_purchase(
+        &self,
+        reservation_id: ReservationId,
+        owner: &UserId,
+        order_id: &OrderId,
+        now_ms: u64,
+    ) -> Result<ShardEvent, EngineError> {
+        let reservation = self
+            .reservations
+            .get(&reservation_id)
+            .ok_or(EngineError::HoldExpired)?;
+        if &reservation.owner != owner {
+            return Err(EngineError::HoldNotFound);
+        }
+        if reservation.paying.is_some() {
+            return Err(EngineError::HoldNotActive);
+        }
+        match &reservation.purpose {
+            Purpose::Hold { expires_at_ms, .. } if *expires_at_ms <= now_ms => {
+                Err(EngineError::HoldExpired)
+            }
+            Purpose::Hold { .. } => Ok(ShardEvent::PurchaseStarted {
+                reservation_id,
+                order_id: order_id.clone(),
+            }),
+            Purpose::Order { .. } => Err(EngineError::HoldNotFound),
+        }
+    }
+
+    pub fn decide_confirm(
+        &self,
+        reservation_id: ReservationId,
+        order_id: &OrderId,
+        tickets: Vec<IssuedTicket>,
+    ) -> Result<ShardEvent, EngineError> {
+        let reservation = self
+            .reservations
+            .get(&reservation_id)
+            .ok_or(EngineError::OrderNotFound)?;
+        let owned_by_order = match &reservation.purpose {
+            Purpose::Order { order_id: owner } => owner == order_id,
+            Purpose::Hold { .. } => reservation.paying.as_ref() == Some(order_id),
+        };
+        if !owned_by_order {
+            return Err(EngineError::OrderNotFound);
+        }
+        assert_eq!(tickets.len(), reservation.quantity as usize, "one ticket per reserved unit");
+        let tickets = tickets
+            .into_iter()
+            .zip(seat_slots(reservation))
+            .map(|(ticket, seat)| IssuedTicket { seat, ..ticket })
+            .collect();
+        Ok(ShardEvent::Confirmed {
+            reservation_id,
+            order_id: order_id.clone(),
+            tickets,
+        })
+    }
+
+    pub fn decide_release(
+        &self,
+        reservation_id: ReservationId,
+        reason: ReleaseReason,
+    ) -> Result<ShardEvent, EngineError> {
+        if !self.reservations.contains_key(&reservation_id) {
+            return Err(EngineError::HoldNotFound);
+        }
+        Ok(ShardEvent::Released {
+            reservation_id,
+            reason,
+        })
+    }
+
+    /// The release of a hold whose time is up, unless it is gone, being paid for, or not yet due.
+    pub fn decide_expire(&self, reservation_id: ReservationId, now_ms: u64) -> Option<ShardEvent> {
+        let reservation = self.reservations.get(&reservation_id)?;
+        match reservation.purpose {
+            Purpose::Hold { expires_at_ms, .. }
+                if reservation.paying.is_none() && expires_at_ms <= now_ms =>
+            {
+                Some(ShardEvent::Released {
+                    reservation_id,
+                    reason: ReleaseReason::Expired,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    pub fn decide_check_in(&self, ticket_id: &TicketId, now_ms: u64) -> Result<ShardEvent, EngineError> {
+        let ticket = self.tickets.get(ticket_id).ok_or(EngineError::UnknownTicket)?;
+        if let Some(checked_in_at_ms) = ticket.checked_in_at_ms {
+            return Err(EngineError::AlreadyCheckedIn { checked_in_at_ms });
+        }
+        Ok(ShardEvent::CheckedIn {
+            ticket_id: ticket_id.clone(),
+            at_ms: now_ms,
+        })
+    }
+
+    /// Applies an event produced by a `decide_*` method (or read back from the journal).
+    ///
+    /// Panics when the event does not fit the state: that is a journal from another history, never a user error.
+    pub fn apply(&mut self, event: &ShardEvent) {
+        match event {
+            ShardEvent::Reserved {
+                reservation_id,
+                owner,
+                quantity,
+                seats,
+                purpose,
+            } => {
+                assert!(u64::from(*quantity) <= self.remaining, "reserve within remaining");
+                assert!(!self.reservations.contains_key(reservation_id), "reservation ids are fresh");
+                if self.seated {
+                    assert_eq!(seats.len(), *quantity as usize, "a seated reservation names its seats");
+                    for &seat in seats {
+                        let status = &mut self.seats[seat as usize];
+                        assert_eq!(*status, SeatStatus::Free, "only a free seat is reserved");
+                        *status = SeatStatus::Held;
+                    }
+                }
+                self.remaining -= u64::from(*quantity);
+                self.held += u64::from(*quantity);
+                self.next_reservation_id = self.next_reservation_id.max(reservation_id + 1);
+                self.reservations.insert(
+                    *reservation_id,
+                    Reservation {
+                        owner: owner.clone(),
+                        quantity: *quantity,
+                        seats: seats.clone(),
+                        purpose: purpose.clone(),
+                        paying: match purpose {
+                            Purpose::Order { order_id } => Some(order_id.clone()),
+                            Purpose::Hold { .. } => None,
+                        },
+                    },
+                );
+            }
+            ShardEvent::PurchaseStarted {
+                reservation_id,
+                order_id,
+            } => {
+                let reservation = self
+                    .reservations
+                    .get_mut(reservation_id)
+                    .expect("purchase of a live reservation");
+                assert!(reservation.paying.is_none(), "a hold is purchased once");
+                reservation.paying = Some(order_id.clone());
+            }
+            ShardEvent::Confirmed {
+                reservation_id,
+                order_id,
+                tickets,
+            } => {
+                let reservation = self
+                    .reservations
+                    .remove(reservation_id)
+                    .expect("confirm of a live reservation");
+                assert_eq!(tickets.len(), reservation.quantity as usize);
+                for &seat in &reservation.seats {
+                    let status = &mut self.seats[seat as usize];
+                    assert_eq!(*status, SeatStatus::Held, "only a held seat is sold");
+                    *status = SeatStatus::Sold;
+                }
+                self.held -= u64::from(reservation.quantity);
+                self.sold += u64::from(reservation.quantity);
+                for ticket in tickets {
+                    let previous = self.tickets.insert(
+                        ticket.ticket_id.clone(),
+                        TicketRecord {
+                            order_id: order_id.clone(),
+                            owner: reservation.owner.clone(),
+                            token: ticket.token.clone(),
+                            seat: ticket.seat,
+                            checked_in_at_ms: None,
+                        },
+                    );
+                    assert!(previous.is_none(), "ticket ids are fresh");
+                }
+            }
+            ShardEvent::Released { reservation_id, .. } => {
+                let reservation = self
+                    .reservations
+                    .remove(reservation_id)
+                    .expect("release of a live reservation");
+                for &seat in &reservation.seats {
+                    let status = &mut self.seats[seat as usize];
+                    assert_eq!(*status, SeatStatus::Held, "only a held seat is released");
+                    *status = SeatStatus::Free;
+                }
+                self.held -= u64::from(reservation.quantity);
+                self.remaining += u64::from(reservation.quantity);
+            }
+            ShardEvent::CheckedIn { ticket_id, at_ms } => {
+                let ticket = self.tickets.get_mut(ticket_id).expect("check-in of a sold ticket");
+                assert!(ticket.checked_in_at_ms.is_none(), "a ticket is checked in once");
+                ticket.checked_in_at_ms = Some(*at_ms);
+            }
+        }
+        assert_eq!(
+            self.remaining + self.held + self.sold,
+            self.capacity,
+            "remaining + held + sold == capacity"
+        );
+        debug_assert!(self.seat_counts_match());
+    }
+
+    /// The per-seat statuses agree with the counters (seated shards only; O(seats), so debug builds only).
+    fn seat_counts_match(&self) -> bool {
+        if !self.seated {
+            return true;
+        }
+        let mut counts = Availability::default();
+        for status in &self.seats {
+            match status {
+                SeatStatus::Free => counts.remaining += 1,
+                SeatStatus::Held => counts.held += 1,
+                SeatStatus::Sold => counts.sold += 1,
+            }
+        }
+        counts == self.availability()
+    }
+}
+
+/// The seat each of a reservation's tickets is for, in order (`None` for general admission).
+fn seat_slots(reservation: &Reservation) -> Vec<Option<u32>> {
+    if reservation.seats.is_empty() {
+        vec![None; reservation.quantity as usize]
+    } else {
+        reservation.seats.iter().map(|seat| Some(*seat)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
