@@ -247,7 +247,9 @@ fn validate_layout(layout: &Layout) -> Result<u64, EngineError> {
                 if !name_ok {
                     return Err(EngineError::invalid(
                         "sections",
-                        format!("section names are 1 to {SECTION_NAME_LENGTH_MAX} letters or digits"),
+                        format!(
+                            "section names are 1 to {SECTION_NAME_LENGTH_MAX} letters or digits"
+                        ),
                     ));
                 }
                 if sections[..i].iter().any(|other| other.name == section.name) {
@@ -353,8 +355,18 @@ mod tests {
     fn malformed_seat_labels_are_rejected() {
         let spec = seated(&[("A", 3, 7)], None);
         for label in [
-            "A-0-1", "A-1-0", "A-4-1", "A-1-8", "B-1-1", "A-1", "A-1-1-1", "A-01-1", "A--1-1",
-            "A-+1-1", "", "A-99999-1",
+            "A-0-1",
+            "A-1-0",
+            "A-4-1",
+            "A-1-8",
+            "B-1-1",
+            "A-1",
+            "A-1-1-1",
+            "A-01-1",
+            "A--1-1",
+            "A-+1-1",
+            "",
+            "A-99999-1",
         ] {
             assert_eq!(spec.seat_index(label), None, "{label}");
         }
@@ -372,7 +384,13 @@ mod tests {
             },
             None,
         );
-        assert!(matches!(too_big, Err(EngineError::Invalid { field: "capacity", .. })));
+        assert!(matches!(
+            too_big,
+            Err(EngineError::Invalid {
+                field: "capacity",
+                ..
+            })
+        ));
         let shards_over_capacity = ConcertSpec::new(
             ConcertId::random(),
             "x".into(),
@@ -381,7 +399,13 @@ mod tests {
             Layout::General { capacity: 2 },
             Some(3),
         );
-        assert!(matches!(shards_over_capacity, Err(EngineError::Invalid { field: "shards", .. })));
+        assert!(matches!(
+            shards_over_capacity,
+            Err(EngineError::Invalid {
+                field: "shards",
+                ..
+            })
+        ));
         assert_eq!(general(1_000_000, None).shards, 20);
         assert_eq!(general(10, None).shards, 1);
     }

@@ -100,14 +100,16 @@ enum HoldState {
 }
 
 enum PurchaseStart {
-    Started {
-        sender: watch::Sender<Option<OrderOutcome>>,
-        hold: Hold,
-        parts: Vec<Part>,
-        slot: PaymentSlot,
-        card: PaymentCard,
-    },
+    Started(Box<StartedPurchase>),
     AlreadyPurchasing(OutcomeReceiver),
+}
+
+struct StartedPurchase {
+    sender: watch::Sender<Option<OrderOutcome>>,
+    hold: Hold,
+    parts: Vec<Part>,
+    slot: PaymentSlot,
+    card: PaymentCard,
 }
 
 struct HoldRecord {
@@ -176,7 +178,10 @@ impl Desk {
         config: DeskConfig,
     ) -> Self {
         assert!(config.hold_ttl_ms > 0, "holds last a while");
-        assert!(config.tickets_per_order_max > 0, "an order can have tickets");
+        assert!(
+            config.tickets_per_order_max > 0,
+            "an order can have tickets"
+        );
         Self {
             router,
             payments,
@@ -261,7 +266,13 @@ impl Desk {
         outcome
     }
 
-    fn pending_order(&self, id: OrderId, concert: &ConcertHandle, user: &UserId, parts: &[Part]) -> Order {
+    fn pending_order(
+        &self,
+        id: OrderId,
+        concert: &ConcertHandle,
+        user: &UserId,
+        parts: &[Part],
+    ) -> Order {
         let quantity: u64 = parts.iter().map(|part| u64::from(part.quantity)).sum();
         Order {
             id,
@@ -304,7 +315,12 @@ impl Desk {
         Err(error)
     }
 
-    async fn confirm(&self, mut order: Order, concert: &ConcertHandle, parts: &[Part]) -> OrderOutcome {
+    async fn confirm(
+        &self,
+        mut order: Order,
+        concert: &ConcertHandle,
+        parts: &[Part],
+    ) -> OrderOutcome {
         let issued: Vec<Vec<IssuedTicket>> = parts
             .iter()
             .map(|part| {
@@ -347,7 +363,11 @@ impl Desk {
     }
 
     /// Holds seats or tickets for the configured time.
-    pub async fn place_hold(self: &Arc<Self>, user: &UserId, request: OrderRequest) -> Result<Hold, EngineError> {
+    pub async fn place_hold(
+        self: &Arc<Self>,
+        user: &UserId,
+        request: OrderRequest,
+    ) -> Result<Hold, EngineError> {
         let concert = self.concert_for(&request)?;
         let desk = self.clone();
         let user = user.clone();
@@ -386,7 +406,11 @@ impl Desk {
     }
 
     /// Releases a hold of `user` that is neither expired nor being purchased.
-    pub async fn cancel_hold(self: &Arc<Self>, user: &UserId, hold_id: &HoldId) -> Result<(), EngineError> {
+    pub async fn cancel_hold(
+        self: &Arc<Self>,
+        user: &UserId,
+        hold_id: &HoldId,
+    ) -> Result<(), EngineError> {
         let now_ms = self.clock.now_ms();
         let (concert_id, parts) = {
             let mut book = self.book();
@@ -412,7 +436,10 @@ impl Desk {
     }
 
     pub fn hold(&self, hold_id: &HoldId) -> Option<Hold> {
-        self.book().holds.get(hold_id).map(|record| record.hold.clone())
+        self.book()
+            .holds
+            .get(hold_id)
+            .map(|record| record.hold.clone())
     }
 
     /// Pays for a hold. A second purchase of the same hold returns the first one's outcome.
@@ -431,13 +458,28 @@ impl Desk {
         .await
     }
 
-    async fn purchase_flow(self: Arc<Self>, user: UserId, card: Option<PaymentCard>, hold_id: HoldId) -> OrderOutcome {
+    async fn purchase_flow(
+        self: Arc<Self>,
+        user: UserId,
+        card: Option<PaymentCard>,
+        hold_id: HoldId,
+    ) -> OrderOutcome {
         let started = Instant::now();
         let now_ms = self.clock.now_ms();
-        let (sender, record_hold, parts, slot, card) = match self.begin_hold_purchase(&user, &hold_id, card, now_ms)? {
-            PurchaseStart::Started { sender, hold, parts, slot, card } => (sender, hold, parts, slot, card),
-            PurchaseStart::AlreadyPurchasing(outcome) => return wait_outcome(outcome).await,
-        };
+        let (sender, record_hold, parts, slot, card) =
+            match self.begin_hold_purchase(&user, &hold_id, card, now_ms)? {
+                PurchaseStart::Started(started) => {
+                    let StartedPurchase {
+                        sender,
+                        hold,
+                        parts,
+                        slot,
+                        card,
+                    } = *started;
+                    (sender, hold, parts, slot, card)
+                }
+                PurchaseStart::AlreadyPurchasing(outcome) => return wait_outcome(outcome).await,
+            };
         let outcome = async {
             let concert = self
                 .router
@@ -492,13 +534,13 @@ impl Desk {
             outcome: receiver,
             started_at_ms: now_ms,
         };
-        Ok(PurchaseStart::Started {
+        Ok(PurchaseStart::Started(Box::new(StartedPurchase {
             sender,
             hold: record.hold.clone(),
             parts: record.parts.clone(),
             slot,
             card,
-        })
+        })))
     }
 
     pub fn order(&self, order_id: &OrderId) -> Option<Order> {

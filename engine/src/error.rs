@@ -10,21 +10,32 @@ pub enum EngineError {
     /// The concert has fewer tickets left (neither held nor sold) than were asked for.
     SoldOut,
     /// A named seat is held or sold by someone else.
-    SeatTaken { seat: String },
+    SeatTaken {
+        seat: String,
+    },
     /// A named seat does not exist in the concert.
-    UnknownSeat { seat: String },
+    UnknownSeat {
+        seat: String,
+    },
     HoldExpired,
     /// The hold is already being purchased or was purchased.
     HoldNotActive,
     UnknownTicket,
-    AlreadyCheckedIn { checked_in_at_ms: u64 },
+    AlreadyCheckedIn {
+        checked_in_at_ms: u64,
+    },
     /// A bounded queue is full; the client should retry after a pause.
     Overloaded,
-    PaymentDeclined { reason: String },
+    PaymentDeclined {
+        reason: String,
+    },
     /// The payment provider did not answer within the deadline; the charge was voided.
     PaymentUnavailable,
     /// The request is well formed but cannot be served as asked (422).
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     /// The same idempotency key was used before with a different request body.
     IdempotencyKeyReused,
     /// The ordering user has no card on file.
@@ -60,7 +71,10 @@ impl fmt::Display for EngineError {
             Self::PaymentUnavailable => write!(f, "the payment provider did not answer in time"),
             Self::Invalid { field, message } => write!(f, "{field}: {message}"),
             Self::IdempotencyKeyReused => {
-                write!(f, "idempotency key was already used with a different request")
+                write!(
+                    f,
+                    "idempotency key was already used with a different request"
+                )
             }
             Self::CardRequired => write!(f, "a card on file is required to pay"),
             Self::Unavailable => write!(f, "the sale is temporarily unavailable"),

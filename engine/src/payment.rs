@@ -53,7 +53,10 @@ pub enum PaymentError {
 }
 
 pub trait PaymentProvider: Send + Sync + 'static {
-    fn charge(&self, request: ChargeRequest) -> BoxFuture<'static, Result<ChargeOutcome, PaymentError>>;
+    fn charge(
+        &self,
+        request: ChargeRequest,
+    ) -> BoxFuture<'static, Result<ChargeOutcome, PaymentError>>;
     /// Cancels or refunds the charge made under `idempotency_key`, if any. Idempotent.
     fn void(&self, idempotency_key: &str) -> BoxFuture<'static, Result<(), PaymentError>>;
 }
@@ -86,7 +89,10 @@ pub struct SimulatedProvider {
 
 impl SimulatedProvider {
     pub fn new(latency: Duration, decline_rate: f64) -> Self {
-        assert!((0.0..=1.0).contains(&decline_rate), "decline rate is a probability");
+        assert!(
+            (0.0..=1.0).contains(&decline_rate),
+            "decline rate is a probability"
+        );
         Self {
             latency,
             decline_rate,
@@ -101,10 +107,16 @@ impl SimulatedProvider {
 }
 
 impl PaymentProvider for SimulatedProvider {
-    fn charge(&self, request: ChargeRequest) -> BoxFuture<'static, Result<ChargeOutcome, PaymentError>> {
+    fn charge(
+        &self,
+        request: ChargeRequest,
+    ) -> BoxFuture<'static, Result<ChargeOutcome, PaymentError>> {
         let ledger = self.ledger.clone();
         let latency = self.latency;
-        let declines = request.card.number.ends_with(SIMULATOR_DECLINING_CARD_SUFFIX)
+        let declines = request
+            .card
+            .number
+            .ends_with(SIMULATOR_DECLINING_CARD_SUFFIX)
             || rand::random_bool(self.decline_rate);
         Box::pin(async move {
             {
@@ -182,7 +194,9 @@ pub struct PaymentSlot {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PaymentResult {
     Approved,
-    Declined { reason: String },
+    Declined {
+        reason: String,
+    },
     /// No answer within the deadline, or the provider failed; the charge was voided.
     Failed,
 }
@@ -196,7 +210,10 @@ pub struct PaymentPool {
 
 impl PaymentPool {
     pub fn new(provider: Arc<dyn PaymentProvider>, config: PaymentPoolConfig) -> Self {
-        assert!(config.concurrency > 0, "at least one charge can be in flight");
+        assert!(
+            config.concurrency > 0,
+            "at least one charge can be in flight"
+        );
         Self {
             provider,
             admitted: Arc::new(Semaphore::new(config.concurrency + config.queue_max)),
@@ -314,9 +331,14 @@ mod tests {
         );
         let slot = pool.admit().expect("empty pool admits");
         assert!(pool.admit().is_err(), "a pool of one admits one");
-        let result = pool.charge(slot, request("o_slow", "4242424242424242")).await;
+        let result = pool
+            .charge(slot, request("o_slow", "4242424242424242"))
+            .await;
         assert_eq!(result, PaymentResult::Failed);
-        assert_eq!(provider.ledger()["o_slow"].state, SimulatedChargeState::Voided);
+        assert_eq!(
+            provider.ledger()["o_slow"].state,
+            SimulatedChargeState::Voided
+        );
         assert!(pool.admit().is_ok(), "the slot is returned");
     }
 

@@ -109,7 +109,11 @@ struct Concerts {
 
 impl Router {
     /// Must be called inside a running actix `System`; `arbiters` must not be empty.
-    pub fn new(arbiters: Vec<ArbiterHandle>, journal: Arc<dyn Journal>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        arbiters: Vec<ArbiterHandle>,
+        journal: Arc<dyn Journal>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         assert!(!arbiters.is_empty(), "a router needs at least one arbiter");
         Self {
             arbiters,
@@ -150,8 +154,12 @@ impl Router {
             return Err(EngineError::invalid("id", "a concert with this id exists"));
         }
         let spec = Arc::new(spec);
-        let remaining_total: u64 = states.iter().map(|state| state.availability().remaining).sum();
-        let concert_remaining = metrics::gauge!("boxoffice_tickets_remaining", "concert" => spec.id.0.clone());
+        let remaining_total: u64 = states
+            .iter()
+            .map(|state| state.availability().remaining)
+            .sum();
+        let concert_remaining =
+            metrics::gauge!("boxoffice_tickets_remaining", "concert" => spec.id.0.clone());
         concert_remaining.set(remaining_total as f64);
         let shards = states
             .into_iter()
@@ -161,8 +169,8 @@ impl Router {
                     state.availability().remaining,
                     concert_remaining.clone(),
                 ));
-                let arbiter =
-                    &self.arbiters[self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
+                let arbiter = &self.arbiters
+                    [self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
                 let (concert_id, journal, clock, actor_gauges) = (
                     spec.id.clone(),
                     self.journal.clone(),
@@ -170,7 +178,14 @@ impl Router {
                     gauges.clone(),
                 );
                 let addr = ShardActor::start_in_arbiter(arbiter, move |_ctx| {
-                    ShardActor::new(concert_id, index as u32, state, journal, clock, actor_gauges)
+                    ShardActor::new(
+                        concert_id,
+                        index as u32,
+                        state,
+                        journal,
+                        clock,
+                        actor_gauges,
+                    )
                 });
                 ShardHandle {
                     addr,
@@ -186,12 +201,19 @@ impl Router {
             .collect();
         let handle = Arc::new(ConcertHandle { spec, shards });
         concerts.in_creation_order.push(handle.spec.id.clone());
-        concerts.by_id.insert(handle.spec.id.clone(), handle.clone());
+        concerts
+            .by_id
+            .insert(handle.spec.id.clone(), handle.clone());
         Ok(handle)
     }
 
     pub fn concert(&self, id: &ConcertId) -> Option<Arc<ConcertHandle>> {
-        self.concerts.read().expect("concerts lock").by_id.get(id).cloned()
+        self.concerts
+            .read()
+            .expect("concerts lock")
+            .by_id
+            .get(id)
+            .cloned()
     }
 
     /// Every concert, oldest first.
@@ -274,7 +296,9 @@ impl ConcertHandle {
             match self.reserve_on(shard, owner, claim, purpose).await? {
                 Ok(reserved) => return Ok(self.parts_of(vec![(shard, reserved)])),
                 Err(ReserveRefusal::SoldOut) => continue,
-                Err(refusal) => unreachable!("a quantity claim is refused only as sold out: {refusal:?}"),
+                Err(refusal) => {
+                    unreachable!("a quantity claim is refused only as sold out: {refusal:?}")
+                }
             }
         }
         // Near the end: gather from several shards, or find that the concert really lacks the tickets.
@@ -307,7 +331,9 @@ impl ConcertHandle {
                 return Ok((parts, commits));
             }
             // Another order took tickets while we gathered: give ours back and look again.
-            wait_all(commits).await.map_err(|_| EngineError::Unavailable)?;
+            wait_all(commits)
+                .await
+                .map_err(|_| EngineError::Unavailable)?;
             self.release(&parts, ReleaseReason::Abandoned).await?;
             tokio::task::yield_now().await;
         }
@@ -332,9 +358,14 @@ impl ConcertHandle {
             let index = self
                 .spec
                 .seat_index(label)
-                .ok_or_else(|| EngineError::UnknownSeat { seat: label.clone() })?;
+                .ok_or_else(|| EngineError::UnknownSeat {
+                    seat: label.clone(),
+                })?;
             if !seen.insert(index) {
-                return Err(EngineError::invalid("seats", format!("seat {label} is listed twice")));
+                return Err(EngineError::invalid(
+                    "seats",
+                    format!("seat {label} is listed twice"),
+                ));
             }
             let (shard, local) = self.spec.locate_seat(index);
             by_shard.entry(shard).or_default().push(local);
@@ -357,7 +388,9 @@ impl ConcertHandle {
         }
         let (parts, commits) = self.parts_of(granted);
         if let Some(error) = refusal {
-            wait_all(commits).await.map_err(|_| EngineError::Unavailable)?;
+            wait_all(commits)
+                .await
+                .map_err(|_| EngineError::Unavailable)?;
             self.release(&parts, ReleaseReason::Abandoned).await?;
             return Err(error);
         }
@@ -435,7 +468,9 @@ impl ConcertHandle {
                 Err(error) => return Err(error),
             }
         }
-        wait_all(commits).await.map_err(|_| EngineError::Unavailable)
+        wait_all(commits)
+            .await
+            .map_err(|_| EngineError::Unavailable)
     }
 
     /// Moves every part of a hold into payment; if any part has expired, the others are released.
@@ -461,7 +496,9 @@ impl ConcertHandle {
                 Err(error) => failure = Some(error),
             }
         }
-        wait_all(commits).await.map_err(|_| EngineError::Unavailable)?;
+        wait_all(commits)
+            .await
+            .map_err(|_| EngineError::Unavailable)?;
         if let Some(error) = failure {
             self.release(parts, ReleaseReason::Expired).await?;
             return Err(error);
@@ -489,7 +526,9 @@ impl ConcertHandle {
         for reply in replies {
             commits.push(reply??);
         }
-        wait_all(commits).await.map_err(|_| EngineError::Unavailable)
+        wait_all(commits)
+            .await
+            .map_err(|_| EngineError::Unavailable)
     }
 
     /// Checks in a ticket sold by `shard`; returns when it was checked in.

@@ -85,7 +85,12 @@ impl ShardActor {
         })
     }
 
-    fn schedule_expiry(&self, reservation_id: ReservationId, expires_at_ms: u64, ctx: &mut Context<Self>) {
+    fn schedule_expiry(
+        &self,
+        reservation_id: ReservationId,
+        expires_at_ms: u64,
+        ctx: &mut Context<Self>,
+    ) {
         let delay_ms = expires_at_ms.saturating_sub(self.clock.now_ms());
         ctx.run_later(Duration::from_millis(delay_ms), move |actor, ctx| {
             actor.expire(reservation_id, ctx);
@@ -227,9 +232,11 @@ impl Handler<Confirm> for ShardActor {
     type Result = Result<Commit, EngineError>;
 
     fn handle(&mut self, message: Confirm, _ctx: &mut Self::Context) -> Self::Result {
-        let event =
-            self.state
-                .decide_confirm(message.reservation_id, &message.order_id, message.tickets)?;
+        let event = self.state.decide_confirm(
+            message.reservation_id,
+            &message.order_id,
+            message.tickets,
+        )?;
         Ok(self.commit(event))
     }
 }

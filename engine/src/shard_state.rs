@@ -326,7 +326,11 @@ impl ShardState {
         if !owned_by_order {
             return Err(EngineError::OrderNotFound);
         }
-        assert_eq!(tickets.len(), reservation.quantity as usize, "one ticket per reserved unit");
+        assert_eq!(
+            tickets.len(),
+            reservation.quantity as usize,
+            "one ticket per reserved unit"
+        );
         let tickets = tickets
             .into_iter()
             .zip(seat_slots(reservation))
@@ -369,8 +373,15 @@ impl ShardState {
         }
     }
 
-    pub fn decide_check_in(&self, ticket_id: &TicketId, now_ms: u64) -> Result<ShardEvent, EngineError> {
-        let ticket = self.tickets.get(ticket_id).ok_or(EngineError::UnknownTicket)?;
+    pub fn decide_check_in(
+        &self,
+        ticket_id: &TicketId,
+        now_ms: u64,
+    ) -> Result<ShardEvent, EngineError> {
+        let ticket = self
+            .tickets
+            .get(ticket_id)
+            .ok_or(EngineError::UnknownTicket)?;
         if let Some(checked_in_at_ms) = ticket.checked_in_at_ms {
             return Err(EngineError::AlreadyCheckedIn { checked_in_at_ms });
         }
@@ -392,10 +403,20 @@ impl ShardState {
                 seats,
                 purpose,
             } => {
-                assert!(u64::from(*quantity) <= self.remaining, "reserve within remaining");
-                assert!(!self.reservations.contains_key(reservation_id), "reservation ids are fresh");
+                assert!(
+                    u64::from(*quantity) <= self.remaining,
+                    "reserve within remaining"
+                );
+                assert!(
+                    !self.reservations.contains_key(reservation_id),
+                    "reservation ids are fresh"
+                );
                 if self.seated {
-                    assert_eq!(seats.len(), *quantity as usize, "a seated reservation names its seats");
+                    assert_eq!(
+                        seats.len(),
+                        *quantity as usize,
+                        "a seated reservation names its seats"
+                    );
                     for &seat in seats {
                         let status = &mut self.seats[seat as usize];
                         assert_eq!(*status, SeatStatus::Free, "only a free seat is reserved");
@@ -475,8 +496,14 @@ impl ShardState {
                 self.remaining += u64::from(reservation.quantity);
             }
             ShardEvent::CheckedIn { ticket_id, at_ms } => {
-                let ticket = self.tickets.get_mut(ticket_id).expect("check-in of a sold ticket");
-                assert!(ticket.checked_in_at_ms.is_none(), "a ticket is checked in once");
+                let ticket = self
+                    .tickets
+                    .get_mut(ticket_id)
+                    .expect("check-in of a sold ticket");
+                assert!(
+                    ticket.checked_in_at_ms.is_none(),
+                    "a ticket is checked in once"
+                );
                 ticket.checked_in_at_ms = Some(*at_ms);
             }
         }
