@@ -1,1 +1,84 @@
+//! The boxoffice HTTP front and the `boxoffice` binary's wiring.
+//!
+//! - [`app`] builds the axum router from an [`AppState`] (tests call it without a socket).
+//! - [`server`] wires a node together: arbiters, router, payment pool, desk, user store; serves; drains on signal.
+//! - [`routes`]: one module per resource; [`dto`]: bodies and their validation; [`extract`]: JSON, query, path
+//!   and bearer-token extractors; [`error`]: the error type and its single mapping to statuses.
+//! - [`users`]: users, argon2id passwords, hashed bearer tokens, masked cards; [`openapi`]: the generated document.
 
+pub mod config;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod users;
+
+use crate::error::ApiError;
+use crate::routes::{concerts, holds, ops, orders, tickets, users as user_routes};
+pub use crate::state::AppState;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+
+/// Request bodies larger than this are refused with 413 (API.md).
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+
+pub fn app(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .route("/users", post(user_routes::create).get(user_routes::list))
+        .route("/users/verify", post(user_routes::verify))
+        .route(
+            "/users/{id}",
+            get(user_routes::get).put(user_routes::update),
+        )
+        .route("/users/{id}/tickets", get(user_routes::tickets))
+        .route("/concerts", post(concerts::create).get(concerts::list))
+        .route("/concerts/{id}", get(concerts::get))
+        .route("/concerts/{id}/seats", get(concerts::seats))
+        .route("/holds", post(holds::create))
+        .route("/holds/{id}", delete(holds::cancel))
+        .route("/holds/{id}/purchase", post(holds::purchase))
+        .route("/orders", post(orders::create))
+        .route("/orders/{id}", get(orders::get))
+        .route("/tickets/verify", post(tickets::verify))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_in_flight,
+        ))
+        .with_state(state)
+}
+
+/// Sheds load at the edge: beyond `--requests-in-flight-max` concurrent requests, answer 503 at once rather
+/// than queue without bound.
+async fn limit_in_flight(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match state.requests_in_flight.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => {
+            metrics::counter!("boxoffice_requests_shed_total").increment(1);
+            ApiError::overloaded().into_response()
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this resource does not support that method",
+    )
+}

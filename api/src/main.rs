@@ -1,1 +1,35 @@
-fn main() {}
+//! The `boxoffice` binary: `boxoffice serve [flags]`.
+
+use api::config::{Cli, Command};
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            // Actix actors need a System; axum needs a multi-thread tokio runtime. FACTS.md: building the System
+            // on that runtime is the combination that works.
+            let system = actix_rt::System::with_tokio_rt(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime")
+            });
+            match system.block_on(api::server::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(%error, "boxoffice failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The one application error type, and the single place where errors become HTTP statuses.
+//!
+//! Every error body is `{"error": {"code", "message"}}` (API.md). A 5xx body is generic; its detail goes to the log.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use engine::EngineError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Seconds a client is asked to wait before retrying an overloaded or unavailable request.
+pub const RETRY_AFTER_S: u32 = 1;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code such as `sold_out`.
+    pub code: String,
+    /// A human sentence.
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+    }
+
+    pub fn forbidden() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token may not do that",
+        )
+    }
+
+    pub fn not_found(what: &'static str) -> Self {
+        let code = match what {
+            "user" => "user_not_found",
+            "order" => "order_not_found",
+            "concert" => "concert_not_found",
+            "hold" => "hold_not_found",
+            _ => "not_found",
+        };
+        Self::new(StatusCode::NOT_FOUND, code, format!("{what} not found"))
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+
+    pub fn overloaded() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests in flight, retry shortly",
+        )
+    }
+
+    /// A failure that is our fault: logged in full, answered generically.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(%detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> Self {
+        use StatusCode as S;
+        let message = error.to_string();
+        let (status, code) = match &error {
+            EngineError::ConcertNotFound => (S::NOT_FOUND, "concert_not_found"),
+            EngineError::HoldNotFound => (S::NOT_FOUND, "hold_not_found"),
+            EngineError::OrderNotFound => (S::NOT_FOUND, "order_not_found"),
+            EngineError::SoldOut => (S::CONFLICT, "sold_out"),
+            EngineError::SeatTaken { .. } => (S::CONFLICT, "seat_taken"),
+            EngineError::UnknownSeat { .. } => (S::UNPROCESSABLE_ENTITY, "unknown_seat"),
+            EngineError::HoldExpired => (S::GONE, "hold_expired"),
+            EngineError::HoldNotActive => (S::CONFLICT, "hold_not_active"),
+            EngineError::UnknownTicket => (S::NOT_FOUND, "unknown_ticket"),
+            EngineError::AlreadyCheckedIn { .. } => (S::CONFLICT, "already_checked_in"),
+            EngineError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
+            EngineError::PaymentDeclined { .. } => (S::PAYMENT_REQUIRED, "payment_declined"),
+            EngineError::PaymentUnavailable => (S::SERVICE_UNAVAILABLE, "payment_unavailable"),
+            EngineError::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "invalid_request"),
+            EngineError::IdempotencyKeyReused => {
+                (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+            EngineError::CardRequired => (S::UNPROCESSABLE_ENTITY, "card_required"),
+            EngineError::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable"),
+        };
+        Self::new(status, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

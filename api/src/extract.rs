@@ -1,0 +1,275 @@
+//! Request extractors: JSON and query strings whose rejections are JSON errors, and bearer-token callers.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use engine::ids::UserId;
+use serde::de::DeserializeOwned;
+
+/// A JSON body; malformed JSON is 400, a body of the wrong shape 422, an oversized body 413.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(error) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            serde_message(&error.body_text()),
+        ),
+        JsonRejection::JsonSyntaxError(_) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "the body is not valid JSON",
+        ),
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as application/json",
+        ),
+        JsonRejection::BytesRejection(rejection)
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+        {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "request bodies are limited to {} bytes",
+                    crate::BODY_BYTES_MAX
+                ),
+            )
+        }
+        other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.body_text()),
+    }
+}
+
+/// serde's message, capped in length. A message about a bad value quotes the value between backticks; that
+/// value may be a card number or a password sent in the wrong type, so it is never echoed back.
+fn serde_message(text: &str) -> String {
+    let trimmed = text
+        .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+        .unwrap_or(text);
+    let quotes_a_value = ["invalid type:", "invalid value:", "invalid length"]
+        .iter()
+        .any(|marker| trimmed.contains(marker));
+    let message = if quotes_a_value {
+        redact_backticked(trimmed)
+    } else {
+        trimmed.to_owned()
+    };
+    message.chars().take(300).collect()
+}
+
+/// Replaces the first backtick-quoted span (the offending value) with `...`.
+fn redact_backticked(text: &str) -> String {
+    match text.find('`').and_then(|start| {
+        text[start + 1..]
+            .find('`')
+            .map(|length| (start, start + 1 + length))
+    }) {
+        Some((start, end)) => format!("{}`...`{}", &text[..start], &text[end + 1..]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_not_echoed_but_field_names_are() {
+        let message = serde_message(
+            "card.number: invalid type: integer `4242424242424242`, expected a string at line 1 column 9",
+        );
+        assert!(!message.contains("4242"), "{message}");
+        assert!(message.starts_with("card.number: invalid type: integer `...`"));
+        let unknown = serde_message("unknown field `colour`, expected `name`");
+        assert!(unknown.contains("colour"));
+    }
+}
+
+/// A query string; a value of the wrong type is 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(QueryRejection::FailedToDeserializeQueryString(error)) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                error.body_text().chars().take(300).collect::<String>(),
+            )),
+            Err(other) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                other.body_text(),
+            )),
+        }
+    }
+}
+
+/// Who is calling, from the bearer token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Admin,
+    User(UserId),
+}
+
+impl Caller {
+    /// May this caller act on `user`'s data?
+    pub fn may_access(&self, user: &UserId) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::User(id) => id == user,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(ApiError::unauthorized)?;
+        if state.is_admin_token(token) {
+            return Ok(Caller::Admin);
+        }
+        state
+            .users
+            .authenticate(token)
+            .map(Caller::User)
+            .ok_or_else(ApiError::unauthorized)
+    }
+}
+
+/// A caller that must be a user (not the admin token): users hold, order and pay.
+pub struct UserCaller(pub UserId);
+
+impl FromRequestParts<AppState> for UserCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::User(id) => Ok(UserCaller(id)),
+            Caller::Admin => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the admin token cannot buy tickets; use a user token",
+            )),
+        }
+    }
+}
+
+/// A caller that must hold the admin token.
+pub struct AdminCaller;
+
+impl FromRequestParts<AppState> for AdminCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Admin => Ok(AdminCaller),
+            Caller::User(_) => Err(ApiError::forbidden()),
+        }
+    }
+}
+
+/// The optional `Idempotency-Key` header: at most 64 visible ASCII characters.
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(Self(None));
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .filter(|key| {
+                !key.is_empty()
+                    && key.len() <= engine::desk::IDEMPOTENCY_KEY_LENGTH_MAX
+                    && key.bytes().all(|b| b.is_ascii_graphic())
+            })
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_idempotency_key",
+                    format!(
+                        "Idempotency-Key is 1 to {} visible ASCII characters",
+                        engine::desk::IDEMPOTENCY_KEY_LENGTH_MAX
+                    ),
+                )
+            })?;
+        Ok(Self(Some(key.to_owned())))
+    }
+}
+
+/// The single `{id}` segment of a path; a segment that is not valid UTF-8 or is absurdly long is 400/404.
+pub struct ApiPath(pub String);
+
+/// Ids longer than this are certainly not ids.
+const PATH_ID_LENGTH_MAX: usize = 128;
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(id) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_path",
+                        "the id in the path is not valid",
+                    )
+                })?;
+        if id.len() > PATH_ID_LENGTH_MAX {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such resource",
+            ));
+        }
+        Ok(Self(id))
+    }
+}

@@ -1,0 +1,36 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations.
+
+use crate::routes::{concerts, holds, ops, orders, tickets, users};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "boxoffice", description = "Concert ticket sales: never oversold, nothing lost."),
+    paths(
+        ops::health, ops::metrics, ops::openapi,
+        users::create, users::verify, users::get, users::update, users::list, users::tickets,
+        concerts::create, concerts::list, concerts::get, concerts::seats,
+        holds::create, holds::cancel, holds::purchase,
+        orders::create, orders::get,
+        tickets::verify,
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

@@ -1,0 +1,9 @@
+//! HTTP handlers, one module per resource. Each handler validates, calls the desk or the user store, and maps
+//! the outcome to a response; none holds inventory or owns an order's lifetime.
+
+pub mod concerts;
+pub mod holds;
+pub mod ops;
+pub mod orders;
+pub mod tickets;
+pub mod users;

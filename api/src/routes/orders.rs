@@ -1,0 +1,52 @@
+//! Direct orders: reserve, charge and confirm in one request.
+
+use crate::dto::{ClaimBody, OrderResponse};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiPath, Caller, IdempotencyKey, UserCaller};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use engine::ids::OrderId;
+
+/// Order tickets; answered once the tickets are issued (201) or the order failed.
+#[utoipa::path(post, path = "/orders", tag = "orders", security(("bearer" = [])), request_body = ClaimBody,
+    params(("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 201, body = OrderResponse), (status = 401, body = crate::error::ErrorBody),
+              (status = 402, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
+              (status = 409, body = crate::error::ErrorBody, description = "sold_out or seat_taken"),
+              (status = 422, body = crate::error::ErrorBody),
+              (status = 503, body = crate::error::ErrorBody, description = "overloaded, with Retry-After")))]
+pub async fn create(
+    State(state): State<AppState>,
+    UserCaller(user): UserCaller,
+    IdempotencyKey(key): IdempotencyKey,
+    ApiJson(body): ApiJson<ClaimBody>,
+) -> ApiResult<(StatusCode, Json<OrderResponse>)> {
+    let request = body.into_request()?;
+    let card = state
+        .users
+        .get(&user)
+        .and_then(|stored| stored.card.map(|card| card.payment_card()));
+    let order = state.desk.place_order(&user, card, request, key).await?;
+    Ok((StatusCode::CREATED, Json(OrderResponse::from(&order))))
+}
+
+/// One order (its owner or the admin).
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = OrderResponse), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath,
+) -> ApiResult<Json<OrderResponse>> {
+    let order = state
+        .desk
+        .order(&OrderId(id))
+        .ok_or_else(|| ApiError::not_found("order"))?;
+    if !caller.may_access(&order.user_id) {
+        return Err(ApiError::forbidden());
+    }
+    Ok(Json(OrderResponse::from(&order)))
+}

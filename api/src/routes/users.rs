@@ -1,0 +1,140 @@
+//! Registration, login, profiles and a user's tickets.
+
+use crate::dto::{
+    PageQuery, RegisteredResponse, TicketList, TicketResponse, TokenResponse, UserPage,
+    UserRequest, UserResponse, UserUpdateRequest, VerifyRequest,
+};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{AdminCaller, ApiJson, ApiPath, ApiQuery, Caller};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use engine::ids::UserId;
+
+/// Users listed per page at most.
+pub const PAGE_LIMIT_MAX: usize = 1000;
+const PAGE_LIMIT_DEFAULT: usize = 100;
+
+/// Register; the response carries a bearer token.
+#[utoipa::path(post, path = "/users", tag = "users", request_body = UserRequest,
+    responses((status = 201, body = RegisteredResponse), (status = 409, body = crate::error::ErrorBody),
+              (status = 422, body = crate::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<UserRequest>,
+) -> ApiResult<(StatusCode, Json<RegisteredResponse>)> {
+    let new_user = body.validate()?;
+    let (user, token) = state.users.register(new_user).await?;
+    tracing::info!(user_id = %user.id, "user registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisteredResponse {
+            id: user.id.0,
+            username: user.username,
+            token,
+        }),
+    ))
+}
+
+/// Log in with a username and password; the response carries a fresh bearer token.
+#[utoipa::path(post, path = "/users/verify", tag = "users", request_body = VerifyRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, body = crate::error::ErrorBody)))]
+pub async fn verify(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<VerifyRequest>,
+) -> ApiResult<Json<TokenResponse>> {
+    body.validate()?;
+    let (id, token) = state.users.verify(&body.username, body.password).await?;
+    Ok(Json(TokenResponse { id: id.0, token }))
+}
+
+fn authorize(caller: &Caller, id: &UserId) -> ApiResult<()> {
+    if caller.may_access(id) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden())
+    }
+}
+
+/// A user, with the card masked.
+#[utoipa::path(get, path = "/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = UserResponse), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath,
+) -> ApiResult<Json<UserResponse>> {
+    let id = UserId(id);
+    authorize(&caller, &id)?;
+    let user = state
+        .users
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(Json(UserResponse::from(&user)))
+}
+
+/// Change a user's password, profile or card; absent fields stay as they are.
+#[utoipa::path(put, path = "/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = UserUpdateRequest,
+    responses((status = 200, body = UserResponse), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
+              (status = 422, body = crate::error::ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath,
+    ApiJson(body): ApiJson<UserUpdateRequest>,
+) -> ApiResult<Json<UserResponse>> {
+    let id = UserId(id);
+    authorize(&caller, &id)?;
+    let update = body.validate()?;
+    let user = state.users.update(&id, update).await?;
+    Ok(Json(UserResponse::from(&user)))
+}
+
+/// Every user, a page at a time (admin).
+#[utoipa::path(get, path = "/users", tag = "users", security(("bearer" = [])),
+    params(("offset" = Option<usize>, Query), ("limit" = Option<usize>, Query, description = "1 to 1000")),
+    responses((status = 200, body = UserPage), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> ApiResult<Json<UserPage>> {
+    let limit = query.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
+    if limit == 0 || limit > PAGE_LIMIT_MAX {
+        return Err(ApiError::invalid(format!(
+            "limit must be 1 to {PAGE_LIMIT_MAX}"
+        )));
+    }
+    let (users, next_offset) = state.users.page(query.offset.unwrap_or(0), limit);
+    Ok(Json(UserPage {
+        users: users.iter().map(UserResponse::from).collect(),
+        next_offset,
+    }))
+}
+
+/// The tickets a user owns.
+#[utoipa::path(get, path = "/users/{id}/tickets", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = TicketList), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn tickets(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath,
+) -> ApiResult<Json<TicketList>> {
+    let id = UserId(id);
+    authorize(&caller, &id)?;
+    if state.users.get(&id).is_none() {
+        return Err(ApiError::not_found("user"));
+    }
+    let tickets = state.desk.tickets_of(&id);
+    Ok(Json(TicketList {
+        tickets: tickets.iter().map(TicketResponse::from).collect(),
+    }))
+}

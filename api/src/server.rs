@@ -1,0 +1,222 @@
+//! Wires a node together and runs it until SIGTERM or SIGINT.
+//!
+//! Must run inside an actix `System` built on a tokio multi-thread runtime (see `main.rs` and FACTS.md):
+//! shard actors live on one arbiter per core, the HTTP front on tokio's workers.
+
+use crate::config::ServeArgs;
+use crate::state::AppState;
+use crate::users::UserStore;
+use actix::Arbiter;
+use engine::clock::{Clock, SystemClock};
+use engine::concert::{ConcertSpec, Layout, Section};
+use engine::desk::{Desk, DeskConfig};
+use engine::ids::{ConcertId, random_hex};
+use engine::journal::VolatileJournal;
+use engine::payment::{PaymentPool, PaymentPoolConfig, SimulatedProvider};
+use engine::router::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// How often old idempotency keys, ended holds and expired tokens are swept, and histograms compacted.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// File in the data directory holding a generated admin token.
+const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+pub async fn run(args: ServeArgs) -> Result<(), String> {
+    std::fs::create_dir_all(&args.data_dir).map_err(|error| {
+        format!(
+            "cannot create data dir {}: {error}",
+            args.data_dir.display()
+        )
+    })?;
+    let admin_token = admin_token(&args.data_dir)?;
+    let metrics = metrics_handle()?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+
+    let arbiter_count = args
+        .arbiters
+        .map(|n| n as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let arbiters: Vec<Arbiter> = (0..arbiter_count).map(|_| Arbiter::new()).collect();
+    let router = Arc::new(Router::new(
+        arbiters.iter().map(Arbiter::handle).collect(),
+        Arc::new(VolatileJournal),
+        clock.clone(),
+    ));
+    let provider = Arc::new(SimulatedProvider::new(
+        Duration::from_millis(args.payment_latency_ms),
+        args.payment_decline_rate,
+    ));
+    let payments = Arc::new(PaymentPool::new(
+        provider,
+        PaymentPoolConfig {
+            concurrency: args.payment_concurrency as usize,
+            queue_max: args.payment_queue_max as usize,
+            timeout: Duration::from_millis(args.payment_timeout_ms),
+        },
+    ));
+    let desk = Arc::new(Desk::new(
+        router.clone(),
+        payments,
+        clock.clone(),
+        DeskConfig {
+            hold_ttl_ms: args.hold_ttl_s * 1000,
+            tickets_per_order_max: args.max_tickets_per_order,
+        },
+    ));
+    let users = Arc::new(UserStore::new(args.token_ttl_s * 1000, clock));
+    if args.demo && router.concerts().is_empty() {
+        create_demo_concerts(&router)?;
+    }
+    let state = AppState::new(
+        desk.clone(),
+        users.clone(),
+        metrics.clone(),
+        &admin_token,
+        args.requests_in_flight_max as usize,
+    );
+    let sweeper = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            interval.tick().await;
+            desk.sweep();
+            users.sweep();
+            metrics.run_upkeep();
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
+    let address = listener.local_addr().map_err(|error| error.to_string())?;
+    state.ready.store(true, Ordering::Release);
+    // Tests and scripts read this line to learn the port when started with port 0.
+    println!("boxoffice listening on http://{address}");
+    tracing::info!(%address, arbiters = arbiter_count, "listening");
+
+    let ready = state.ready.clone();
+    axum::serve(listener, crate::app(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            ready.store(false, Ordering::Release);
+            tracing::info!("shutting down: draining in-flight requests");
+        })
+        .await
+        .map_err(|error| format!("server failed: {error}"))?;
+    sweeper.abort();
+    for arbiter in arbiters {
+        arbiter.stop();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The admin token from `BOXOFFICE_ADMIN_TOKEN`, or one generated once into the data dir (mode 0600).
+fn admin_token(data_dir: &Path) -> Result<String, String> {
+    if let Ok(token) = std::env::var("BOXOFFICE_ADMIN_TOKEN") {
+        if token.len() < 16 {
+            return Err("BOXOFFICE_ADMIN_TOKEN must be at least 16 characters".into());
+        }
+        return Ok(token);
+    }
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        let token = token.trim().to_owned();
+        if !token.is_empty() {
+            tracing::info!(path = %path.display(), "admin token read from file");
+            return Ok(token);
+        }
+    }
+    let token = random_hex(32);
+    write_private(&path, &token)?;
+    tracing::info!(path = %path.display(), "admin token generated and written to file");
+    Ok(token)
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .map_err(|error| format!("cannot write {}: {error}", path.display()))
+}
+
+/// One recorder per process: the server installs it once, however often `run` is called.
+fn metrics_handle() -> Result<PrometheusHandle, String> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|error| format!("cannot install metrics recorder: {error}"))?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn create_demo_concerts(router: &Router) -> Result<(), String> {
+    let seated = ConcertSpec::new(
+        ConcertId::random(),
+        "Demo: The Seated Symphony".into(),
+        "2027-06-01T19:30:00Z".into(),
+        4_500,
+        Layout::Seated {
+            sections: vec![
+                Section {
+                    name: "A".into(),
+                    rows: 10,
+                    seats_per_row: 20,
+                },
+                Section {
+                    name: "B".into(),
+                    rows: 15,
+                    seats_per_row: 24,
+                },
+            ],
+        },
+        Some(2),
+    )
+    .map_err(|error| error.to_string())?;
+    let general = ConcertSpec::new(
+        ConcertId::random(),
+        "Demo: General Admission Night".into(),
+        "2027-07-15T21:00:00Z".into(),
+        3_000,
+        Layout::General { capacity: 100_000 },
+        Some(8),
+    )
+    .map_err(|error| error.to_string())?;
+    for spec in [seated, general] {
+        let concert = router
+            .add_concert(spec)
+            .map_err(|error| error.to_string())?;
+        tracing::info!(concert_id = %concert.spec.id, name = %concert.spec.name, "demo concert created");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,51 @@
+//! What every handler shares.
+
+use crate::users::UserStore;
+use engine::desk::Desk;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub desk: Arc<Desk>,
+    pub users: Arc<UserStore>,
+    pub metrics: PrometheusHandle,
+    /// False until recovery has finished and orders are accepted.
+    pub ready: Arc<AtomicBool>,
+    /// Requests being served at once at most; see `crate::limit_in_flight`.
+    pub requests_in_flight: Arc<Semaphore>,
+    admin_token_hash: [u8; 32],
+}
+
+impl AppState {
+    pub fn new(
+        desk: Arc<Desk>,
+        users: Arc<UserStore>,
+        metrics: PrometheusHandle,
+        admin_token: &str,
+        requests_in_flight_max: usize,
+    ) -> Self {
+        Self {
+            desk,
+            users,
+            metrics,
+            ready: Arc::new(AtomicBool::new(false)),
+            requests_in_flight: Arc::new(Semaphore::new(requests_in_flight_max)),
+            admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
+        }
+    }
+
+    /// Compares in constant time, on hashes so that the length does not leak either.
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        hash.ct_eq(&self.admin_token_hash).into()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,401 @@
+//! Users, their passwords, bearer tokens and cards on file.
+//!
+//! Passwords are argon2id hashes; a bearer token is 256 random bits handed out once and kept only as its SHA-256
+//! hash, with an expiry. A card is kept in two parts: what may be shown ([`CardSummary`], masked to `last4`)
+//! and what only the payment provider may see ([`CardSecret`]); the secret part is the one the envelope
+//! encryption of a later issue seals at rest. Hashing a password is slow on purpose, so it runs on the blocking
+//! pool behind a semaphore: at most [`HASHING_IN_FLIGHT_MAX`] hash at once, and at most
+//! [`HASHING_WAITING_MAX`] wait; beyond that a login or registration is refused as overloaded.
+
+use crate::error::{ApiError, ApiResult};
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use axum::http::StatusCode;
+use base64::Engine as _;
+use engine::ids::{UserId, fill_random};
+use engine::payment::PaymentCard;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock, RwLock};
+use tokio::sync::Semaphore;
+
+pub const USERNAME_LENGTH_MIN: usize = 3;
+pub const USERNAME_LENGTH_MAX: usize = 64;
+pub const PASSWORD_LENGTH_MIN: usize = 8;
+pub const PASSWORD_LENGTH_MAX: usize = 128;
+/// Longest profile field (city, street, ...) or card holder name.
+pub const TEXT_FIELD_LENGTH_MAX: usize = 100;
+/// Users one node stores at most.
+pub const USERS_MAX: usize = 10_000_000;
+/// Live tokens per user at most; logging in again beyond that revokes the oldest.
+pub const TOKENS_PER_USER_MAX: usize = 16;
+/// Random bytes in a bearer token.
+const TOKEN_RANDOM_BYTES: usize = 32;
+/// Password hashes computed at once: one per core keeps the rest of the node responsive.
+pub static HASHING_IN_FLIGHT_MAX: OnceLock<usize> = OnceLock::new();
+/// Password hashes waiting for a core at most; beyond that, 503 overloaded.
+pub const HASHING_WAITING_MAX: usize = 4_096;
+
+/// Shown in responses: the card without its number and cvv.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CardSummary {
+    pub kind: String,
+    pub holder_name: String,
+    pub last4: String,
+    pub exp_month: u8,
+    pub exp_year: u16,
+}
+
+/// Never shown, never logged: the part of a card only the payment provider sees.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CardSecret {
+    pub number: String,
+    pub cvv: String,
+}
+
+impl std::fmt::Debug for CardSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CardSecret(..)")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredCard {
+    pub summary: CardSummary,
+    pub secret: CardSecret,
+}
+
+impl StoredCard {
+    pub fn payment_card(&self) -> PaymentCard {
+        PaymentCard {
+            holder_name: self.summary.holder_name.clone(),
+            number: self.secret.number.clone(),
+            exp_month: self.summary.exp_month,
+            exp_year: self.summary.exp_year,
+            cvv: self.secret.cvv.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Profile {
+    pub gender: Option<String>,
+    pub country: Option<String>,
+    pub city: Option<String>,
+    pub zip_code: Option<String>,
+    pub street: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: UserId,
+    pub username: String,
+    pub password_hash: String,
+    pub profile: Profile,
+    pub card: Option<StoredCard>,
+}
+
+type TokenHash = [u8; 32];
+
+struct TokenRecord {
+    user_id: UserId,
+    expires_at_ms: u64,
+}
+
+#[derive(Default)]
+struct Users {
+    by_id: HashMap<UserId, User>,
+    by_username: HashMap<String, UserId>,
+    in_creation_order: Vec<UserId>,
+    tokens: HashMap<TokenHash, TokenRecord>,
+    tokens_of_user: HashMap<UserId, VecDeque<TokenHash>>,
+}
+
+pub struct UserStore {
+    users: RwLock<Users>,
+    token_ttl_ms: u64,
+    clock: Arc<dyn engine::clock::Clock>,
+    hashing: Arc<Semaphore>,
+    hashing_waiting: Arc<Semaphore>,
+    /// A real hash to verify against when the username is unknown, so that timing does not tell who exists.
+    decoy_hash: OnceLock<String>,
+}
+
+/// A new user as validated from a request.
+pub struct NewUser {
+    pub username: String,
+    pub password: String,
+    pub profile: Profile,
+    pub card: Option<StoredCard>,
+}
+
+/// A change to a user; `None` leaves a field as it is.
+#[derive(Default)]
+pub struct UserUpdate {
+    pub password: Option<String>,
+    pub profile: Profile,
+    pub card: Option<StoredCard>,
+}
+
+impl UserStore {
+    pub fn new(token_ttl_ms: u64, clock: Arc<dyn engine::clock::Clock>) -> Self {
+        let cores = *HASHING_IN_FLIGHT_MAX
+            .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Self {
+            users: RwLock::new(Users::default()),
+            token_ttl_ms,
+            clock,
+            hashing: Arc::new(Semaphore::new(cores)),
+            hashing_waiting: Arc::new(Semaphore::new(HASHING_WAITING_MAX)),
+            decoy_hash: OnceLock::new(),
+        }
+    }
+
+    /// Runs a password hash or check on the blocking pool, within the hashing limits.
+    async fn hashing<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> ApiResult<T> {
+        let _waiting = self
+            .hashing_waiting
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::overloaded())?;
+        let _running = self
+            .hashing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(ApiError::internal)?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(ApiError::internal)
+    }
+
+    pub async fn register(&self, new_user: NewUser) -> ApiResult<(User, String)> {
+        if self.read().by_username.contains_key(&new_user.username) {
+            return Err(username_taken());
+        }
+        let password = new_user.password;
+        let password_hash = self.hashing(move || hash_password(&password)).await??;
+        let user = User {
+            id: UserId::random(),
+            username: new_user.username,
+            password_hash,
+            profile: new_user.profile,
+            card: new_user.card,
+        };
+        let token = {
+            let mut users = self.write();
+            if users.by_username.contains_key(&user.username) {
+                return Err(username_taken());
+            }
+            if users.by_id.len() >= USERS_MAX {
+                return Err(ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "users_full",
+                    "this node stores no more users",
+                ));
+            }
+            users
+                .by_username
+                .insert(user.username.clone(), user.id.clone());
+            users.in_creation_order.push(user.id.clone());
+            users.by_id.insert(user.id.clone(), user.clone());
+            self.issue_token(&mut users, &user.id)
+        };
+        Ok((user, token))
+    }
+
+    /// Checks a username and password and hands out a fresh token.
+    pub async fn verify(&self, username: &str, password: String) -> ApiResult<(UserId, String)> {
+        let known = {
+            let users = self.read();
+            users
+                .by_username
+                .get(username)
+                .and_then(|id| users.by_id.get(id))
+                .map(|user| (user.id.clone(), user.password_hash.clone()))
+        };
+        let (user_id, stored_hash) = match known {
+            Some((id, hash)) => (Some(id), hash),
+            None => (None, self.decoy_hash()?),
+        };
+        let matches = self
+            .hashing(move || verify_password(&password, &stored_hash))
+            .await?;
+        let user_id = user_id.filter(|_| matches).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "wrong username or password",
+            )
+        })?;
+        let token = self.issue_token(&mut self.write(), &user_id);
+        Ok((user_id, token))
+    }
+
+    fn decoy_hash(&self) -> ApiResult<String> {
+        if let Some(hash) = self.decoy_hash.get() {
+            return Ok(hash.clone());
+        }
+        let hash = hash_password("decoy password that nobody has")?;
+        Ok(self.decoy_hash.get_or_init(|| hash).clone())
+    }
+
+    fn issue_token(&self, users: &mut Users, user_id: &UserId) -> String {
+        let mut raw = [0u8; TOKEN_RANDOM_BYTES];
+        fill_random(&mut raw);
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let hash = token_hash(&token);
+        users.tokens.insert(
+            hash,
+            TokenRecord {
+                user_id: user_id.clone(),
+                expires_at_ms: self.clock.now_ms() + self.token_ttl_ms,
+            },
+        );
+        let live = users.tokens_of_user.entry(user_id.clone()).or_default();
+        live.push_back(hash);
+        let revoked: Vec<TokenHash> = if live.len() > TOKENS_PER_USER_MAX {
+            live.drain(..live.len() - TOKENS_PER_USER_MAX).collect()
+        } else {
+            Vec::new()
+        };
+        for hash in revoked {
+            users.tokens.remove(&hash);
+        }
+        token
+    }
+
+    /// The user a live token belongs to.
+    pub fn authenticate(&self, token: &str) -> Option<UserId> {
+        let hash = token_hash(token);
+        let users = self.read();
+        let record = users.tokens.get(&hash)?;
+        (record.expires_at_ms > self.clock.now_ms()).then(|| record.user_id.clone())
+    }
+
+    /// Drops expired tokens; called periodically.
+    pub fn sweep(&self) {
+        let now_ms = self.clock.now_ms();
+        let mut users = self.write();
+        users
+            .tokens
+            .retain(|_, record| record.expires_at_ms > now_ms);
+        let Users {
+            tokens,
+            tokens_of_user,
+            ..
+        } = &mut *users;
+        tokens_of_user.retain(|_, live| {
+            live.retain(|hash| tokens.contains_key(hash));
+            !live.is_empty()
+        });
+    }
+
+    pub fn get(&self, id: &UserId) -> Option<User> {
+        self.read().by_id.get(id).cloned()
+    }
+
+    pub async fn update(&self, id: &UserId, update: UserUpdate) -> ApiResult<User> {
+        if !self.read().by_id.contains_key(id) {
+            return Err(ApiError::not_found("user"));
+        }
+        let password_hash = match update.password {
+            Some(password) => Some(self.hashing(move || hash_password(&password)).await??),
+            None => None,
+        };
+        let mut users = self.write();
+        let user = users
+            .by_id
+            .get_mut(id)
+            .ok_or_else(|| ApiError::not_found("user"))?;
+        if let Some(hash) = password_hash {
+            user.password_hash = hash;
+        }
+        let profile = update.profile;
+        let fields = [
+            (&mut user.profile.gender, profile.gender),
+            (&mut user.profile.country, profile.country),
+            (&mut user.profile.city, profile.city),
+            (&mut user.profile.zip_code, profile.zip_code),
+            (&mut user.profile.street, profile.street),
+        ];
+        for (field, value) in fields {
+            if value.is_some() {
+                *field = value;
+            }
+        }
+        if update.card.is_some() {
+            user.card = update.card;
+        }
+        Ok(user.clone())
+    }
+
+    /// A page of users in creation order, and the offset of the next page if there is one.
+    pub fn page(&self, offset: usize, limit: usize) -> (Vec<User>, Option<usize>) {
+        let users = self.read();
+        let ids = &users.in_creation_order;
+        let end = offset.saturating_add(limit).min(ids.len());
+        let page = ids
+            .get(offset.min(ids.len())..end)
+            .unwrap_or_default()
+            .iter()
+            .map(|id| users.by_id[id].clone())
+            .collect();
+        (page, (end < ids.len()).then_some(end))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Users> {
+        self.users.read().expect("users lock")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Users> {
+        self.users.write().expect("users lock")
+    }
+}
+
+fn username_taken() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "username_taken",
+        "that username is taken",
+    )
+}
+
+pub fn token_hash(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn hash_password(password: &str) -> ApiResult<String> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|hash| hash.to_string())
+        .map_err(ApiError::internal)
+}
+
+fn verify_password(password: &str, stored_hash: &str) -> bool {
+    PasswordHash::new(stored_hash)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_verifies_only_against_its_own_hash() {
+        let hash = hash_password("correct horse").expect("hash");
+        assert!(!hash.contains("correct horse"));
+        assert!(verify_password("correct horse", &hash));
+        assert!(!verify_password("wrong horse", &hash));
+        assert!(!verify_password("correct horse", "not a hash"));
+    }
+}
