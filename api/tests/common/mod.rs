@@ -1,0 +1,301 @@
+//! Starts a real `boxoffice serve` on 127.0.0.1 with a free port and a temporary data dir, and talks to it.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// A card the simulator approves, and one it always declines.
+pub const GOOD_CARD: &str = "4242424242424242";
+pub const DECLINED_CARD: &str = "4000000000000002";
+/// A request that takes longer than this has hung: a hang detector, not a performance assertion.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub client: reqwest::Client,
+    data_dir: tempfile::TempDir,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub retry_after: Option<String>,
+}
+
+impl Reply {
+    /// The `error.code` of an error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected reply: {}",
+            self.body
+        );
+        self.body
+    }
+
+    pub fn expect_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected reply: {}",
+            self.body
+        );
+        assert_eq!(self.code(), code, "unexpected reply: {}", self.body);
+        assert!(
+            self.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "an error carries a message: {}",
+            self.body
+        );
+    }
+}
+
+impl Server {
+    /// Starts a server with the given extra flags and waits until it listens.
+    pub fn start(extra_args: &[&str]) -> Server {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_boxoffice"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(extra_args)
+            .env("BOXOFFICE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start boxoffice");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
+        let base = line
+            .trim()
+            .strip_prefix("boxoffice listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .pool_max_idle_per_host(1024)
+            .build()
+            .expect("client");
+        Server {
+            child,
+            base,
+            client,
+            data_dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        self.child.wait().expect("wait")
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("request completes");
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("body is not JSON: {text}"))
+        };
+        Reply {
+            status,
+            body,
+            retry_after,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.send(reqwest::Method::GET, path, token, None, &[])
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.send(reqwest::Method::POST, path, token, Some(body), &[])
+            .await
+    }
+
+    /// Sends a raw body with a JSON content type.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> Reply {
+        let mut request = self
+            .client
+            .post(format!("{}{}", self.base, path))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("request completes");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        Reply {
+            status,
+            body: serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("body is not JSON: {text}")),
+            retry_after: None,
+        }
+    }
+
+    /// Registers a user with a card; returns (id, token).
+    pub async fn register(&self, username: &str, card_number: &str) -> (String, String) {
+        let body = self
+            .post(
+                "/users",
+                None,
+                json!({
+                    "username": username,
+                    "password": "correct horse battery",
+                    "card": {"type": "visa", "holder_name": "Test Buyer", "number": card_number,
+                             "exp_month": 12, "exp_year": 2030, "cvv": "123"}
+                }),
+            )
+            .await
+            .expect(201);
+        (
+            body["id"].as_str().expect("id").to_owned(),
+            body["token"].as_str().expect("token").to_owned(),
+        )
+    }
+
+    /// Registers `count` users concurrently (argon2 makes each take a while).
+    pub async fn register_many(
+        &self,
+        prefix: &str,
+        count: usize,
+        card_number: &str,
+    ) -> Vec<(String, String)> {
+        let mut users = Vec::with_capacity(count);
+        for chunk in (0..count).collect::<Vec<_>>().chunks(16) {
+            let names: Vec<String> = chunk.iter().map(|i| format!("{prefix}{i}")).collect();
+            let batch = futures_util::future::join_all(
+                names.iter().map(|name| self.register(name, card_number)),
+            )
+            .await;
+            users.extend(batch);
+        }
+        users
+    }
+
+    pub async fn create_general(&self, capacity: u64, shards: u32, price_cents: u64) -> String {
+        let body = self
+            .post(
+                "/concerts",
+                Some(ADMIN_TOKEN),
+                json!({"name": "GA test", "starts_at": "2027-01-01T20:00:00Z",
+                       "price_cents": price_cents, "capacity": capacity, "shards": shards}),
+            )
+            .await
+            .expect(201);
+        body["id"].as_str().expect("id").to_owned()
+    }
+
+    /// A seated concert of `sections` × `rows` × `seats_per_row`.
+    pub async fn create_seated(
+        &self,
+        sections: &[&str],
+        rows: u32,
+        seats_per_row: u32,
+        shards: u32,
+    ) -> String {
+        let sections: Vec<Value> = sections
+            .iter()
+            .map(|name| json!({"name": name, "rows": rows, "seats_per_row": seats_per_row}))
+            .collect();
+        let body = self
+            .post(
+                "/concerts",
+                Some(ADMIN_TOKEN),
+                json!({"name": "Seated test", "starts_at": "2027-01-01T20:00:00Z",
+                       "price_cents": 1000, "sections": sections, "shards": shards}),
+            )
+            .await
+            .expect(201);
+        body["id"].as_str().expect("id").to_owned()
+    }
+
+    /// `remaining`, `held`, `sold` and `capacity` of a concert; asserts they add up.
+    pub async fn availability(&self, concert_id: &str) -> (u64, u64, u64, u64) {
+        let body = self
+            .get(&format!("/concerts/{concert_id}"), None)
+            .await
+            .expect(200);
+        let field = |name: &str| body[name].as_u64().expect(name);
+        let (remaining, held, sold, capacity) = (
+            field("remaining"),
+            field("held"),
+            field("sold"),
+            field("capacity"),
+        );
+        assert_eq!(
+            remaining + held + sold,
+            capacity,
+            "remaining + held + sold == capacity: {body}"
+        );
+        (remaining, held, sold, capacity)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
