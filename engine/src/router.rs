@@ -3,8 +3,10 @@
 //! Shard actors are started round-robin on the node's arbiters (one per core). A general-admission claim goes
 //! first to a shard chosen by the buyer (so buyers spread over shards), then to any other shard that can serve it
 //! whole, and near the end of a sale it is gathered from several shards; `sold_out` is answered only when the
-//! shards together have fewer tickets left than asked. A seated claim goes to the shards that own the seats, all
-//! or nothing.
+//! shards together have fewer tickets left than asked. Gatherings of one concert take turns: a gathering holds
+//! part of an order for a moment and gives it back if it cannot complete it, and tickets held that way must not
+//! make another buyer's request look sold out. A seated claim goes to the shards that own the seats, all or
+//! nothing.
 
 use crate::clock::Clock;
 use crate::concert::ConcertSpec;
@@ -91,6 +93,9 @@ impl ShardHandle {
 pub struct ConcertHandle {
     pub spec: Arc<ConcertSpec>,
     shards: Vec<ShardHandle>,
+    /// Held while a claim is gathered from several shards: gatherings then never race each other for the last
+    /// tickets, and the sold-out check never counts tickets that a failing gathering is about to give back.
+    gather_turn: tokio::sync::Mutex<()>,
 }
 
 pub struct Router {
@@ -199,7 +204,11 @@ impl Router {
                 }
             })
             .collect();
-        let handle = Arc::new(ConcertHandle { spec, shards });
+        let handle = Arc::new(ConcertHandle {
+            spec,
+            shards,
+            gather_turn: tokio::sync::Mutex::new(()),
+        });
         concerts.in_creation_order.push(handle.spec.id.clone());
         concerts
             .by_id
@@ -301,7 +310,9 @@ impl ConcertHandle {
                 }
             }
         }
-        // Near the end: gather from several shards, or find that the concert really lacks the tickets.
+        // Near the end: gather from several shards, or find that the concert really lacks the tickets. Whatever is
+        // held now belongs to a granted reservation or to one being granted whole, never to another gathering.
+        let _turn = self.gather_turn.lock().await;
         for _ in 0..GATHER_ATTEMPTS_MAX {
             let total_hint: u64 = self.shards.iter().map(ShardHandle::remaining_hint).sum();
             if total_hint < u64::from(quantity) {

@@ -4,7 +4,9 @@
 //! Its mailbox holds [`SHARD_MAILBOX_MAX`] messages; when it is full, `send` waits for room, so callers slow down
 //! instead of piling up (the HTTP front bounds how many requests wait at all). The actor never waits for the disk
 //! or the payment provider: it applies an event, hands it to the journal and returns the journal's [`Commit`] in its
-//! reply for the caller to await. Hold expiry is a timer per hold in this actor, not a sweep of everything.
+//! reply for the caller to await. Hold expiry is one timer per shard, armed for the earliest hold: holds wait in a
+//! heap by expiry, and each firing releases only the holds that are due. (actix polls every timer of an actor each
+//! time the actor wakes, so a timer per hold made every message cost as much as the number of recent holds.)
 
 use crate::clock::Clock;
 use crate::error::EngineError;
@@ -15,6 +17,8 @@ use crate::shard_state::{
     SeatStatus, ShardEvent, ShardState,
 };
 use actix::prelude::*;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -46,6 +50,11 @@ pub struct ShardActor {
     journal: Arc<dyn Journal>,
     clock: Arc<dyn Clock>,
     gauges: Arc<ShardGauges>,
+    /// Every hold by expiry, earliest first, one entry per hold (so at most the holds made within one hold TTL).
+    /// An entry whose hold ended another way is dropped when it comes due.
+    expiries: BinaryHeap<Reverse<(u64, ReservationId)>>,
+    /// The one expiry timer while it is armed: the time it is for, and its handle to re-arm it earlier.
+    expiry_timer: Option<(u64, SpawnHandle)>,
 }
 
 impl ShardActor {
@@ -64,6 +73,8 @@ impl ShardActor {
             journal,
             clock,
             gauges,
+            expiries: BinaryHeap::new(),
+            expiry_timer: None,
         }
     }
 
@@ -86,32 +97,49 @@ impl ShardActor {
     }
 
     fn schedule_expiry(
-        &self,
+        &mut self,
         reservation_id: ReservationId,
         expires_at_ms: u64,
         ctx: &mut Context<Self>,
     ) {
-        let delay_ms = expires_at_ms.saturating_sub(self.clock.now_ms());
-        ctx.run_later(Duration::from_millis(delay_ms), move |actor, ctx| {
-            actor.expire(reservation_id, ctx);
-        });
+        self.expiries.push(Reverse((expires_at_ms, reservation_id)));
+        self.arm_expiry_timer(ctx);
     }
 
-    fn expire(&mut self, reservation_id: ReservationId, ctx: &mut Context<Self>) {
-        let now_ms = self.clock.now_ms();
-        if let Some(event) = self.state.decide_expire(reservation_id, now_ms) {
-            tracing::debug!(concert_id = %self.concert_id, shard = self.shard, reservation_id, "hold expired");
-            // Nobody waits for this commit: a crash before it is durable replays the hold, and recovery expires it.
-            drop(self.commit(event));
+    /// Points the timer at the earliest expiry, unless it is already armed for that time or earlier.
+    fn arm_expiry_timer(&mut self, ctx: &mut Context<Self>) {
+        let Some(&Reverse((due_ms, _))) = self.expiries.peek() else {
             return;
+        };
+        if let Some((armed_ms, handle)) = self.expiry_timer {
+            if armed_ms <= due_ms {
+                return;
+            }
+            ctx.cancel_future(handle);
         }
-        // The timer can fire a little before the wall clock agrees; try again when it does.
-        if let Some(reservation) = self.state.reservation(reservation_id)
-            && reservation.paying.is_none()
-            && let Purpose::Hold { expires_at_ms, .. } = reservation.purpose
+        let delay_ms = due_ms.saturating_sub(self.clock.now_ms());
+        let handle = ctx.run_later(Duration::from_millis(delay_ms), |actor, ctx| {
+            actor.expiry_timer = None;
+            actor.expire_due(ctx);
+        });
+        self.expiry_timer = Some((due_ms, handle));
+    }
+
+    /// Releases every hold whose time is up and is not being paid for, then re-arms the timer for the next one.
+    fn expire_due(&mut self, ctx: &mut Context<Self>) {
+        let now_ms = self.clock.now_ms();
+        while let Some(&Reverse((due_ms, reservation_id))) = self.expiries.peek()
+            && due_ms <= now_ms
         {
-            self.schedule_expiry(reservation_id, expires_at_ms, ctx);
+            self.expiries.pop();
+            if let Some(event) = self.state.decide_expire(reservation_id, now_ms) {
+                tracing::debug!(concert_id = %self.concert_id, shard = self.shard, reservation_id, "hold expired");
+                // Nobody waits for this commit: a crash before it is durable replays the hold, and recovery expires it.
+                drop(self.commit(event));
+            }
         }
+        // The timer can fire a little before the clock agrees; the holds not yet due get it back for their time.
+        self.arm_expiry_timer(ctx);
     }
 }
 
