@@ -207,6 +207,9 @@ async fn every_error_in_the_table_has_its_status_and_code() {
             case("cancel expired hold", M::DELETE, format!("/holds/{expiring}"), Some(&alice), None, 404, Some("hold_not_found")),
             case("purchase missing hold", M::POST, "/holds/h_missing/purchase", Some(&alice), None, 404, Some("hold_not_found")),
             case("purchase expired hold", M::POST, format!("/holds/{declined_hold}/purchase"), Some(&bob), None, 410, Some("hold_expired")),
+            case("purchase expired hold after a cancel", M::POST, format!("/holds/{expiring}/purchase"), Some(&alice), None, 410, Some("hold_expired")),
+            case("purchase expired hold again", M::POST, format!("/holds/{declined_hold}/purchase"), Some(&bob), None, 410, Some("hold_expired")),
+            case("cancel expired hold of a purchase attempt", M::DELETE, format!("/holds/{declined_hold}"), Some(&bob), None, 404, Some("hold_not_found")),
             case("order anonymous", M::POST, "/orders", None, Some(json!({"concert_id": tiny, "quantity": 1})), 401, Some("unauthorized")),
             case("order sold out", M::POST, "/orders", Some(&bob), Some(json!({"concert_id": tiny, "quantity": 1})), 409, Some("sold_out")),
             case("order seat taken", M::POST, "/orders", Some(&bob), Some(json!({"concert_id": seated, "seats": ["A-1-1"]})), 409, Some("seat_taken")),
@@ -273,6 +276,55 @@ async fn every_error_in_the_table_has_its_status_and_code() {
     let (_, _, sold_tiny, _) = server.availability(&tiny).await;
     assert_eq!(sold_tiny, 2);
     server.availability(&seated).await;
+}
+
+/// A declined purchase ends the hold: its seats are free again, a repeated purchase answers the same decline, and
+/// the hold can no longer be cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_hold_purchase_ends_the_hold() {
+    let server = Server::start(&[]);
+    let (_, bob) = server.register("bob", DECLINED_CARD).await;
+    let (_, alice) = server.register("alice", GOOD_CARD).await;
+    let seated = server.create_seated(&["A"], 1, 2, 1).await;
+    let hold = server
+        .post(
+            "/holds",
+            Some(&bob),
+            json!({"concert_id": seated, "seats": ["A-1-1"]}),
+        )
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .expect("hold id")
+        .to_owned();
+    assert_eq!(server.availability(&seated).await, (1, 1, 0, 2));
+    let purchase = format!("/holds/{hold}/purchase");
+    for _ in 0..2 {
+        server
+            .post(&purchase, Some(&bob), json!({}))
+            .await
+            .expect_error(402, "payment_declined");
+    }
+    server
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/holds/{hold}"),
+            Some(&bob),
+            None,
+            &[],
+        )
+        .await
+        .expect_error(404, "hold_not_found");
+    assert_eq!(server.availability(&seated).await, (2, 0, 0, 2));
+    let order = server
+        .post(
+            "/orders",
+            Some(&alice),
+            json!({"concert_id": seated, "seats": ["A-1-1"]}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(order["tickets"][0]["seat"], "A-1-1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,11 +502,37 @@ async fn users_concerts_orders_and_tickets_return_the_documented_bodies() {
         )
         .await
         .expect(201);
+    // A quantity hold of a seated concert names the seats it took: three distinct seats that were free.
+    let held_seats: Vec<&str> = cancelled["seats"]
+        .as_array()
+        .expect("seats")
+        .iter()
+        .map(|seat| seat.as_str().expect("seat label"))
+        .collect();
+    assert_eq!(held_seats.len(), 3, "{cancelled}");
     assert_eq!(
-        cancelled["seats"],
-        json!(["A-1-1", "A-1-2", "A-1-3"]),
-        "quantity holds pick adjacent seats"
+        held_seats
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        3
     );
+    assert!(
+        held_seats
+            .iter()
+            .all(|seat| !["A-2-3", "B-1-1"].contains(seat)),
+        "a hold never takes a sold seat: {cancelled}"
+    );
+    assert_eq!(server.availability(&concert).await.1, 3);
+    let statuses = server
+        .get(&format!("/concerts/{concert}/seats"), None)
+        .await
+        .expect(200);
+    for seat in statuses["seats"].as_array().expect("seats") {
+        if held_seats.contains(&seat["id"].as_str().expect("id")) {
+            assert_eq!(seat["status"], "held", "{seat}");
+        }
+    }
     server
         .send(
             Method::DELETE,

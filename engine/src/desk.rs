@@ -419,13 +419,19 @@ impl Desk {
                 .get(hold_id)
                 .filter(|record| &record.hold.user_id == user)
                 .ok_or(EngineError::HoldNotFound)?;
-            if matches!(record.state, HoldState::Purchasing { .. }) {
-                return Err(EngineError::HoldNotActive);
+            if let HoldState::Purchasing { outcome, .. } = &record.state {
+                // A purchase that has ended sold or released the seats: the hold no longer exists.
+                return Err(if outcome.borrow().is_some() {
+                    EngineError::HoldNotFound
+                } else {
+                    EngineError::HoldNotActive
+                });
             }
-            let record = book.holds.remove(hold_id).expect("record found above");
             if record.hold.expires_at_ms <= now_ms {
+                // The shard released it already; the record stays so that a purchase still reads "expired".
                 return Err(EngineError::HoldNotFound);
             }
+            let record = book.holds.remove(hold_id).expect("record found above");
             (record.hold.concert_id, record.parts)
         };
         let concert = self
@@ -486,16 +492,14 @@ impl Desk {
                 .concert(&record_hold.concert_id)
                 .ok_or(EngineError::ConcertNotFound)?;
             let order_id = OrderId::random();
-            if let Err(error) = concert.begin_purchase(&parts, &user, &order_id).await {
-                self.book().holds.remove(&hold_id);
-                return Err(error);
-            }
+            concert.begin_purchase(&parts, &user, &order_id).await?;
             let order = self.pending_order(order_id, &concert, &user, &parts);
             self.book().upsert_order(&order);
             self.settle(order, &concert, &parts, card, slot).await
         }
         .await;
-        // A declined purchase released the seats: the hold is over whatever the outcome.
+        // A failed purchase released the seats: the hold is over whatever the outcome. The record stays (as ended)
+        // so that a repeated purchase answers the same outcome and a cancel answers 404.
         if outcome.is_err()
             && let Some(record) = self.book().holds.get_mut(&hold_id)
             && matches!(record.state, HoldState::Purchasing { .. })
