@@ -24,7 +24,7 @@ use engine::ids::{ConcertId, HoldId, OrderId, TicketId, UserId};
 use engine::journal::VolatileJournal;
 use engine::router::{ClaimRequest, Router};
 use engine::shard::{GetAvailability, Reserve, ShardActor, ShardGauges};
-use engine::shard_state::{Claim, IssuedTicket, Purpose, ShardEvent, ShardState};
+use engine::shard_state::{Claim, IssuedTicket, OrderMeta, Purpose, ShardEvent, ShardState};
 use futures_util::future::join_all;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -57,6 +57,7 @@ fn rounds(iters: u64) -> impl Iterator<Item = u64> {
 fn order_purpose() -> Purpose {
     Purpose::Order {
         order_id: OrderId::random(),
+        meta: OrderMeta::default(),
     }
 }
 
@@ -84,6 +85,7 @@ fn shard_state(c: &mut Criterion) {
                         };
                         let purpose = Purpose::Order {
                             order_id: order_id.clone(),
+                            meta: OrderMeta::default(),
                         };
                         (purpose, order_id, ticket)
                     })

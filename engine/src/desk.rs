@@ -9,12 +9,19 @@
 //! The book (orders, holds, idempotency keys, ticket tokens) sits behind one mutex held only for map updates,
 //! never across an await. It guards bookkeeping, not inventory: inventory is only ever changed by shard actors.
 
+mod recovery;
+
+pub use recovery::InFlightOrder;
+
 use crate::clock::Clock;
+use crate::concert::ConcertSpec;
 use crate::error::EngineError;
 use crate::ids::{ConcertId, HoldId, OrderId, TicketId, UserId, ticket_token};
 use crate::payment::{ChargeRequest, PaymentCard, PaymentPool, PaymentResult, PaymentSlot};
 use crate::router::{ClaimRequest, ConcertHandle, Part, Router};
-use crate::shard_state::{IssuedTicket, Purpose, ReleaseReason};
+use crate::shard_state::{
+    IdempotencyTag, IssuedTicket, OrderMeta, Purpose, ReleaseReason, StableHasher,
+};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -236,8 +243,8 @@ impl Desk {
         let card = card.ok_or(EngineError::CardRequired)?;
         let fingerprint = fingerprint(&("order", &request));
         let (desk, owner) = (self.clone(), user.clone());
-        self.idempotent(user, idempotency_key, fingerprint, move || {
-            desk.order_flow(owner, card, concert, request.claim)
+        self.idempotent(user, idempotency_key, fingerprint, move |tag| {
+            desk.order_flow(owner, card, concert, request.claim, tag)
         })
         .await
     }
@@ -248,41 +255,28 @@ impl Desk {
         card: PaymentCard,
         concert: Arc<ConcertHandle>,
         claim: ClaimRequest,
+        idempotency: Option<IdempotencyTag>,
     ) -> OrderOutcome {
         let started = Instant::now();
         let outcome = async {
             let slot = self.payments.admit()?;
             let order_id = OrderId::random();
+            let meta = OrderMeta {
+                created_at_ms: self.clock.now_ms(),
+                idempotency,
+            };
             let purpose = Purpose::Order {
                 order_id: order_id.clone(),
+                meta: meta.clone(),
             };
             let parts = concert.reserve(&user, &claim, purpose).await?;
-            let order = self.pending_order(order_id, &concert, &user, &parts);
+            let order = pending_order(order_id, &concert.spec, &user, &parts, &meta);
             self.book().upsert_order(&order);
             self.settle(order, &concert, &parts, card, slot).await
         }
         .await;
         record_order_metrics(&outcome, started);
         outcome
-    }
-
-    fn pending_order(
-        &self,
-        id: OrderId,
-        concert: &ConcertHandle,
-        user: &UserId,
-        parts: &[Part],
-    ) -> Order {
-        let quantity: u64 = parts.iter().map(|part| u64::from(part.quantity)).sum();
-        Order {
-            id,
-            concert_id: concert.spec.id.clone(),
-            user_id: user.clone(),
-            status: OrderStatus::Pending,
-            amount_cents: concert.spec.price_cents * quantity,
-            tickets: Vec::new(),
-            created_at_ms: self.clock.now_ms(),
-        }
     }
 
     /// Charges a durable reservation and turns it into tickets, or releases it.
@@ -458,8 +452,8 @@ impl Desk {
     ) -> OrderOutcome {
         let fingerprint = fingerprint(&("purchase", hold_id));
         let (desk, owner, hold_id) = (self.clone(), user.clone(), hold_id.clone());
-        self.idempotent(user, idempotency_key, fingerprint, move || {
-            desk.purchase_flow(owner, card, hold_id)
+        self.idempotent(user, idempotency_key, fingerprint, move |tag| {
+            desk.purchase_flow(owner, card, hold_id, tag)
         })
         .await
     }
@@ -469,6 +463,7 @@ impl Desk {
         user: UserId,
         card: Option<PaymentCard>,
         hold_id: HoldId,
+        idempotency: Option<IdempotencyTag>,
     ) -> OrderOutcome {
         let started = Instant::now();
         let now_ms = self.clock.now_ms();
@@ -492,8 +487,14 @@ impl Desk {
                 .concert(&record_hold.concert_id)
                 .ok_or(EngineError::ConcertNotFound)?;
             let order_id = OrderId::random();
-            concert.begin_purchase(&parts, &user, &order_id).await?;
-            let order = self.pending_order(order_id, &concert, &user, &parts);
+            let meta = OrderMeta {
+                created_at_ms: now_ms,
+                idempotency,
+            };
+            concert
+                .begin_purchase(&parts, &user, &order_id, &meta)
+                .await?;
+            let order = pending_order(order_id, &concert.spec, &user, &parts, &meta);
             self.book().upsert_order(&order);
             self.settle(order, &concert, &parts, card, slot).await
         }
@@ -651,18 +652,21 @@ impl Desk {
         work: F,
     ) -> OrderOutcome
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(Option<IdempotencyTag>) -> Fut,
         Fut: Future<Output = OrderOutcome> + Send + 'static,
     {
         let Some(key) = key else {
-            return spawn_owned(work()).await;
+            return spawn_owned(work(None)).await;
         };
         let sender = match self.claim_idempotency_key(user, &key, fingerprint)? {
             Ok(sender) => sender,
             Err(earlier) => return wait_outcome(earlier).await,
         };
         let (desk, user) = (self.clone(), user.clone());
-        let work = work();
+        let work = work(Some(IdempotencyTag {
+            key: key.clone(),
+            fingerprint,
+        }));
         spawn_owned(async move {
             let outcome = work.await;
             if matches!(outcome, Err(EngineError::Overloaded)) {
@@ -693,8 +697,29 @@ async fn wait_outcome(mut outcome: OutcomeReceiver) -> OrderOutcome {
     }
 }
 
+/// An order of `parts` that is being paid for.
+fn pending_order(
+    id: OrderId,
+    spec: &ConcertSpec,
+    user: &UserId,
+    parts: &[Part],
+    meta: &OrderMeta,
+) -> Order {
+    let quantity: u64 = parts.iter().map(|part| u64::from(part.quantity)).sum();
+    Order {
+        id,
+        concert_id: spec.id.clone(),
+        user_id: user.clone(),
+        status: OrderStatus::Pending,
+        amount_cents: spec.price_cents * quantity,
+        tickets: Vec::new(),
+        created_at_ms: meta.created_at_ms,
+    }
+}
+
+/// A stable hash of a request, stored with its idempotency key in the journal.
 fn fingerprint(value: &impl Hash) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
+    let mut hasher = StableHasher::default();
     value.hash(&mut hasher);
     hasher.finish()
 }

@@ -2,10 +2,13 @@
 //!
 //! A shard applies an event in memory, hands it to the journal and goes on with its next message; the returned
 //! [`Commit`] completes once the record is durable, and whoever answers the client waits for it, not the actor.
-//! This crate ships only [`VolatileJournal`], which keeps nothing: state then lives in memory alone.
+//! Every `snapshot_every_events` events (and when asked) a shard also hands the journal a copy of its whole state:
+//! a snapshot covers the shard's events up to `ShardState::events_applied`, so recovery replays only what follows,
+//! and the journal may drop what every live snapshot covers. This crate ships only [`VolatileJournal`], which keeps
+//! nothing: state then lives in memory alone. The `persistence` crate implements the durable one.
 
 use crate::ids::ConcertId;
-use crate::shard_state::ShardEvent;
+use crate::shard_state::{ShardEvent, ShardState};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use tokio::sync::oneshot;
@@ -15,7 +18,17 @@ use tokio::sync::oneshot;
 pub struct JournalRecord {
     pub concert_id: ConcertId,
     pub shard: u32,
+    /// The event's number in its shard, from 1: the shard's `events_applied` once the event is applied.
+    pub seq: u64,
     pub event: ShardEvent,
+}
+
+/// A copy of one shard's state, covering its events up to `state.events_applied()`.
+#[derive(Clone, Debug)]
+pub struct ShardSnapshot {
+    pub concert_id: ConcertId,
+    pub shard: u32,
+    pub state: ShardState,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,8 +68,18 @@ impl Commit {
 }
 
 pub trait Journal: Send + Sync + 'static {
-    /// Queues `record` for writing; never blocks the calling actor.
+    /// Queues `record` for writing; blocks the calling actor only when the writer's bounded queue is full.
     fn append(&self, record: JournalRecord) -> Commit;
+
+    /// How many events a shard applies between two snapshots; `None`: never on its own.
+    fn snapshot_every_events(&self) -> Option<u64> {
+        None
+    }
+
+    /// Stores a snapshot, off the calling actor; the commit completes once it is durable.
+    fn save_snapshot(&self, _snapshot: ShardSnapshot) -> Commit {
+        Commit::done()
+    }
 }
 
 /// A journal that keeps nothing and commits at once: state lives only in the shard actors' memory.

@@ -7,7 +7,9 @@
 //! that misses it is voided with the provider, so a late approval can never charge a card without tickets.
 
 use crate::error::EngineError;
+use crate::journal::Commit;
 use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -59,12 +61,34 @@ pub trait PaymentProvider: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<ChargeOutcome, PaymentError>>;
     /// Cancels or refunds the charge made under `idempotency_key`, if any. Idempotent.
     fn void(&self, idempotency_key: &str) -> BoxFuture<'static, Result<(), PaymentError>>;
+    /// What became of the charge made under `idempotency_key`: how recovery settles an order whose payment
+    /// outcome was lost in a crash.
+    fn status(
+        &self,
+        idempotency_key: &str,
+    ) -> BoxFuture<'static, Result<ChargeStatus, PaymentError>>;
+}
+
+/// A provider's record of one idempotency key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChargeStatus {
+    /// No completed charge under this key.
+    Unknown,
+    Approved,
+    Declined,
+    Voided,
+}
+
+/// Where the simulator keeps its ledger so that it remembers charges across a restart of the server, as a real
+/// provider would. `record` completes once the entry is durable.
+pub trait LedgerStore: Send + Sync + 'static {
+    fn record(&self, idempotency_key: &str, charge: &SimulatedCharge) -> Commit;
 }
 
 /// Card numbers ending in this always decline in the simulator, whatever the decline rate.
 pub const SIMULATOR_DECLINING_CARD_SUFFIX: &str = "0002";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SimulatedChargeState {
     Pending,
     Approved,
@@ -72,7 +96,7 @@ pub enum SimulatedChargeState {
     Voided,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimulatedCharge {
     pub amount_cents: u64,
     pub state: SimulatedChargeState,
@@ -80,11 +104,13 @@ pub struct SimulatedCharge {
 
 /// The in-process payment provider: answers after `latency`, declines a `decline_rate` share of charges at
 /// random and every card whose number ends in [`SIMULATOR_DECLINING_CARD_SUFFIX`]. Its ledger remembers every
-/// charge by idempotency key so a repeated key never charges twice.
+/// charge by idempotency key so a repeated key never charges twice. With a [`LedgerStore`], a charge is answered
+/// only once its final state is durable there; a charge still pending at a crash never happened.
 pub struct SimulatedProvider {
     latency: Duration,
     decline_rate: f64,
     ledger: Arc<Mutex<HashMap<String, SimulatedCharge>>>,
+    store: Option<Arc<dyn LedgerStore>>,
 }
 
 impl SimulatedProvider {
@@ -97,6 +123,21 @@ impl SimulatedProvider {
             latency,
             decline_rate,
             ledger: Arc::new(Mutex::new(HashMap::new())),
+            store: None,
+        }
+    }
+
+    /// A simulator whose ledger starts as `ledger` (read back from `store`) and records every final state there.
+    pub fn with_store(
+        latency: Duration,
+        decline_rate: f64,
+        ledger: HashMap<String, SimulatedCharge>,
+        store: Arc<dyn LedgerStore>,
+    ) -> Self {
+        Self {
+            ledger: Arc::new(Mutex::new(ledger)),
+            store: Some(store),
+            ..Self::new(latency, decline_rate)
         }
     }
 
@@ -111,7 +152,7 @@ impl PaymentProvider for SimulatedProvider {
         &self,
         request: ChargeRequest,
     ) -> BoxFuture<'static, Result<ChargeOutcome, PaymentError>> {
-        let ledger = self.ledger.clone();
+        let (ledger, store) = (self.ledger.clone(), self.store.clone());
         let latency = self.latency;
         let declines = request
             .card
@@ -144,31 +185,77 @@ impl PaymentProvider for SimulatedProvider {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
-            let mut ledger = ledger.lock().expect("ledger lock");
-            let charge = ledger
-                .get_mut(&request.idempotency_key)
-                .expect("a pending charge stays in the ledger");
-            if charge.state == SimulatedChargeState::Voided {
-                return Err(PaymentError::Voided);
+            let (outcome, commit) = {
+                let mut ledger = ledger.lock().expect("ledger lock");
+                let charge = ledger
+                    .get_mut(&request.idempotency_key)
+                    .expect("a pending charge stays in the ledger");
+                if charge.state == SimulatedChargeState::Voided {
+                    return Err(PaymentError::Voided);
+                }
+                let outcome = if declines {
+                    charge.state = SimulatedChargeState::Declined;
+                    ChargeOutcome::Declined {
+                        reason: "card declined".into(),
+                    }
+                } else {
+                    charge.state = SimulatedChargeState::Approved;
+                    ChargeOutcome::Approved
+                };
+                let commit = store
+                    .as_ref()
+                    .map(|store| store.record(&request.idempotency_key, charge));
+                (outcome, commit)
+            };
+            if let Some(commit) = commit {
+                commit
+                    .wait()
+                    .await
+                    .map_err(|error| PaymentError::Provider(error.to_string()))?;
             }
-            if declines {
-                charge.state = SimulatedChargeState::Declined;
-                Ok(ChargeOutcome::Declined {
-                    reason: "card declined".into(),
-                })
-            } else {
-                charge.state = SimulatedChargeState::Approved;
-                Ok(ChargeOutcome::Approved)
-            }
+            Ok(outcome)
         })
     }
 
+    fn status(
+        &self,
+        idempotency_key: &str,
+    ) -> BoxFuture<'static, Result<ChargeStatus, PaymentError>> {
+        let status = match self
+            .ledger
+            .lock()
+            .expect("ledger lock")
+            .get(idempotency_key)
+            .map(|charge| charge.state)
+        {
+            None | Some(SimulatedChargeState::Pending) => ChargeStatus::Unknown,
+            Some(SimulatedChargeState::Approved) => ChargeStatus::Approved,
+            Some(SimulatedChargeState::Declined) => ChargeStatus::Declined,
+            Some(SimulatedChargeState::Voided) => ChargeStatus::Voided,
+        };
+        Box::pin(std::future::ready(Ok(status)))
+    }
+
     fn void(&self, idempotency_key: &str) -> BoxFuture<'static, Result<(), PaymentError>> {
-        let ledger = self.ledger.clone();
-        let key = idempotency_key.to_owned();
+        let commit = {
+            let mut ledger = self.ledger.lock().expect("ledger lock");
+            let charge = ledger
+                .entry(idempotency_key.to_owned())
+                .or_insert(SimulatedCharge {
+                    amount_cents: 0,
+                    state: SimulatedChargeState::Voided,
+                });
+            charge.state = SimulatedChargeState::Voided;
+            self.store
+                .as_ref()
+                .map(|store| store.record(idempotency_key, charge))
+        };
         Box::pin(async move {
-            if let Some(charge) = ledger.lock().expect("ledger lock").get_mut(&key) {
-                charge.state = SimulatedChargeState::Voided;
+            if let Some(commit) = commit {
+                commit
+                    .wait()
+                    .await
+                    .map_err(|error| PaymentError::Provider(error.to_string()))?;
             }
             Ok(())
         })
@@ -268,8 +355,15 @@ impl PaymentPool {
         result
     }
 
+    /// Asks the provider what became of a charge, with the pool's deadline.
+    pub async fn status(&self, key: &str) -> Result<ChargeStatus, PaymentError> {
+        tokio::time::timeout(self.timeout, self.provider.status(key))
+            .await
+            .unwrap_or_else(|_| Err(PaymentError::Provider("status timed out".into())))
+    }
+
     /// Voids a charge, retrying a few times; a void that never succeeds is logged for reconciliation.
-    async fn void(&self, key: &str) {
+    pub async fn void(&self, key: &str) {
         for _ in 0..VOID_ATTEMPTS_MAX {
             match tokio::time::timeout(self.timeout, self.provider.void(key)).await {
                 Ok(Ok(())) => return,

@@ -14,12 +14,12 @@ use crate::error::EngineError;
 use crate::ids::{ConcertId, OrderId, TicketId, UserId};
 use crate::journal::{Commit, Journal};
 use crate::shard::{
-    BeginPurchase, CheckIn, Confirm, GetAvailability, GetSeats, Release, Reserve, Reserved,
-    ShardActor, ShardGauges,
+    BeginPurchase, CheckIn, Confirm, GetAvailability, GetSeats, GetState, Release, Reserve,
+    Reserved, ShardActor, ShardGauges, TakeSnapshot,
 };
 use crate::shard_state::{
-    Availability, Claim, IssuedTicket, Purpose, ReleaseReason, ReservationId, ReserveRefusal,
-    SeatStatus, ShardState,
+    Availability, Claim, IssuedTicket, OrderMeta, Purpose, ReleaseReason, ReservationId,
+    ReserveRefusal, SeatStatus, ShardState,
 };
 use actix::prelude::*;
 use futures_util::future::join_all;
@@ -250,6 +250,24 @@ impl ConcertHandle {
         }
         debug_assert_eq!(total.total(), self.spec.capacity());
         Ok(total)
+    }
+
+    /// Snapshots every shard and waits until all the snapshots are durable.
+    pub async fn snapshot(&self) -> Result<(), EngineError> {
+        let replies = join_all(self.shards.iter().map(|shard| shard.call(TakeSnapshot))).await;
+        let mut commits = Vec::new();
+        for reply in replies {
+            commits.push(reply?);
+        }
+        wait_all(commits)
+            .await
+            .map_err(|_| EngineError::Unavailable)
+    }
+
+    /// A copy of every shard's state, in shard order.
+    pub async fn states(&self) -> Result<Vec<ShardState>, EngineError> {
+        let replies = join_all(self.shards.iter().map(|shard| shard.call(GetState))).await;
+        replies.into_iter().collect()
     }
 
     /// The status of every seat, in concert-wide seat order.
@@ -490,12 +508,14 @@ impl ConcertHandle {
         parts: &[Part],
         owner: &UserId,
         order_id: &OrderId,
+        meta: &OrderMeta,
     ) -> Result<(), EngineError> {
         let replies = join_all(parts.iter().map(|part| {
             self.shards[part.shard as usize].call(BeginPurchase {
                 reservation_id: part.reservation_id,
                 owner: owner.clone(),
                 order_id: order_id.clone(),
+                meta: meta.clone(),
             })
         }))
         .await;

@@ -11,10 +11,10 @@
 use crate::clock::Clock;
 use crate::error::EngineError;
 use crate::ids::{ConcertId, OrderId, TicketId, UserId};
-use crate::journal::{Commit, Journal, JournalRecord};
+use crate::journal::{Commit, Journal, JournalRecord, ShardSnapshot};
 use crate::shard_state::{
-    Availability, Claim, IssuedTicket, Purpose, ReleaseReason, ReservationId, ReserveRefusal,
-    SeatStatus, ShardEvent, ShardState,
+    Availability, Claim, IssuedTicket, OrderMeta, Purpose, ReleaseReason, ReservationId,
+    ReserveRefusal, SeatStatus, ShardEvent, ShardState,
 };
 use actix::prelude::*;
 use std::cmp::Reverse;
@@ -89,10 +89,26 @@ impl ShardActor {
                 .concert_remaining
                 .increment(after as f64 - before as f64);
         }
-        self.journal.append(JournalRecord {
+        let commit = self.journal.append(JournalRecord {
             concert_id: self.concert_id.clone(),
             shard: self.shard,
+            seq: self.state.events_applied(),
             event,
+        });
+        if let Some(every) = self.journal.snapshot_every_events()
+            && self.state.events_applied().is_multiple_of(every)
+        {
+            // Nobody waits for a periodic snapshot: until it is durable, the journal still covers its events.
+            drop(self.snapshot());
+        }
+        commit
+    }
+
+    fn snapshot(&self) -> Commit {
+        self.journal.save_snapshot(ShardSnapshot {
+            concert_id: self.concert_id.clone(),
+            shard: self.shard,
+            state: self.state.clone(),
         })
     }
 
@@ -221,6 +237,7 @@ pub struct BeginPurchase {
     pub reservation_id: ReservationId,
     pub owner: UserId,
     pub order_id: OrderId,
+    pub meta: OrderMeta,
 }
 
 impl Handler<BeginPurchase> for ShardActor {
@@ -232,6 +249,7 @@ impl Handler<BeginPurchase> for ShardActor {
             message.reservation_id,
             &message.owner,
             &message.order_id,
+            &message.meta,
             now_ms,
         ) {
             Ok(event) => Ok(self.commit(event)),
@@ -330,5 +348,31 @@ impl Handler<GetSeats> for ShardActor {
 
     fn handle(&mut self, _message: GetSeats, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.state.seats().to_vec())
+    }
+}
+
+/// Write a snapshot of the shard now; the commit completes once it is durable.
+#[derive(Message)]
+#[rtype(result = "Commit")]
+pub struct TakeSnapshot;
+
+impl Handler<TakeSnapshot> for ShardActor {
+    type Result = MessageResult<TakeSnapshot>;
+
+    fn handle(&mut self, _message: TakeSnapshot, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.snapshot())
+    }
+}
+
+/// A copy of the shard's state, for tests and offline tools.
+#[derive(Message)]
+#[rtype(result = "ShardState")]
+pub struct GetState;
+
+impl Handler<GetState> for ShardActor {
+    type Result = MessageResult<GetState>;
+
+    fn handle(&mut self, _message: GetState, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.state.clone())
     }
 }

@@ -11,11 +11,12 @@ use crate::error::EngineError;
 use crate::ids::{HoldId, OrderId, TicketId, UserId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 /// A reservation's number, unique within its shard.
 pub type ReservationId = u64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum SeatStatus {
     Free,
@@ -54,15 +55,30 @@ pub enum Claim {
 }
 
 /// Why the tickets are reserved.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Purpose {
     /// A buyer holds seats while choosing; released by itself at `expires_at_ms`.
     Hold { hold_id: HoldId, expires_at_ms: u64 },
     /// Reserved by a direct order while it is being paid.
-    Order { order_id: OrderId },
+    Order { order_id: OrderId, meta: OrderMeta },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What the journal keeps of an order besides its tickets, so that a restarted node can answer for it: when it
+/// was placed and the `Idempotency-Key` it was placed under (a retry after a crash must find it, not order again).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OrderMeta {
+    pub created_at_ms: u64,
+    pub idempotency: Option<IdempotencyTag>,
+}
+
+/// An `Idempotency-Key` and the fingerprint of the request first made under it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IdempotencyTag {
+    pub key: String,
+    pub fingerprint: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ReleaseReason {
     Cancelled,
     Declined,
@@ -91,6 +107,7 @@ pub enum ShardEvent {
     PurchaseStarted {
         reservation_id: ReservationId,
         order_id: OrderId,
+        meta: OrderMeta,
     },
     Confirmed {
         reservation_id: ReservationId,
@@ -107,7 +124,7 @@ pub enum ShardEvent {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Reservation {
     pub owner: UserId,
     pub quantity: u32,
@@ -115,9 +132,11 @@ pub struct Reservation {
     pub purpose: Purpose,
     /// Set once payment has begun: the reservation then belongs to that order and no longer expires.
     pub paying: Option<OrderId>,
+    /// The paying order's meta, from the reservation or from the purchase of the hold.
+    pub order_meta: Option<OrderMeta>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TicketRecord {
     pub order_id: OrderId,
     pub owner: UserId,
@@ -134,7 +153,9 @@ pub enum ReserveRefusal {
     UnknownSeat { local_seat: u32 },
 }
 
-#[derive(Clone, Debug)]
+/// A shard's whole state; a snapshot is this value, serialized. Every field is rebuilt exactly by replaying the
+/// journal through [`ShardState::apply`], which is what makes recovery and the state digest deterministic.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ShardState {
     capacity: u64,
     remaining: u64,
@@ -146,6 +167,11 @@ pub struct ShardState {
     reservations: HashMap<ReservationId, Reservation>,
     next_reservation_id: ReservationId,
     tickets: HashMap<TicketId, TicketRecord>,
+    /// Meta of every order this shard sold tickets for.
+    orders: HashMap<OrderId, OrderMeta>,
+    /// Events applied since the shard was created: the sequence number of the last one, which is the journal
+    /// position a snapshot of this state covers.
+    events_applied: u64,
 }
 
 impl ShardState {
@@ -165,7 +191,46 @@ impl ShardState {
             reservations: HashMap::new(),
             next_reservation_id: 1,
             tickets: HashMap::new(),
+            orders: HashMap::new(),
+            events_applied: 0,
         }
+    }
+
+    pub fn events_applied(&self) -> u64 {
+        self.events_applied
+    }
+
+    pub fn is_seated(&self) -> bool {
+        self.seated
+    }
+
+    pub fn order_meta(&self, order_id: &OrderId) -> Option<&OrderMeta> {
+        self.orders.get(order_id)
+    }
+
+    /// A digest of everything in the state, independent of map order: two replays of one journal give equal digests.
+    pub fn digest(&self) -> u64 {
+        let mut hasher = StableHasher::default();
+        (
+            self.capacity,
+            self.remaining,
+            self.held,
+            self.sold,
+            &self.seats,
+            self.seated,
+        )
+            .hash(&mut hasher);
+        (self.next_reservation_id, self.events_applied).hash(&mut hasher);
+        let mut reservations: Vec<_> = self.reservations.iter().collect();
+        reservations.sort_unstable_by_key(|(id, _)| **id);
+        reservations.hash(&mut hasher);
+        let mut tickets: Vec<_> = self.tickets.iter().collect();
+        tickets.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        tickets.hash(&mut hasher);
+        let mut orders: Vec<_> = self.orders.iter().collect();
+        orders.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        orders.hash(&mut hasher);
+        hasher.finish()
     }
 
     pub fn capacity(&self) -> u64 {
@@ -285,6 +350,7 @@ impl ShardState {
         reservation_id: ReservationId,
         owner: &UserId,
         order_id: &OrderId,
+        meta: &OrderMeta,
         now_ms: u64,
     ) -> Result<ShardEvent, EngineError> {
         let reservation = self
@@ -304,6 +370,7 @@ impl ShardState {
             Purpose::Hold { .. } => Ok(ShardEvent::PurchaseStarted {
                 reservation_id,
                 order_id: order_id.clone(),
+                meta: meta.clone(),
             }),
             Purpose::Order { .. } => Err(EngineError::HoldNotFound),
         }
@@ -320,7 +387,9 @@ impl ShardState {
             .get(&reservation_id)
             .ok_or(EngineError::OrderNotFound)?;
         let owned_by_order = match &reservation.purpose {
-            Purpose::Order { order_id: owner } => owner == order_id,
+            Purpose::Order {
+                order_id: owner, ..
+            } => owner == order_id,
             Purpose::Hold { .. } => reservation.paying.as_ref() == Some(order_id),
         };
         if !owned_by_order {
@@ -434,7 +503,11 @@ impl ShardState {
                         seats: seats.clone(),
                         purpose: purpose.clone(),
                         paying: match purpose {
-                            Purpose::Order { order_id } => Some(order_id.clone()),
+                            Purpose::Order { order_id, .. } => Some(order_id.clone()),
+                            Purpose::Hold { .. } => None,
+                        },
+                        order_meta: match purpose {
+                            Purpose::Order { meta, .. } => Some(meta.clone()),
                             Purpose::Hold { .. } => None,
                         },
                     },
@@ -443,6 +516,7 @@ impl ShardState {
             ShardEvent::PurchaseStarted {
                 reservation_id,
                 order_id,
+                meta,
             } => {
                 let reservation = self
                     .reservations
@@ -450,6 +524,7 @@ impl ShardState {
                     .expect("purchase of a live reservation");
                 assert!(reservation.paying.is_none(), "a hold is purchased once");
                 reservation.paying = Some(order_id.clone());
+                reservation.order_meta = Some(meta.clone());
             }
             ShardEvent::Confirmed {
                 reservation_id,
@@ -468,6 +543,9 @@ impl ShardState {
                 }
                 self.held -= u64::from(reservation.quantity);
                 self.sold += u64::from(reservation.quantity);
+                self.orders
+                    .entry(order_id.clone())
+                    .or_insert_with(|| reservation.order_meta.clone().unwrap_or_default());
                 for ticket in tickets {
                     let previous = self.tickets.insert(
                         ticket.ticket_id.clone(),
@@ -507,12 +585,61 @@ impl ShardState {
                 ticket.checked_in_at_ms = Some(*at_ms);
             }
         }
+        self.events_applied += 1;
         assert_eq!(
             self.remaining + self.held + self.sold,
             self.capacity,
             "remaining + held + sold == capacity"
         );
         debug_assert!(self.seat_counts_match());
+    }
+
+    /// Checks every invariant of the state at once, for snapshots read back and offline inspection: the counts add
+    /// up, the seats agree with the counts and the reservations, and every sold ticket is one of `sold`.
+    pub fn check(&self) -> Result<(), String> {
+        if self.remaining + self.held + self.sold != self.capacity {
+            return Err(format!(
+                "remaining {} + held {} + sold {} != capacity {}",
+                self.remaining, self.held, self.sold, self.capacity
+            ));
+        }
+        let reserved: u64 = self
+            .reservations
+            .values()
+            .map(|reservation| u64::from(reservation.quantity))
+            .sum();
+        if reserved != self.held {
+            return Err(format!(
+                "reservations hold {reserved}, held is {}",
+                self.held
+            ));
+        }
+        if self.tickets.len() as u64 != self.sold {
+            return Err(format!(
+                "{} tickets, sold is {}",
+                self.tickets.len(),
+                self.sold
+            ));
+        }
+        if self.seated {
+            if self.seats.len() as u64 != self.capacity {
+                return Err("one status per seat".into());
+            }
+            if !self.seat_counts_match() {
+                return Err("seat statuses disagree with the counts".into());
+            }
+            let mut sold_seats = std::collections::HashSet::new();
+            for ticket in self.tickets.values() {
+                let seat = ticket.seat.ok_or("a seated ticket names its seat")?;
+                if !sold_seats.insert(seat) {
+                    return Err(format!("seat {seat} sold twice"));
+                }
+                if self.seats.get(seat as usize) != Some(&SeatStatus::Sold) {
+                    return Err(format!("ticket for seat {seat} which is not sold"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The per-seat statuses agree with the counters (seated shards only; O(seats), so debug builds only).
@@ -529,6 +656,30 @@ impl ShardState {
             }
         }
         counts == self.availability()
+    }
+}
+
+/// FNV-1a: a hash whose value never changes between runs or Rust versions, unlike std's `DefaultHasher`, so
+/// digests and fingerprints can be compared across processes and stored.
+#[derive(Debug)]
+pub struct StableHasher(u64);
+
+impl Default for StableHasher {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for StableHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
 }
 

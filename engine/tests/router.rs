@@ -12,7 +12,9 @@ use engine::concert::{ConcertSpec, Layout, Section};
 use engine::ids::{ConcertId, HoldId, OrderId, TicketId, UserId, ticket_token};
 use engine::journal::VolatileJournal;
 use engine::router::{ClaimRequest, ConcertHandle, Part, Router};
-use engine::shard_state::{Availability, IssuedTicket, Purpose, ReleaseReason, SeatStatus};
+use engine::shard_state::{
+    Availability, IssuedTicket, OrderMeta, Purpose, ReleaseReason, SeatStatus,
+};
 use futures_util::future::{join, join_all};
 use std::future::Future;
 use std::sync::Arc;
@@ -78,6 +80,7 @@ fn add(router: &Router, layout: Layout, shards: u32) -> Arc<ConcertHandle> {
 fn order() -> Purpose {
     Purpose::Order {
         order_id: OrderId::random(),
+        meta: OrderMeta::default(),
     }
 }
 
@@ -486,7 +489,7 @@ fn a_hold_being_paid_for_does_not_expire() {
             .expect("tickets left");
         let order_id = OrderId::random();
         concert
-            .begin_purchase(&paid, &ann, &order_id)
+            .begin_purchase(&paid, &ann, &order_id, &OrderMeta::default())
             .await
             .expect("the hold is live");
         // A later hold on the same shard: once its timer has released it, the paid hold's timer has fired too.
@@ -557,7 +560,7 @@ fn buying_a_hold_past_its_expiry_is_refused_and_releases_it() {
         clock.advance_ms(HOLD_TTL_LONG_MS);
         assert_eq!(
             concert
-                .begin_purchase(&parts, &ann, &OrderId::random())
+                .begin_purchase(&parts, &ann, &OrderId::random(), &OrderMeta::default())
                 .await,
             Err(EngineError::HoldExpired)
         );
@@ -577,6 +580,7 @@ fn confirmed_tickets_check_in_once() {
         let order_id = OrderId::random();
         let purpose = Purpose::Order {
             order_id: order_id.clone(),
+            meta: OrderMeta::default(),
         };
         let parts = concert
             .reserve(&ann, &ClaimRequest::Quantity(3), purpose)
@@ -647,7 +651,7 @@ fn a_held_seat_is_bought_after_payment_begins() {
             Err(EngineError::OrderNotFound)
         );
         concert
-            .begin_purchase(&parts, &ann, &order_id)
+            .begin_purchase(&parts, &ann, &order_id, &OrderMeta::default())
             .await
             .expect("the hold is live");
         concert

@@ -1,0 +1,320 @@
+//! Rebuilding the desk's book after a restart, and settling what the crash left in flight.
+//!
+//! The shard states recovered from snapshots and the journal hold everything the book needs: sold tickets with
+//! their orders' meta (when placed, under which `Idempotency-Key`), live holds, and reservations that were being
+//! paid for. Such an order's payment outcome was lost with the process, so it is settled by asking the provider
+//! what became of the charge under the order's id: approved means tickets, anything else means the charge is voided
+//! and the tickets go back on sale. Never a charge without tickets, never tickets without a charge.
+
+use super::{
+    Book, Desk, Hold, HoldRecord, HoldState, IdempotencyEntry, Order, OrderOutcome, OrderStatus,
+    Ticket, pending_order,
+};
+use crate::concert::ConcertSpec;
+use crate::error::EngineError;
+use crate::ids::{ConcertId, HoldId, OrderId, UserId};
+use crate::payment::ChargeStatus;
+use crate::router::Part;
+use crate::shard_state::{OrderMeta, Purpose, ReleaseReason, ShardState};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often recovery asks an unreachable provider about a charge before voiding it.
+const STATUS_ATTEMPTS_MAX: u32 = 5;
+/// Pause between two such attempts.
+const STATUS_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// An order whose payment was under way when the node stopped; [`Desk::settle_in_flight`] ends it.
+pub struct InFlightOrder {
+    concert_id: ConcertId,
+    order: Order,
+    parts: Vec<Part>,
+    hold_id: Option<HoldId>,
+    outcome: watch::Sender<Option<OrderOutcome>>,
+}
+
+impl InFlightOrder {
+    pub fn order_id(&self) -> &OrderId {
+        &self.order.id
+    }
+}
+
+/// What one concert's shards hold, grouped the way the book keeps it.
+#[derive(Default)]
+struct Gathered {
+    sold: BTreeMap<OrderId, (Order, OrderMeta)>,
+    holds: BTreeMap<HoldId, (UserId, u64, Vec<Part>)>,
+    paying: BTreeMap<OrderId, (UserId, OrderMeta, Option<(HoldId, u64)>, Vec<Part>)>,
+}
+
+impl Gathered {
+    fn from_states(spec: &ConcertSpec, states: &[ShardState]) -> Self {
+        let mut gathered = Self::default();
+        for (shard, state) in states.iter().enumerate() {
+            let shard = shard as u32;
+            let (start, _) = spec.shard_range(shard);
+            for (ticket_id, record) in state.tickets() {
+                let (order, _) =
+                    gathered
+                        .sold
+                        .entry(record.order_id.clone())
+                        .or_insert_with(|| {
+                            let meta = state
+                                .order_meta(&record.order_id)
+                                .cloned()
+                                .unwrap_or_default();
+                            let order = Order {
+                                id: record.order_id.clone(),
+                                concert_id: spec.id.clone(),
+                                user_id: record.owner.clone(),
+                                status: OrderStatus::Confirmed,
+                                amount_cents: 0,
+                                tickets: Vec::new(),
+                                created_at_ms: meta.created_at_ms,
+                            };
+                            (order, meta)
+                        });
+                order.tickets.push(Ticket {
+                    id: ticket_id.clone(),
+                    token: record.token.clone(),
+                    order_id: record.order_id.clone(),
+                    concert_id: spec.id.clone(),
+                    user_id: record.owner.clone(),
+                    seat: record
+                        .seat
+                        .and_then(|local| spec.seat_label(start + u64::from(local))),
+                    shard,
+                    checked_in_at_ms: record.checked_in_at_ms,
+                });
+            }
+            for (reservation_id, reservation) in state.reservations() {
+                let part = Part {
+                    shard,
+                    reservation_id: *reservation_id,
+                    quantity: reservation.quantity,
+                    seats: reservation
+                        .seats
+                        .iter()
+                        .map(|local| start + u64::from(*local))
+                        .collect(),
+                };
+                let hold = match &reservation.purpose {
+                    Purpose::Hold {
+                        hold_id,
+                        expires_at_ms,
+                    } => Some((hold_id.clone(), *expires_at_ms)),
+                    Purpose::Order { .. } => None,
+                };
+                match (&reservation.paying, hold) {
+                    (Some(order_id), hold) => {
+                        let meta = reservation.order_meta.clone().unwrap_or_default();
+                        gathered
+                            .paying
+                            .entry(order_id.clone())
+                            .or_insert_with(|| (reservation.owner.clone(), meta, hold, Vec::new()))
+                            .3
+                            .push(part);
+                    }
+                    (None, Some((hold_id, expires_at_ms))) => {
+                        gathered
+                            .holds
+                            .entry(hold_id)
+                            .or_insert_with(|| {
+                                (reservation.owner.clone(), expires_at_ms, Vec::new())
+                            })
+                            .2
+                            .push(part);
+                    }
+                    (None, None) => unreachable!("an order's reservation is paying from the start"),
+                }
+            }
+        }
+        for (order, _) in gathered.sold.values_mut() {
+            order
+                .tickets
+                .sort_by(|a, b| (a.shard, &a.seat, &a.id).cmp(&(b.shard, &b.seat, &b.id)));
+            order.amount_cents = spec.price_cents * order.tickets.len() as u64;
+        }
+        gathered
+    }
+}
+
+fn hold_of(
+    spec: &ConcertSpec,
+    id: HoldId,
+    user_id: UserId,
+    expires_at_ms: u64,
+    parts: &[Part],
+) -> Hold {
+    Hold {
+        id,
+        concert_id: spec.id.clone(),
+        user_id,
+        quantity: parts.iter().map(|part| part.quantity).sum(),
+        seats: parts
+            .iter()
+            .flat_map(|part| part.seats.iter())
+            .filter_map(|seat| spec.seat_label(*seat))
+            .collect(),
+        expires_at_ms,
+        seated: spec.is_seated(),
+    }
+}
+
+impl Book {
+    /// Remembers that `user`'s request under `meta`'s key ended (or will end) as `outcome` says.
+    fn remember_key(
+        &mut self,
+        user: &UserId,
+        meta: &OrderMeta,
+        outcome: watch::Receiver<Option<OrderOutcome>>,
+    ) {
+        let Some(tag) = &meta.idempotency else {
+            return;
+        };
+        self.idempotency.insert(
+            (user.clone(), tag.key.clone()),
+            IdempotencyEntry {
+                fingerprint: tag.fingerprint,
+                outcome,
+            },
+        );
+        self.idempotency_age
+            .push_back((meta.created_at_ms, user.clone(), tag.key.clone()));
+    }
+}
+
+impl Desk {
+    /// Fills the book with what one concert's recovered shards hold; returns the orders still to settle. Call it
+    /// for every concert before the node takes traffic, then [`Desk::settle_in_flight`] each returned order once the
+    /// concert's shard actors run.
+    pub fn restore(&self, spec: &ConcertSpec, states: &[ShardState]) -> Vec<InFlightOrder> {
+        let now_ms = self.clock.now_ms();
+        let gathered = Gathered::from_states(spec, states);
+        let mut book = self.book();
+        for (order, meta) in gathered.sold.into_values() {
+            book.upsert_order(&order);
+            let (_, outcome) = watch::channel(Some(Ok(order.clone())));
+            book.remember_key(&order.user_id, &meta, outcome);
+        }
+        for (hold_id, (user_id, expires_at_ms, parts)) in gathered.holds {
+            let hold = hold_of(spec, hold_id.clone(), user_id, expires_at_ms, &parts);
+            book.holds.insert(
+                hold_id,
+                HoldRecord {
+                    hold,
+                    parts,
+                    state: HoldState::Active,
+                },
+            );
+        }
+        let mut in_flight = Vec::new();
+        for (order_id, (user_id, meta, hold, parts)) in gathered.paying {
+            let (sender, receiver) = watch::channel(None);
+            let order = pending_order(order_id, spec, &user_id, &parts, &meta);
+            book.upsert_order(&order);
+            book.remember_key(&user_id, &meta, receiver.clone());
+            let hold_id = hold.map(|(hold_id, expires_at_ms)| {
+                let hold = hold_of(
+                    spec,
+                    hold_id.clone(),
+                    user_id.clone(),
+                    expires_at_ms,
+                    &parts,
+                );
+                book.holds.insert(
+                    hold_id.clone(),
+                    HoldRecord {
+                        hold,
+                        parts: parts.clone(),
+                        state: HoldState::Purchasing {
+                            outcome: receiver,
+                            started_at_ms: now_ms,
+                        },
+                    },
+                );
+                hold_id
+            });
+            in_flight.push(InFlightOrder {
+                concert_id: spec.id.clone(),
+                order,
+                parts,
+                hold_id,
+                outcome: sender,
+            });
+        }
+        sort_key_ages(&mut book);
+        in_flight
+    }
+
+    /// Ends an order recovered in flight: tickets if the provider charged it, otherwise void and release.
+    pub async fn settle_in_flight(self: &Arc<Self>, in_flight: InFlightOrder) -> OrderOutcome {
+        let InFlightOrder {
+            concert_id,
+            mut order,
+            parts,
+            hold_id,
+            outcome: sender,
+        } = in_flight;
+        let outcome = async {
+            let concert = self
+                .router
+                .concert(&concert_id)
+                .ok_or(EngineError::ConcertNotFound)?;
+            let status = self.charge_status(&order.id).await;
+            tracing::info!(order_id = %order.id, ?status, "settling an order recovered in flight");
+            let (reason, error) = match status {
+                Some(ChargeStatus::Approved) => {
+                    return self.confirm(order.clone(), &concert, &parts).await;
+                }
+                Some(ChargeStatus::Declined) => (
+                    ReleaseReason::Declined,
+                    EngineError::PaymentDeclined {
+                        reason: "card declined".into(),
+                    },
+                ),
+                Some(ChargeStatus::Unknown | ChargeStatus::Voided) | None => {
+                    // Void first: a charge the provider is still completing must not outlive the released tickets.
+                    self.payments.void(&order.id.0).await;
+                    (ReleaseReason::Abandoned, EngineError::PaymentUnavailable)
+                }
+            };
+            concert.release(&parts, reason).await?;
+            order.status = OrderStatus::Declined;
+            self.book().upsert_order(&order);
+            Err(error)
+        }
+        .await;
+        if outcome.is_err()
+            && let Some(hold_id) = hold_id
+            && let Some(record) = self.book().holds.get_mut(&hold_id)
+        {
+            record.parts.clear();
+        }
+        let _ = sender.send(Some(outcome.clone()));
+        outcome
+    }
+
+    /// The provider's record of the charge for `order_id`, or `None` when it cannot tell.
+    async fn charge_status(&self, order_id: &OrderId) -> Option<ChargeStatus> {
+        for attempt in 1..=STATUS_ATTEMPTS_MAX {
+            match self.payments.status(&order_id.0).await {
+                Ok(status) => return Some(status),
+                Err(error) => {
+                    tracing::warn!(order_id = %order_id, attempt, ?error, "payment status unavailable");
+                    tokio::time::sleep(STATUS_RETRY_DELAY).await;
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Keys are forgotten oldest first, so the ages restored from several concerts are put back in time order.
+fn sort_key_ages(book: &mut Book) {
+    book.idempotency_age
+        .make_contiguous()
+        .sort_by_key(|(created_at_ms, _, _)| *created_at_ms);
+}
