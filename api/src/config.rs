@@ -1,5 +1,6 @@
 //! Command-line flags of `boxoffice`.
 
+use crate::durability::DurabilityMode;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,25 @@ pub struct Cli {
 pub enum Command {
     /// Run a node: the HTTP front and the concert shards.
     Serve(ServeArgs),
+    /// Snapshot every shard of a stopped node's data dir and truncate its journal (offline).
+    Snapshot(DataDirArgs),
+    /// Print what a stopped node's data dir holds and check every invariant offline; exits 1 if one is broken.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DataDirArgs {
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InspectArgs {
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -26,9 +46,18 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the chosen address is printed on stdout).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Where the node keeps its data (the admin token when generated, and later the journal and snapshots).
+    /// Where the node keeps its data: the journal, the sled database of snapshots, concerts and users, the
+    /// simulator's ledger, and the admin token when generated.
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
+    /// `fsync`: every change is journaled and a reply waits for its group commit. `none`: memory only, for
+    /// benchmarks of what durability costs; everything is lost when the process stops.
+    #[arg(long, value_enum, default_value = "fsync")]
+    pub durability: DurabilityMode,
+    /// Each shard writes a snapshot after this many events (and at shutdown).
+    #[arg(long, default_value_t = persistence::storage::SNAPSHOT_EVERY_EVENTS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub snapshot_every_events: u64,
     /// Create one seated and one general-admission demo concert if there are none.
     #[arg(long)]
     pub demo: bool,

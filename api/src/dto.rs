@@ -509,6 +509,15 @@ pub struct TicketVerifyRequest {
     pub token: String,
 }
 
+/// What `POST /admin/snapshot` wrote, and the journal left behind it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotResponse {
+    pub concerts: u64,
+    pub shards: u64,
+    pub journal_segments: u64,
+    pub journal_bytes: u64,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct HealthResponse {
     pub status: String,

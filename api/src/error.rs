@@ -79,6 +79,15 @@ impl ApiError {
         )
     }
 
+    /// The node is rebuilding its state after a start; `/health` says when it is done.
+    pub fn recovering() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "recovering",
+            "the node is recovering its state, retry shortly",
+        )
+    }
+
     /// A failure that is our fault: logged in full, answered generically.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(%detail, "internal error");

@@ -8,8 +8,10 @@
 
 pub mod config;
 pub mod dto;
+pub mod durability;
 pub mod error;
 pub mod extract;
+pub mod offline;
 pub mod openapi;
 pub mod routes;
 pub mod server;
@@ -49,9 +51,14 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/orders", post(orders::create))
         .route("/orders/{id}", get(orders::get))
         .route("/tickets/verify", post(tickets::verify))
+        .route("/admin/snapshot", post(ops::snapshot))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            wait_for_recovery,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             limit_in_flight,
@@ -69,6 +76,22 @@ async fn limit_in_flight(State(state): State<AppState>, request: Request, next: 
             ApiError::overloaded().into_response()
         }
     }
+}
+
+/// Paths that answer while the node recovers: how operators and orchestrators watch it come up.
+const OPERATIONAL_PATHS: [&str; 3] = ["/health", "/metrics", "/openapi.json"];
+
+/// Until recovery has finished, every route but the operational ones answers `503 recovering`: nothing may read
+/// or change state that is still being rebuilt.
+async fn wait_for_recovery(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.is_recovered() || OPERATIONAL_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    ApiError::recovering().into_response()
 }
 
 async fn not_found() -> ApiError {

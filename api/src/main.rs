@@ -1,4 +1,4 @@
-//! The `boxoffice` binary: `boxoffice serve [flags]`.
+//! The `boxoffice` binary: `boxoffice serve [flags]`, and the offline tools `boxoffice snapshot` and `inspect`.
 
 use api::config::{Cli, Command};
 use clap::Parser;
@@ -23,13 +23,26 @@ fn main() -> ExitCode {
                     .build()
                     .expect("tokio runtime")
             });
-            match system.block_on(api::server::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    tracing::error!(%error, "boxoffice failed");
-                    ExitCode::FAILURE
-                }
+            exit_code(system.block_on(api::server::run(args)))
+        }
+        Command::Snapshot(args) => exit_code(api::offline::snapshot(&args)),
+        Command::Inspect(args) => match api::offline::inspect(&args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(error) => {
+                tracing::error!(%error, "inspect failed");
+                ExitCode::from(2)
             }
+        },
+    }
+}
+
+fn exit_code(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "boxoffice failed");
+            ExitCode::FAILURE
         }
     }
 }

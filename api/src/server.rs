@@ -4,6 +4,7 @@
 //! shard actors live on one arbiter per core, the HTTP front on tokio's workers.
 
 use crate::config::ServeArgs;
+use crate::durability::{DurabilityMode, Durable};
 use crate::state::AppState;
 use crate::users::UserStore;
 use actix::Arbiter;
@@ -11,19 +12,28 @@ use engine::clock::{Clock, SystemClock};
 use engine::concert::{ConcertSpec, Layout, Section};
 use engine::desk::{Desk, DeskConfig};
 use engine::ids::{ConcertId, random_hex};
-use engine::journal::VolatileJournal;
 use engine::payment::{PaymentPool, PaymentPoolConfig, SimulatedProvider};
 use engine::router::Router;
+use futures_util::StreamExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use persistence::ledger::SimulatorLedger;
+use persistence::storage::{Storage, StorageOptions};
+use persistence::wire::MetaRecord;
+use std::future::IntoFuture;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use std::time::Instant;
 
 /// How often old idempotency keys, ended holds and expired tokens are swept, and histograms compacted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// File in the data directory holding a generated admin token.
 const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// Directory in the data directory holding the payment simulator's ledger.
+pub const SIMULATOR_LEDGER_DIR: &str = "payment-sim";
+/// Orders recovered in flight that are settled with the provider at once at most.
+const SETTLE_IN_FLIGHT_MAX: usize = 1024;
 
 pub async fn run(args: ServeArgs) -> Result<(), String> {
     std::fs::create_dir_all(&args.data_dir).map_err(|error| {
@@ -35,6 +45,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let admin_token = admin_token(&args.data_dir)?;
     let metrics = metrics_handle()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let durable = Durable::default();
 
     let arbiter_count = args
         .arbiters
@@ -43,13 +54,10 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let arbiters: Vec<Arbiter> = (0..arbiter_count).map(|_| Arbiter::new()).collect();
     let router = Arc::new(Router::new(
         arbiters.iter().map(Arbiter::handle).collect(),
-        Arc::new(VolatileJournal),
+        Arc::new(durable.clone()),
         clock.clone(),
     ));
-    let provider = Arc::new(SimulatedProvider::new(
-        Duration::from_millis(args.payment_latency_ms),
-        args.payment_decline_rate,
-    ));
+    let (provider, ledger) = payment_simulator(&args)?;
     let payments = Arc::new(PaymentPool::new(
         provider,
         PaymentPoolConfig {
@@ -67,17 +75,46 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             tickets_per_order_max: args.max_tickets_per_order,
         },
     ));
-    let users = Arc::new(UserStore::new(args.token_ttl_s * 1000, clock));
-    if args.demo && router.concerts().is_empty() {
-        create_demo_concerts(&router)?;
-    }
+    let users = Arc::new(UserStore::new(
+        args.token_ttl_s * 1000,
+        clock,
+        durable.clone(),
+    ));
     let state = AppState::new(
         desk.clone(),
         users.clone(),
         metrics.clone(),
+        durable.clone(),
         &admin_token,
         args.requests_in_flight_max as usize,
     );
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
+    let address = listener.local_addr().map_err(|error| error.to_string())?;
+    // Tests and scripts read this line to learn the port when started with port 0; /health says when it is ready.
+    println!("boxoffice listening on http://{address}");
+    tracing::info!(%address, arbiters = arbiter_count, durability = ?args.durability, "listening; recovering");
+    let ready = state.ready.clone();
+    let server = tokio::spawn(
+        axum::serve(listener, crate::app(state.clone()))
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                ready.store(false, Ordering::Release);
+                tracing::info!("shutting down: draining in-flight requests");
+            })
+            .into_future(),
+    );
+
+    recover(&args, &desk, &users, &durable).await?;
+    if args.demo && router.concerts().is_empty() {
+        create_demo_concerts(&router, &durable).await?;
+    }
+    state.recovered.store(true, Ordering::Release);
+    state.ready.store(true, Ordering::Release);
+    tracing::info!("ready");
+
     let sweeper = tokio::spawn(async move {
         let mut interval = tokio::time::interval(SWEEP_INTERVAL);
         loop {
@@ -87,30 +124,113 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             metrics.run_upkeep();
         }
     });
-
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    server
         .await
-        .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
-    let address = listener.local_addr().map_err(|error| error.to_string())?;
-    state.ready.store(true, Ordering::Release);
-    // Tests and scripts read this line to learn the port when started with port 0.
-    println!("boxoffice listening on http://{address}");
-    tracing::info!(%address, arbiters = arbiter_count, "listening");
-
-    let ready = state.ready.clone();
-    axum::serve(listener, crate::app(state))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            ready.store(false, Ordering::Release);
-            tracing::info!("shutting down: draining in-flight requests");
-        })
-        .await
+        .map_err(|error| format!("server task failed: {error}"))?
         .map_err(|error| format!("server failed: {error}"))?;
     sweeper.abort();
+    if let Some(storage) = durable.storage() {
+        for concert in router.concerts() {
+            if let Err(error) = concert.snapshot().await {
+                tracing::warn!(concert_id = %concert.spec.id, %error, "final snapshot failed; the journal still covers it");
+            }
+        }
+        storage.close();
+        tracing::info!("final snapshots written");
+    }
+    if let Some(ledger) = ledger {
+        ledger.close();
+    }
     for arbiter in arbiters {
         arbiter.stop();
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The in-process payment simulator; with durability, its ledger lives in `DIR/payment-sim`.
+fn payment_simulator(
+    args: &ServeArgs,
+) -> Result<(Arc<SimulatedProvider>, Option<Arc<SimulatorLedger>>), String> {
+    let latency = Duration::from_millis(args.payment_latency_ms);
+    if args.durability == DurabilityMode::None {
+        let provider = SimulatedProvider::new(latency, args.payment_decline_rate);
+        return Ok((Arc::new(provider), None));
+    }
+    let (ledger, charges) = SimulatorLedger::open(&args.data_dir.join(SIMULATOR_LEDGER_DIR), true)
+        .map_err(|error| format!("cannot open the simulator's ledger: {error}"))?;
+    let ledger = Arc::new(ledger);
+    let provider =
+        SimulatedProvider::with_store(latency, args.payment_decline_rate, charges, ledger.clone());
+    Ok((Arc::new(provider), Some(ledger)))
+}
+
+/// Opens the storage and rebuilds the node: users, concerts with their shards, the desk's book; then settles the
+/// orders whose payment was under way when the node stopped.
+async fn recover(
+    args: &ServeArgs,
+    desk: &Arc<Desk>,
+    users: &UserStore,
+    durable: &Durable,
+) -> Result<(), String> {
+    if args.durability == DurabilityMode::None {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let dir = args.data_dir.clone();
+    let options = StorageOptions {
+        snapshot_every_events: args.snapshot_every_events,
+        sync: true,
+    };
+    let (storage, recovered) = tokio::task::spawn_blocking(move || Storage::open(&dir, options))
+        .await
+        .map_err(|error| format!("recovery task failed: {error}"))?
+        .map_err(|error| error.to_string())?;
+    durable.set(storage);
+    let (events_replayed, snapshots_rejected) =
+        (recovered.events_replayed(), recovered.snapshots_rejected());
+    let user_count = users.restore(recovered.users)?;
+    let mut in_flight = Vec::new();
+    let (mut sold, mut held) = (0, 0);
+    let concert_count = recovered.concerts.len();
+    for concert in recovered.concerts {
+        for state in &concert.states {
+            sold += state.availability().sold;
+            held += state.availability().held;
+        }
+        in_flight.extend(desk.restore(&concert.spec, &concert.states));
+        desk.router()
+            .start_concert(concert.spec, concert.states)
+            .map_err(|error| format!("cannot restart a concert: {error}"))?;
+    }
+    let in_flight_count = in_flight.len();
+    let outcomes: Vec<_> = futures_util::stream::iter(in_flight)
+        .map(|order| desk.settle_in_flight(order))
+        .buffer_unordered(SETTLE_IN_FLIGHT_MAX)
+        .collect()
+        .await;
+    let confirmed = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        read_ms = recovered.elapsed.as_millis() as u64,
+        concerts = concert_count,
+        users = user_count,
+        tickets_sold = sold,
+        tickets_held = held,
+        journal_records = recovered.journal.records,
+        journal_segments = recovered.journal.segments,
+        events_replayed,
+        snapshots_rejected,
+        torn_tail_bytes = recovered
+            .journal
+            .torn_tail
+            .as_ref()
+            .map_or(0, |torn| torn.bytes_cut),
+        in_flight = in_flight_count,
+        in_flight_confirmed = confirmed,
+        in_flight_released = in_flight_count - confirmed,
+        "recovery finished"
+    );
     Ok(())
 }
 
@@ -162,7 +282,7 @@ fn metrics_handle() -> Result<PrometheusHandle, String> {
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
-fn create_demo_concerts(router: &Router) -> Result<(), String> {
+async fn create_demo_concerts(router: &Router, durable: &Durable) -> Result<(), String> {
     let seated = ConcertSpec::new(
         ConcertId::random(),
         "Demo: The Seated Symphony".into(),
@@ -197,6 +317,11 @@ fn create_demo_concerts(router: &Router) -> Result<(), String> {
     for spec in [seated, general] {
         let concert = router
             .add_concert(spec)
+            .map_err(|error| error.to_string())?;
+        durable
+            .append_meta(MetaRecord::Concert((*concert.spec).clone()))
+            .wait()
+            .await
             .map_err(|error| error.to_string())?;
         tracing::info!(concert_id = %concert.spec.id, name = %concert.spec.name, "demo concert created");
     }

@@ -1,5 +1,6 @@
 //! What every handler shares.
 
+use crate::durability::Durable;
 use crate::users::UserStore;
 use engine::desk::Desk;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -14,8 +15,11 @@ pub struct AppState {
     pub desk: Arc<Desk>,
     pub users: Arc<UserStore>,
     pub metrics: PrometheusHandle,
-    /// False until recovery has finished and orders are accepted.
+    /// False until recovery has finished and orders are accepted, and again once the node drains.
     pub ready: Arc<AtomicBool>,
+    /// Set once recovery has finished; until then only the operational routes answer.
+    pub recovered: Arc<AtomicBool>,
+    pub durable: Durable,
     /// Requests being served at once at most; see `crate::limit_in_flight`.
     pub requests_in_flight: Arc<Semaphore>,
     admin_token_hash: [u8; 32],
@@ -26,6 +30,7 @@ impl AppState {
         desk: Arc<Desk>,
         users: Arc<UserStore>,
         metrics: PrometheusHandle,
+        durable: Durable,
         admin_token: &str,
         requests_in_flight_max: usize,
     ) -> Self {
@@ -34,6 +39,8 @@ impl AppState {
             users,
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
+            recovered: Arc::new(AtomicBool::new(false)),
+            durable,
             requests_in_flight: Arc::new(Semaphore::new(requests_in_flight_max)),
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
         }
@@ -47,5 +54,9 @@ impl AppState {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn is_recovered(&self) -> bool {
+        self.recovered.load(Ordering::Acquire)
     }
 }

@@ -7,6 +7,7 @@
 //! pool behind a semaphore: at most [`HASHING_IN_FLIGHT_MAX`] hash at once, and at most
 //! [`HASHING_WAITING_MAX`] wait; beyond that a login or registration is refused as overloaded.
 
+use crate::durability::Durable;
 use crate::error::{ApiError, ApiResult};
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
@@ -14,7 +15,10 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use axum::http::StatusCode;
 use base64::Engine as _;
 use engine::ids::{UserId, fill_random};
+use engine::journal::Commit;
 use engine::payment::PaymentCard;
+use persistence::wire::MetaRecord;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -38,7 +42,7 @@ pub static HASHING_IN_FLIGHT_MAX: OnceLock<usize> = OnceLock::new();
 pub const HASHING_WAITING_MAX: usize = 4_096;
 
 /// Shown in responses: the card without its number and cvv.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardSummary {
     pub kind: String,
     pub holder_name: String,
@@ -48,7 +52,7 @@ pub struct CardSummary {
 }
 
 /// Never shown, never logged: the part of a card only the payment provider sees.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardSecret {
     pub number: String,
     pub cvv: String,
@@ -60,7 +64,7 @@ impl std::fmt::Debug for CardSecret {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredCard {
     pub summary: CardSummary,
     pub secret: CardSecret,
@@ -78,7 +82,7 @@ impl StoredCard {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
     pub gender: Option<String>,
     pub country: Option<String>,
@@ -94,9 +98,26 @@ pub struct User {
     pub password_hash: String,
     pub profile: Profile,
     pub card: Option<StoredCard>,
+    pub created_at_ms: u64,
 }
 
 type TokenHash = [u8; 32];
+
+/// A user as the journal and sled keep it; the variant is the format version. Tokens are kept as their hashes.
+#[derive(Serialize, Deserialize)]
+enum StoredUser {
+    V1(StoredUserV1),
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredUserV1 {
+    username: String,
+    password_hash: String,
+    profile: Profile,
+    card: Option<StoredCard>,
+    created_at_ms: u64,
+    tokens: Vec<(TokenHash, u64)>,
+}
 
 struct TokenRecord {
     user_id: UserId,
@@ -114,6 +135,7 @@ struct Users {
 
 pub struct UserStore {
     users: RwLock<Users>,
+    durable: Durable,
     token_ttl_ms: u64,
     clock: Arc<dyn engine::clock::Clock>,
     hashing: Arc<Semaphore>,
@@ -139,11 +161,12 @@ pub struct UserUpdate {
 }
 
 impl UserStore {
-    pub fn new(token_ttl_ms: u64, clock: Arc<dyn engine::clock::Clock>) -> Self {
+    pub fn new(token_ttl_ms: u64, clock: Arc<dyn engine::clock::Clock>, durable: Durable) -> Self {
         let cores = *HASHING_IN_FLIGHT_MAX
             .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         Self {
             users: RwLock::new(Users::default()),
+            durable,
             token_ttl_ms,
             clock,
             hashing: Arc::new(Semaphore::new(cores)),
@@ -185,8 +208,9 @@ impl UserStore {
             password_hash,
             profile: new_user.profile,
             card: new_user.card,
+            created_at_ms: self.clock.now_ms(),
         };
-        let token = {
+        let (token, commit) = {
             let mut users = self.write();
             if users.by_username.contains_key(&user.username) {
                 return Err(username_taken());
@@ -203,8 +227,10 @@ impl UserStore {
                 .insert(user.username.clone(), user.id.clone());
             users.in_creation_order.push(user.id.clone());
             users.by_id.insert(user.id.clone(), user.clone());
-            self.issue_token(&mut users, &user.id)
+            let token = self.issue_token(&mut users, &user.id);
+            (token, self.persist(&users, &user.id))
         };
+        Durable::wait(commit).await?;
         Ok((user, token))
     }
 
@@ -232,7 +258,12 @@ impl UserStore {
                 "wrong username or password",
             )
         })?;
-        let token = self.issue_token(&mut self.write(), &user_id);
+        let (token, commit) = {
+            let mut users = self.write();
+            let token = self.issue_token(&mut users, &user_id);
+            (token, self.persist(&users, &user_id))
+        };
+        Durable::wait(commit).await?;
         Ok((user_id, token))
     }
 
@@ -307,31 +338,36 @@ impl UserStore {
             Some(password) => Some(self.hashing(move || hash_password(&password)).await??),
             None => None,
         };
-        let mut users = self.write();
-        let user = users
-            .by_id
-            .get_mut(id)
-            .ok_or_else(|| ApiError::not_found("user"))?;
-        if let Some(hash) = password_hash {
-            user.password_hash = hash;
-        }
-        let profile = update.profile;
-        let fields = [
-            (&mut user.profile.gender, profile.gender),
-            (&mut user.profile.country, profile.country),
-            (&mut user.profile.city, profile.city),
-            (&mut user.profile.zip_code, profile.zip_code),
-            (&mut user.profile.street, profile.street),
-        ];
-        for (field, value) in fields {
-            if value.is_some() {
-                *field = value;
+        let (user, commit) = {
+            let mut users = self.write();
+            let user = users
+                .by_id
+                .get_mut(id)
+                .ok_or_else(|| ApiError::not_found("user"))?;
+            if let Some(hash) = password_hash {
+                user.password_hash = hash;
             }
-        }
-        if update.card.is_some() {
-            user.card = update.card;
-        }
-        Ok(user.clone())
+            let profile = update.profile;
+            let fields = [
+                (&mut user.profile.gender, profile.gender),
+                (&mut user.profile.country, profile.country),
+                (&mut user.profile.city, profile.city),
+                (&mut user.profile.zip_code, profile.zip_code),
+                (&mut user.profile.street, profile.street),
+            ];
+            for (field, value) in fields {
+                if value.is_some() {
+                    *field = value;
+                }
+            }
+            if update.card.is_some() {
+                user.card = update.card;
+            }
+            let user = user.clone();
+            (user, self.persist(&users, id))
+        };
+        Durable::wait(commit).await?;
+        Ok(user)
     }
 
     /// A page of users in creation order, and the offset of the next page if there is one.
@@ -346,6 +382,83 @@ impl UserStore {
             .map(|id| users.by_id[id].clone())
             .collect();
         (page, (end < ids.len()).then_some(end))
+    }
+
+    /// Queues the user's record, with its live tokens, to the journal. Called under the users lock, so that two
+    /// changes of one user reach the journal in the order they were made.
+    fn persist(&self, users: &Users, id: &UserId) -> Commit {
+        let user = &users.by_id[id];
+        let tokens = users
+            .tokens_of_user
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter_map(|hash| Some((*hash, users.tokens.get(hash)?.expires_at_ms)))
+            .collect();
+        let record = StoredUser::V1(StoredUserV1 {
+            username: user.username.clone(),
+            password_hash: user.password_hash.clone(),
+            profile: user.profile.clone(),
+            card: user.card.clone(),
+            created_at_ms: user.created_at_ms,
+            tokens,
+        });
+        self.durable.append_meta(MetaRecord::User {
+            id: id.0.clone(),
+            record: postcard::to_allocvec(&record).expect("users always encode"),
+        })
+    }
+
+    /// Loads the users a restarted node recovered, oldest first; tokens that have expired are dropped.
+    pub fn restore(&self, records: Vec<(String, Vec<u8>)>) -> Result<usize, String> {
+        let now_ms = self.clock.now_ms();
+        let mut decoded = Vec::with_capacity(records.len());
+        for (id, bytes) in records {
+            let StoredUser::V1(stored) = postcard::from_bytes(&bytes)
+                .map_err(|error| format!("user {id} does not decode: {error}"))?;
+            decoded.push((UserId(id), stored));
+        }
+        decoded.sort_by(|a, b| (a.1.created_at_ms, &a.0).cmp(&(b.1.created_at_ms, &b.0)));
+        let mut users = self.write();
+        let count = decoded.len();
+        for (id, stored) in decoded {
+            let live: VecDeque<TokenHash> = stored
+                .tokens
+                .iter()
+                .filter(|(_, expires_at_ms)| *expires_at_ms > now_ms)
+                .map(|(hash, _)| *hash)
+                .collect();
+            for (hash, expires_at_ms) in stored.tokens {
+                if expires_at_ms > now_ms {
+                    users.tokens.insert(
+                        hash,
+                        TokenRecord {
+                            user_id: id.clone(),
+                            expires_at_ms,
+                        },
+                    );
+                }
+            }
+            if !live.is_empty() {
+                users.tokens_of_user.insert(id.clone(), live);
+            }
+            users
+                .by_username
+                .insert(stored.username.clone(), id.clone());
+            users.in_creation_order.push(id.clone());
+            users.by_id.insert(
+                id.clone(),
+                User {
+                    id,
+                    username: stored.username,
+                    password_hash: stored.password_hash,
+                    profile: stored.profile,
+                    card: stored.card,
+                    created_at_ms: stored.created_at_ms,
+                },
+            );
+        }
+        Ok(count)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Users> {

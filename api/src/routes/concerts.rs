@@ -3,6 +3,7 @@
 use crate::dto::{
     ConcertList, ConcertRequest, ConcertResponse, SeatList, SeatResponse, normalize_rfc3339,
 };
+use crate::durability::Durable;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AdminCaller, ApiJson, ApiPath};
 use crate::state::AppState;
@@ -14,6 +15,7 @@ use engine::ids::ConcertId;
 use engine::router::ConcertHandle;
 use engine::shard_state::SeatStatus;
 use futures_util::future::join_all;
+use persistence::wire::MetaRecord;
 
 /// Create a concert (admin): `capacity` for general admission, or `sections` for a seated one.
 #[utoipa::path(post, path = "/concerts", tag = "concerts", security(("bearer" = [])), request_body = ConcertRequest,
@@ -48,6 +50,13 @@ pub async fn create(
         body.shards,
     )?;
     let concert = state.desk.router().add_concert(spec)?;
+    // The 201 waits until the concert is durable: its id must still mean something after a restart.
+    Durable::wait(
+        state
+            .durable
+            .append_meta(MetaRecord::Concert((*concert.spec).clone())),
+    )
+    .await?;
     tracing::info!(concert_id = %concert.spec.id, capacity = concert.spec.capacity(), shards = concert.spec.shards, "concert created");
     Ok((StatusCode::CREATED, Json(describe(&concert).await?)))
 }

@@ -1,7 +1,8 @@
 //! Health, metrics and the OpenAPI document.
 
-use crate::dto::HealthResponse;
-use crate::error::ApiError;
+use crate::dto::{HealthResponse, SnapshotResponse};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::AdminCaller;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -17,11 +18,7 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<HealthResponse
             status: "ok".into(),
         }))
     } else {
-        Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "recovering",
-            "the node is not accepting orders yet",
-        ))
+        Err(ApiError::recovering())
     }
 }
 
@@ -40,4 +37,35 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")))]
 pub async fn openapi() -> impl IntoResponse {
     Json(crate::openapi::document())
+}
+
+/// Snapshot every shard now (admin) and truncate the journal behind the snapshots.
+#[utoipa::path(post, path = "/admin/snapshot", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, body = SnapshotResponse), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody),
+              (status = 503, body = crate::error::ErrorBody)))]
+pub async fn snapshot(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> ApiResult<Json<SnapshotResponse>> {
+    let Some(storage) = state.durable.storage() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_durable",
+            "this node runs with --durability none and keeps no snapshots",
+        ));
+    };
+    let concerts = state.desk.router().concerts();
+    let mut shards = 0;
+    for concert in &concerts {
+        concert.snapshot().await?;
+        shards += concert.shard_count();
+    }
+    let journal = storage.journal_stats();
+    Ok(Json(SnapshotResponse {
+        concerts: concerts.len() as u64,
+        shards: u64::from(shards),
+        journal_segments: journal.segments as u64,
+        journal_bytes: journal.bytes,
+    }))
 }

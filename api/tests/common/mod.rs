@@ -13,12 +13,15 @@ pub const GOOD_CARD: &str = "4242424242424242";
 pub const DECLINED_CARD: &str = "4000000000000002";
 /// A request that takes longer than this has hung: a hang detector, not a performance assertion.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a start (recovery included) may take before the harness calls it hung.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct Server {
     child: Child,
     pub base: String,
     pub client: reqwest::Client,
-    data_dir: tempfile::TempDir,
+    /// Taken by [`Server::kill`] and [`Server::stop`] to start the next server on the same data.
+    data_dir: Option<tempfile::TempDir>,
 }
 
 pub struct Reply {
@@ -62,9 +65,13 @@ impl Reply {
 }
 
 impl Server {
-    /// Starts a server with the given extra flags and waits until it listens.
+    /// Starts a server with the given extra flags and waits until it is ready (`/health` 200).
     pub fn start(extra_args: &[&str]) -> Server {
-        let data_dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), extra_args)
+    }
+
+    /// Starts a server on an existing data dir, e.g. one a killed server left behind.
+    pub fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_boxoffice"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
@@ -92,12 +99,60 @@ impl Server {
             .pool_max_idle_per_host(1024)
             .build()
             .expect("client");
-        Server {
+        let server = Server {
             child,
             base,
             client,
-            data_dir,
+            data_dir: Some(data_dir),
+        };
+        server.wait_until_healthy();
+        server
+    }
+
+    /// Polls `/health` (over a plain socket: this runs outside any runtime) until it answers 200.
+    fn wait_until_healthy(&self) {
+        use std::io::{Read, Write};
+        let address = self.base.trim_start_matches("http://");
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let healthy = std::net::TcpStream::connect(address)
+                .and_then(|mut stream| {
+                    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    stream.write_all(
+                        b"GET /health HTTP/1.1\r\nHost: boxoffice\r\nConnection: close\r\n\r\n",
+                    )?;
+                    let mut reply = String::new();
+                    stream.read_to_string(&mut reply)?;
+                    Ok(reply.starts_with("HTTP/1.1 200"))
+                })
+                .unwrap_or(false);
+            if healthy {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends SIGKILL: the process dies at once, in the middle of whatever it was doing. Returns its data dir.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+        self.data_dir.take().expect("data dir")
+    }
+
+    /// Sends SIGTERM, asserts a clean exit, and returns the data dir.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        assert!(self.child.wait().expect("wait").success(), "exit 0 after SIGTERM");
+        self.data_dir.take().expect("data dir")
     }
 
     pub fn pid(&self) -> u32 {
@@ -105,7 +160,7 @@ impl Server {
     }
 
     pub fn data_dir(&self) -> &std::path::Path {
-        self.data_dir.path()
+        self.data_dir.as_ref().expect("data dir").path()
     }
 
     /// Sends SIGTERM and returns the exit status.

@@ -46,7 +46,16 @@ impl InFlightOrder {
 struct Gathered {
     sold: BTreeMap<OrderId, (Order, OrderMeta)>,
     holds: BTreeMap<HoldId, (UserId, u64, Vec<Part>)>,
-    paying: BTreeMap<OrderId, (UserId, OrderMeta, Option<(HoldId, u64)>, Vec<Part>)>,
+    paying: BTreeMap<OrderId, Paying>,
+}
+
+/// The reservations of one order that was being paid for.
+struct Paying {
+    owner: UserId,
+    meta: OrderMeta,
+    /// The hold it purchases, and when that hold was to expire.
+    hold: Option<(HoldId, u64)>,
+    parts: Vec<Part>,
 }
 
 impl Gathered {
@@ -109,12 +118,16 @@ impl Gathered {
                 };
                 match (&reservation.paying, hold) {
                     (Some(order_id), hold) => {
-                        let meta = reservation.order_meta.clone().unwrap_or_default();
                         gathered
                             .paying
                             .entry(order_id.clone())
-                            .or_insert_with(|| (reservation.owner.clone(), meta, hold, Vec::new()))
-                            .3
+                            .or_insert_with(|| Paying {
+                                owner: reservation.owner.clone(),
+                                meta: reservation.order_meta.clone().unwrap_or_default(),
+                                hold,
+                                parts: Vec::new(),
+                            })
+                            .parts
                             .push(part);
                     }
                     (None, Some((hold_id, expires_at_ms))) => {
@@ -211,7 +224,13 @@ impl Desk {
             );
         }
         let mut in_flight = Vec::new();
-        for (order_id, (user_id, meta, hold, parts)) in gathered.paying {
+        for (order_id, paying) in gathered.paying {
+            let Paying {
+                owner: user_id,
+                meta,
+                hold,
+                parts,
+            } = paying;
             let (sender, receiver) = watch::channel(None);
             let order = pending_order(order_id, spec, &user_id, &parts, &meta);
             book.upsert_order(&order);

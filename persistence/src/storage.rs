@@ -1,0 +1,623 @@
+//! The node's storage: the durable [`Journal`] of the engine, snapshots, concerts and users.
+//!
+//! Layout of a data dir: `journal/` holds the segment log ([`crate::log`]) of every shard event and every
+//! node-wide record (concerts, users); `db/` is a sled database holding the latest two snapshots of every shard,
+//! the concerts and the users as of the last snapshot flush, and the last node-wide sequence number.
+//!
+//! Durability comes from the journal alone: a reply waits for the group commit that covers its record. sled holds
+//! what the journal may then forget. Its `flush` is `pwrite` + `sync_file_range` (FACTS.md), which survives a
+//! process crash but not a power loss, so after every flush the snapshot writer also `fsync`s sled's files before it
+//! lets the journal drop anything they cover.
+//!
+//! Snapshots are written by one thread ([`SNAPSHOT_QUEUE_MAX`] queued at most; a snapshot that does not fit is
+//! refused, which costs nothing but a longer replay). It takes every queued snapshot, stores them, flushes sled once,
+//! then deletes the journal segments that the oldest kept snapshot of every shard, and the flushed node-wide
+//! records, cover. Two snapshots per shard are kept so that a damaged newest one falls back to the one before it
+//! plus a longer replay.
+
+use crate::log::{self, LogConfig, LogStats, LogWriter, ReadReport, StreamId};
+use crate::wire::{
+    Entry, META_STREAM, MetaRecord, decode_record, decode_snapshot, encode_record, encode_snapshot,
+    shard_stream,
+};
+use engine::concert::ConcertSpec;
+use engine::journal::{Commit, Journal, JournalError, JournalRecord, ShardSnapshot};
+use engine::shard_state::{ShardEvent, ShardState};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Snapshots kept per shard: the newest, and the one recovery falls back to when the newest is damaged.
+pub const SNAPSHOTS_KEPT: usize = 2;
+/// Snapshots waiting for the snapshot writer at most; beyond that a snapshot is refused.
+pub const SNAPSHOT_QUEUE_MAX: usize = 4096;
+/// Default of `--snapshot-every-events`.
+pub const SNAPSHOT_EVERY_EVENTS_DEFAULT: u64 = 100_000;
+/// Snapshots the writer stores between two flushes at most.
+const SNAPSHOT_BATCH_MAX: usize = 256;
+
+const META_SEQ_KEY: &[u8] = b"meta_seq";
+
+#[derive(Clone, Debug)]
+pub struct StorageOptions {
+    /// Each shard snapshots itself after this many events.
+    pub snapshot_every_events: u64,
+    /// `false` skips `fdatasync` (benchmarks of the journal's CPU cost only).
+    pub sync: bool,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        Self {
+            snapshot_every_events: SNAPSHOT_EVERY_EVENTS_DEFAULT,
+            sync: true,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum StorageError {
+    Io(std::io::Error),
+    Sled(sled::Error),
+    /// The data dir cannot be turned back into a consistent state.
+    Unrecoverable(String),
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(error) => write!(f, "storage i/o failed: {error}"),
+            Self::Sled(error) => write!(f, "sled failed: {error}"),
+            Self::Unrecoverable(reason) => write!(f, "data dir cannot be recovered: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+impl From<std::io::Error> for StorageError {
+    fn from(error: std::io::Error) -> Self {
+        Self::Io(error)
+    }
+}
+
+impl From<sled::Error> for StorageError {
+    fn from(error: sled::Error) -> Self {
+        Self::Sled(error)
+    }
+}
+
+/// A concert as recovered: its definition and the state of each shard.
+#[derive(Debug)]
+pub struct RecoveredConcert {
+    pub spec: ConcertSpec,
+    pub states: Vec<ShardState>,
+    /// Per shard: the position of the snapshot it started from (0: none), and the events replayed after it.
+    pub shards: Vec<RecoveredShard>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveredShard {
+    pub snapshot_seq: u64,
+    pub events_replayed: u64,
+    /// Damaged snapshots passed over for an older one.
+    pub snapshots_rejected: u32,
+}
+
+#[derive(Debug)]
+pub struct Recovered {
+    pub concerts: Vec<RecoveredConcert>,
+    /// Users by id, as the HTTP front encoded them.
+    pub users: Vec<(String, Vec<u8>)>,
+    pub journal: ReadReport,
+    pub elapsed: Duration,
+}
+
+impl Recovered {
+    pub fn events_replayed(&self) -> u64 {
+        self.concerts
+            .iter()
+            .flat_map(|concert| &concert.shards)
+            .map(|shard| shard.events_replayed)
+            .sum()
+    }
+
+    pub fn snapshots_rejected(&self) -> u32 {
+        self.concerts
+            .iter()
+            .flat_map(|concert| &concert.shards)
+            .map(|shard| shard.snapshots_rejected)
+            .sum()
+    }
+}
+
+struct Trees {
+    concerts: sled::Tree,
+    users: sled::Tree,
+    snapshots: sled::Tree,
+    meta: sled::Tree,
+}
+
+struct Inner {
+    db_dir: PathBuf,
+    db: sled::Db,
+    trees: Trees,
+    log: LogWriter,
+    /// The last node-wide sequence number handed out; held while a node-wide record is applied and queued, so
+    /// records reach sled and the log in sequence order.
+    meta_seq: Mutex<u64>,
+    /// Per stream, the position up to which the journal is no longer needed.
+    covered: Mutex<HashMap<String, u64>>,
+}
+
+struct SnapshotJob {
+    snapshot: ShardSnapshot,
+    done: oneshot::Sender<Result<(), JournalError>>,
+}
+
+pub struct Storage {
+    inner: Arc<Inner>,
+    snapshot_every_events: u64,
+    jobs: Mutex<Option<SyncSender<SnapshotJob>>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Storage {
+    /// Opens (or creates) the storage in `dir` and recovers what it holds: the log's torn tail is cut, concerts and
+    /// users are read, and every shard is rebuilt from its newest good snapshot plus the journal after it.
+    pub fn open(
+        dir: &Path,
+        options: StorageOptions,
+    ) -> Result<(Arc<Storage>, Recovered), StorageError> {
+        assert!(options.snapshot_every_events > 0, "snapshots are periodic");
+        let started = Instant::now();
+        std::fs::create_dir_all(dir)?;
+        let db_dir = dir.join("db");
+        let db = sled::Config::new().path(&db_dir).open()?;
+        let trees = Trees {
+            concerts: db.open_tree("concerts")?,
+            users: db.open_tree("users")?,
+            snapshots: db.open_tree("snapshots")?,
+            meta: db.open_tree("meta")?,
+        };
+        let mut meta_seq = read_u64(&trees.meta, META_SEQ_KEY)?;
+        let mut events: HashMap<StreamId, Vec<(u64, ShardEvent)>> = HashMap::new();
+        let mut sled_failure = None;
+        let log_config = LogConfig {
+            sync: options.sync,
+            ..LogConfig::new(dir.join("journal"))
+        };
+        let (log, journal) = log::open(log_config, |bytes| match decode_record(bytes)? {
+            Entry::Shard(record) => {
+                let stream: StreamId = shard_stream(&record.concert_id.0, record.shard).into();
+                events
+                    .entry(stream.clone())
+                    .or_default()
+                    .push((record.seq, record.event));
+                Ok((stream, record.seq))
+            }
+            Entry::Meta { seq, record } => {
+                if let Err(error) = apply_meta(&trees, &record) {
+                    sled_failure.get_or_insert(error);
+                }
+                meta_seq = meta_seq.max(seq);
+                Ok((META_STREAM.into(), seq))
+            }
+        })?;
+        if let Some(error) = sled_failure {
+            return Err(error.into());
+        }
+        if let Some(torn) = &journal.torn_tail {
+            tracing::warn!(segment = %torn.segment.display(), offset = torn.offset, bytes_cut = torn.bytes_cut,
+                reason = %torn.reason, "journal ended in a torn record: its tail was cut");
+        }
+        let mut concerts = Vec::new();
+        for entry in trees.concerts.iter() {
+            let (_, bytes) = entry?;
+            let spec: ConcertSpec = postcard::from_bytes(&bytes)
+                .map_err(|error| StorageError::Unrecoverable(format!("bad concert: {error}")))?;
+            concerts.push(restore_concert(&trees.snapshots, spec, &mut events)?);
+        }
+        for stream in events.keys() {
+            tracing::warn!(%stream, "journal events of an unknown concert ignored");
+        }
+        let users = trees
+            .users
+            .iter()
+            .map(|entry| {
+                entry.map(|(id, record)| {
+                    (String::from_utf8_lossy(&id).into_owned(), record.to_vec())
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let covered = oldest_snapshot_per_stream(&trees.snapshots)?;
+        let inner = Arc::new(Inner {
+            db_dir,
+            db,
+            trees,
+            log,
+            meta_seq: Mutex::new(meta_seq),
+            covered: Mutex::new(covered),
+        });
+        let (jobs, receiver) = mpsc::sync_channel(SNAPSHOT_QUEUE_MAX);
+        let worker_inner = inner.clone();
+        let worker = std::thread::Builder::new()
+            .name("snapshot-writer".into())
+            .spawn(move || write_snapshots(&worker_inner, &receiver))?;
+        let storage = Arc::new(Storage {
+            inner,
+            snapshot_every_events: options.snapshot_every_events,
+            jobs: Mutex::new(Some(jobs)),
+            worker: Mutex::new(Some(worker)),
+        });
+        concerts.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        let recovered = Recovered {
+            concerts,
+            users,
+            journal,
+            elapsed: started.elapsed(),
+        };
+        Ok((storage, recovered))
+    }
+
+    /// Records a node-wide change; the commit completes once it is durable. sled gets it at once, in order.
+    pub fn append_meta(&self, record: MetaRecord) -> Commit {
+        let mut seq = self
+            .inner
+            .meta_seq
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Err(error) = apply_meta(&self.inner.trees, &record) {
+            return failed_commit(format!("sled: {error}"));
+        }
+        *seq += 1;
+        let bytes = encode_record(Entry::Meta { seq: *seq, record });
+        Commit::pending(self.inner.log.append(META_STREAM.into(), *seq, bytes))
+    }
+
+    /// Stores snapshots given directly (offline: `boxoffice snapshot`) and waits until they are durable.
+    pub fn write_snapshots_now(&self, snapshots: Vec<ShardSnapshot>) -> Result<(), StorageError> {
+        store_snapshots(&self.inner, snapshots.iter())
+            .map_err(|error| StorageError::Unrecoverable(error.0))
+    }
+
+    pub fn journal_stats(&self) -> LogStats {
+        self.inner.log.stats()
+    }
+
+    /// The position of the newest snapshot of every shard that has one, by stream (`concert/shard`).
+    pub fn snapshot_positions(&self) -> Result<BTreeMap<String, u64>, StorageError> {
+        let mut newest = BTreeMap::new();
+        for key in self.inner.trees.snapshots.iter().keys() {
+            let (stream, seq) = parse_snapshot_key(&key?)?;
+            newest.insert(stream, seq);
+        }
+        Ok(newest)
+    }
+
+    /// Stops the snapshot writer after what is queued, and the journal writer after what is queued; flushes sled.
+    pub fn close(&self) {
+        drop(
+            self.jobs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        if let Some(worker) = self
+            .worker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            && worker.join().is_err()
+        {
+            tracing::error!("snapshot writer panicked");
+        }
+        self.inner.log.close();
+        if let Err(error) = self.inner.db.flush() {
+            tracing::error!(%error, "sled flush at close failed");
+        }
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Journal for Storage {
+    fn append(&self, record: JournalRecord) -> Commit {
+        let stream: StreamId = shard_stream(&record.concert_id.0, record.shard).into();
+        let seq = record.seq;
+        let bytes = encode_record(Entry::Shard(record));
+        Commit::pending(self.inner.log.append(stream, seq, bytes))
+    }
+
+    fn snapshot_every_events(&self) -> Option<u64> {
+        Some(self.snapshot_every_events)
+    }
+
+    fn save_snapshot(&self, snapshot: ShardSnapshot) -> Commit {
+        let (done, receiver) = oneshot::channel();
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(jobs) = jobs.as_ref() else {
+            return failed_commit("storage is closed".into());
+        };
+        match jobs.try_send(SnapshotJob { snapshot, done }) {
+            Ok(()) => Commit::pending(receiver),
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!("boxoffice_snapshots_refused_total").increment(1);
+                failed_commit("snapshot queue full".into())
+            }
+            Err(TrySendError::Disconnected(_)) => failed_commit("snapshot writer stopped".into()),
+        }
+    }
+}
+
+fn failed_commit(reason: String) -> Commit {
+    let (sender, receiver) = oneshot::channel();
+    let _ = sender.send(Err(JournalError(reason)));
+    Commit::pending(receiver)
+}
+
+fn apply_meta(trees: &Trees, record: &MetaRecord) -> Result<(), sled::Error> {
+    match record {
+        MetaRecord::Concert(spec) => {
+            let bytes = postcard::to_allocvec(spec).expect("concerts always encode");
+            trees.concerts.insert(spec.id.0.as_bytes(), bytes)?;
+        }
+        MetaRecord::User { id, record } => {
+            trees.users.insert(id.as_bytes(), record.as_slice())?;
+        }
+    }
+    Ok(())
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StorageError> {
+    Ok(tree
+        .get(key)?
+        .and_then(|bytes| bytes.as_ref().try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0))
+}
+
+/// `concert/shard/seq`, with the numbers zero-padded so that sled's order is position order.
+fn snapshot_key(stream: &str, seq: u64) -> String {
+    format!("{}/{seq:020}", snapshot_prefix(stream))
+}
+
+fn snapshot_prefix(stream: &str) -> String {
+    let (concert, shard) = stream
+        .rsplit_once('/')
+        .expect("shard streams are concert/shard");
+    format!(
+        "{concert}/{:05}",
+        shard.parse::<u32>().expect("shard number")
+    )
+}
+
+fn parse_snapshot_key(key: &[u8]) -> Result<(String, u64), StorageError> {
+    let bad = || StorageError::Unrecoverable("bad snapshot key".into());
+    let key = std::str::from_utf8(key).map_err(|_| bad())?;
+    let (prefix, seq) = key.rsplit_once('/').ok_or_else(bad)?;
+    let (concert, shard) = prefix.rsplit_once('/').ok_or_else(bad)?;
+    let shard: u32 = shard.parse().map_err(|_| bad())?;
+    let seq: u64 = seq.parse().map_err(|_| bad())?;
+    Ok((shard_stream(concert, shard), seq))
+}
+
+fn oldest_snapshot_per_stream(
+    snapshots: &sled::Tree,
+) -> Result<HashMap<String, u64>, StorageError> {
+    let mut oldest = HashMap::new();
+    for key in snapshots.iter().keys() {
+        let (stream, seq) = parse_snapshot_key(&key?)?;
+        oldest.entry(stream).or_insert(seq);
+    }
+    Ok(oldest)
+}
+
+/// Rebuilds every shard of `spec` from its newest good snapshot and the journal events after it.
+fn restore_concert(
+    snapshots: &sled::Tree,
+    spec: ConcertSpec,
+    events: &mut HashMap<StreamId, Vec<(u64, ShardEvent)>>,
+) -> Result<RecoveredConcert, StorageError> {
+    let mut states = Vec::new();
+    let mut shards = Vec::new();
+    for shard in 0..spec.shards {
+        let stream = shard_stream(&spec.id.0, shard);
+        let tail = events.remove(stream.as_str()).unwrap_or_default();
+        let (state, recovered) = restore_shard(snapshots, &spec, shard, &stream, &tail)?;
+        states.push(state);
+        shards.push(recovered);
+    }
+    Ok(RecoveredConcert {
+        spec,
+        states,
+        shards,
+    })
+}
+
+fn restore_shard(
+    snapshots: &sled::Tree,
+    spec: &ConcertSpec,
+    shard: u32,
+    stream: &str,
+    tail: &[(u64, ShardEvent)],
+) -> Result<(ShardState, RecoveredShard), StorageError> {
+    let mut candidates = Vec::new();
+    for entry in snapshots.scan_prefix(format!("{}/", snapshot_prefix(stream))) {
+        let (key, bytes) = entry?;
+        let (_, seq) = parse_snapshot_key(&key)?;
+        candidates.push((seq, bytes));
+    }
+    let capacity = spec.shard_capacity(shard);
+    let mut rejected = 0;
+    // Newest first; a state with no snapshot at all is the fresh shard, position 0.
+    let fresh = ShardState::new(capacity, spec.is_seated());
+    let mut tried: Vec<Result<ShardState, String>> = candidates
+        .iter()
+        .rev()
+        .map(|(seq, bytes)| {
+            let state = decode_snapshot(bytes)?;
+            state.check()?;
+            if state.events_applied() != *seq || state.capacity() != capacity {
+                return Err("snapshot does not match its shard".into());
+            }
+            Ok(state)
+        })
+        .collect();
+    tried.push(Ok(fresh));
+    for candidate in tried {
+        let mut state = match candidate {
+            Ok(state) => state,
+            Err(reason) => {
+                rejected += 1;
+                tracing::warn!(%stream, %reason, "damaged snapshot skipped, falling back to an older one");
+                continue;
+            }
+        };
+        let start = state.events_applied();
+        let after: Vec<&(u64, ShardEvent)> = tail.iter().filter(|(seq, _)| *seq > start).collect();
+        if after.first().is_some_and(|(seq, _)| *seq != start + 1) {
+            tracing::warn!(%stream, snapshot_seq = start, "journal does not continue this snapshot");
+            rejected += 1;
+            continue;
+        }
+        for (seq, event) in &after {
+            if *seq != state.events_applied() + 1 {
+                return Err(StorageError::Unrecoverable(format!(
+                    "{stream}: journal skips from event {} to {seq}",
+                    state.events_applied()
+                )));
+            }
+            state.apply(event);
+        }
+        state.check().map_err(|reason| {
+            StorageError::Unrecoverable(format!(
+                "{stream}: replayed state is inconsistent: {reason}"
+            ))
+        })?;
+        let recovered = RecoveredShard {
+            snapshot_seq: start,
+            events_replayed: after.len() as u64,
+            snapshots_rejected: rejected,
+        };
+        return Ok((state, recovered));
+    }
+    Err(StorageError::Unrecoverable(format!(
+        "{stream}: no usable snapshot and the journal before them is gone"
+    )))
+}
+
+/// The snapshot writer's loop: takes every queued snapshot, stores them with one flush, then truncates the journal.
+fn write_snapshots(inner: &Inner, jobs: &Receiver<SnapshotJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < SNAPSHOT_BATCH_MAX
+            && let Ok(job) = jobs.try_recv()
+        {
+            batch.push(job);
+        }
+        let result = store_snapshots(inner, batch.iter().map(|job| &job.snapshot));
+        if let Err(error) = &result {
+            tracing::error!(%error, "snapshot write failed");
+        }
+        for job in batch {
+            let _ = job.done.send(result.clone());
+        }
+    }
+}
+
+fn store_snapshots<'a>(
+    inner: &Inner,
+    snapshots: impl Iterator<Item = &'a ShardSnapshot>,
+) -> Result<(), JournalError> {
+    let started = Instant::now();
+    let sled_error = |error: sled::Error| JournalError(format!("sled: {error}"));
+    let mut oldest_kept = Vec::new();
+    for snapshot in snapshots {
+        let stream = shard_stream(&snapshot.concert_id.0, snapshot.shard);
+        let seq = snapshot.state.events_applied();
+        let prefix = format!("{}/", snapshot_prefix(&stream));
+        let newest = inner
+            .trees
+            .snapshots
+            .scan_prefix(&prefix)
+            .keys()
+            .next_back()
+            .transpose()
+            .map_err(sled_error)?;
+        if let Some(newest) = newest
+            && parse_snapshot_key(&newest).is_ok_and(|(_, newest_seq)| newest_seq >= seq)
+        {
+            continue;
+        }
+        let bytes = encode_snapshot(&snapshot.state);
+        metrics::histogram!("boxoffice_snapshot_bytes").record(bytes.len() as f64);
+        inner
+            .trees
+            .snapshots
+            .insert(snapshot_key(&stream, seq), bytes)
+            .map_err(sled_error)?;
+        let keys: Vec<sled::IVec> = inner
+            .trees
+            .snapshots
+            .scan_prefix(&prefix)
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(sled_error)?;
+        let excess = keys.len().saturating_sub(SNAPSHOTS_KEPT);
+        for key in &keys[..excess] {
+            inner.trees.snapshots.remove(key).map_err(sled_error)?;
+        }
+        if let Some(oldest) = keys.get(excess)
+            && let Ok((_, oldest_seq)) = parse_snapshot_key(oldest)
+        {
+            oldest_kept.push((stream, oldest_seq));
+        }
+    }
+    // Every node-wide record up to this number is in sled now; the flush makes them durable there.
+    let meta_seq = *inner
+        .meta_seq
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    inner
+        .trees
+        .meta
+        .insert(META_SEQ_KEY, &meta_seq.to_le_bytes())
+        .map_err(sled_error)?;
+    inner.db.flush().map_err(sled_error)?;
+    sync_dir_files(&inner.db_dir).map_err(|error| JournalError(format!("fsync sled: {error}")))?;
+    metrics::histogram!("boxoffice_snapshot_write_seconds").record(started.elapsed().as_secs_f64());
+    let mut covered = inner.covered.lock().unwrap_or_else(PoisonError::into_inner);
+    covered.insert(META_STREAM.to_owned(), meta_seq);
+    for (stream, seq) in oldest_kept {
+        covered.insert(stream, seq);
+    }
+    match inner.log.truncate(|stream| covered.get(stream).copied()) {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(segments = removed, "journal truncated behind the snapshots"),
+        Err(error) => {
+            tracing::warn!(%error, "journal truncation failed; it is retried after the next snapshot")
+        }
+    }
+    Ok(())
+}
+
+/// `fsync`s every file sled keeps in `dir`, and the directory: sled's own flush does not reach the disk itself.
+fn sync_dir_files(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
