@@ -77,6 +77,7 @@ fn journal(c: &mut Criterion) {
                 measured
             });
         });
+        eprintln!("STATS {name}/{appenders}: {:?}", log.stats());
         log.close();
     }
     group.finish();

@@ -352,6 +352,7 @@ impl Desk {
             return Err(EngineError::Unavailable);
         }
         order.status = OrderStatus::Confirmed;
+        sort_tickets(&mut order.tickets, &concert.spec);
         self.book().upsert_order(&order);
         Ok(order)
     }
@@ -558,10 +559,14 @@ impl Desk {
         let Some(order_ids) = book.orders_by_user.get(user) else {
             return Vec::new();
         };
-        order_ids
+        let mut orders: Vec<&Order> = order_ids
             .iter()
             .filter_map(|id| book.orders.get(id))
             .filter(|order| order.status == OrderStatus::Confirmed)
+            .collect();
+        orders.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        orders
+            .into_iter()
             .flat_map(|order| order.tickets.iter().cloned())
             .collect()
     }
@@ -715,6 +720,18 @@ fn pending_order(
         tickets: Vec::new(),
         created_at_ms: meta.created_at_ms,
     }
+}
+
+/// Puts an order's tickets in the one order they are always shown in, before and after a restart: by shard, then
+/// seat, then id.
+fn sort_tickets(tickets: &mut [Ticket], spec: &ConcertSpec) {
+    tickets.sort_by_cached_key(|ticket| {
+        let seat = ticket
+            .seat
+            .as_deref()
+            .and_then(|label| spec.seat_index(label));
+        (ticket.shard, seat, ticket.id.clone())
+    });
 }
 
 /// A stable hash of a request, stored with its idempotency key in the journal.

@@ -79,7 +79,10 @@ impl Server {
             .arg(data_dir.path())
             .args(extra_args)
             .env("BOXOFFICE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BOXOFFICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -139,9 +142,18 @@ impl Server {
 
     /// Sends SIGKILL: the process dies at once, in the middle of whatever it was doing. Returns its data dir.
     pub fn kill(mut self) -> tempfile::TempDir {
-        self.child.kill().expect("kill");
+        self.sigkill();
         self.child.wait().expect("wait");
         self.data_dir.take().expect("data dir")
+    }
+
+    /// Sends SIGKILL without waiting, while other tasks may still be talking to the server.
+    pub fn sigkill(&self) {
+        let status = Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
     }
 
     /// Sends SIGTERM, asserts a clean exit, and returns the data dir.
@@ -151,7 +163,10 @@ impl Server {
             .status()
             .expect("kill");
         assert!(status.success());
-        assert!(self.child.wait().expect("wait").success(), "exit 0 after SIGTERM");
+        assert!(
+            self.child.wait().expect("wait").success(),
+            "exit 0 after SIGTERM"
+        );
         self.data_dir.take().expect("data dir")
     }
 

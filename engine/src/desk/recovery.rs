@@ -8,7 +8,7 @@
 
 use super::{
     Book, Desk, Hold, HoldRecord, HoldState, IdempotencyEntry, Order, OrderOutcome, OrderStatus,
-    Ticket, pending_order,
+    Ticket, pending_order, sort_tickets,
 };
 use crate::concert::ConcertSpec;
 use crate::error::EngineError;
@@ -145,9 +145,7 @@ impl Gathered {
             }
         }
         for (order, _) in gathered.sold.values_mut() {
-            order
-                .tickets
-                .sort_by(|a, b| (a.shard, &a.seat, &a.id).cmp(&(b.shard, &b.seat, &b.id)));
+            sort_tickets(&mut order.tickets, spec);
             order.amount_cents = spec.price_cents * order.tickets.len() as u64;
         }
         gathered

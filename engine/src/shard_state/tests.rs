@@ -675,7 +675,11 @@ fn assert_replay_matches(driver: &Driver) {
     assert_eq!(replayed.check(), Ok(()));
     if !driver.events.is_empty() {
         let fresh = ShardState::new(state.capacity(), state.is_seated());
-        assert_ne!(fresh.digest(), state.digest(), "the digest sees applied events");
+        assert_ne!(
+            fresh.digest(),
+            state.digest(),
+            "the digest sees applied events"
+        );
     }
     // The next reservation gets the same number too.
     let claim = Claim::Quantity {
