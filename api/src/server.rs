@@ -180,7 +180,7 @@ async fn recover(
     let dir = args.data_dir.clone();
     let options = StorageOptions {
         snapshot_every_events: args.snapshot_every_events,
-        sync: true,
+        ..StorageOptions::default()
     };
     let (storage, recovered) = tokio::task::spawn_blocking(move || Storage::open(&dir, options))
         .await

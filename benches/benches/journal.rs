@@ -77,7 +77,6 @@ fn journal(c: &mut Criterion) {
                 measured
             });
         });
-        eprintln!("STATS {name}/{appenders}: {:?}", log.stats());
         log.close();
     }
     group.finish();

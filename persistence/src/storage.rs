@@ -49,6 +49,8 @@ pub struct StorageOptions {
     pub snapshot_every_events: u64,
     /// `false` skips `fdatasync` (benchmarks of the journal's CPU cost only).
     pub sync: bool,
+    /// The journal moves to a new segment file after this many bytes; only whole segments are ever deleted.
+    pub segment_bytes_max: u64,
 }
 
 impl Default for StorageOptions {
@@ -56,6 +58,7 @@ impl Default for StorageOptions {
         Self {
             snapshot_every_events: SNAPSHOT_EVERY_EVENTS_DEFAULT,
             sync: true,
+            segment_bytes_max: log::SEGMENT_BYTES_MAX,
         }
     }
 }
@@ -190,6 +193,7 @@ impl Storage {
         let mut sled_failure = None;
         let log_config = LogConfig {
             sync: options.sync,
+            segment_bytes_max: options.segment_bytes_max,
             ..LogConfig::new(dir.join("journal"))
         };
         let (log, journal) = log::open(log_config, |bytes| match decode_record(bytes)? {
