@@ -584,3 +584,52 @@ async fn admin_snapshot_truncates_the_journal_and_recovery_uses_it() {
     let server = Server::start_in(data_dir, &[]);
     assert_eq!(server.availability(&general).await, (460, 0, 40, 500));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_fails_on_a_charge_without_tickets() {
+    let server = Server::start(&[]);
+    let (_, alice) = server.register("alice", GOOD_CARD).await;
+    let general = server.create_general(10, 1, 1000).await;
+    server
+        .post(
+            "/orders",
+            Some(&alice),
+            json!({"concert_id": general, "quantity": 1}),
+        )
+        .await
+        .expect(201);
+    let data_dir = server.stop();
+    // The simulator's ledger learns of a charge that no order of the node made.
+    {
+        let (ledger, _) =
+            persistence::ledger::SimulatorLedger::open(&data_dir.path().join("payment-sim"), true)
+                .expect("ledger");
+        let charge = engine::payment::SimulatedCharge {
+            amount_cents: 1000,
+            state: engine::payment::SimulatedChargeState::Approved,
+        };
+        use engine::payment::LedgerStore;
+        ledger
+            .record("o_ghost", &charge)
+            .wait()
+            .await
+            .expect("durable");
+        ledger.close();
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_boxoffice"))
+        .args(["inspect", "--json", "--data-dir"])
+        .arg(data_dir.path())
+        .output()
+        .expect("run inspect");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a broken invariant is exit code 1"
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(
+        report["violations"],
+        json!(["order o_ghost was charged but has no tickets"])
+    );
+    assert_eq!(report["ledger"]["approved"], 2);
+}
