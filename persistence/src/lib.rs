@@ -5,8 +5,10 @@
 //! - [`wire`]: the versioned records the journal and the snapshots are made of.
 //! - [`storage`]: the node's [`storage::Storage`]: the engine's durable `Journal`, snapshots, concerts and users in
 //!   sled, and recovery (snapshots plus journal tail) when it opens.
+//! - [`crypto`]: envelope encryption (AES-256-GCM data keys per user, wrapped under the master key).
 //! - [`ledger`]: the payment simulator's ledger, kept in the data dir so that it outlives a restart.
 
+pub mod crypto;
 pub mod ledger;
 pub mod log;
 pub mod storage;
