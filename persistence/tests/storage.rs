@@ -44,7 +44,7 @@ fn sell(storage: &Storage, spec: &ConcertSpec, shard: u32, steps: u64, seed: u64
         .expect("runtime");
     // Each record is waited for before the next: batches of one record, so segments (which rotate between
     // batches) cut the journal the same way on a busy machine as on an idle one.
-    let mut apply = |state: &mut ShardState, event| {
+    let apply = |state: &mut ShardState, event| {
         state.apply(&event);
         let commit = storage.append(JournalRecord {
             concert_id: spec.id.clone(),
