@@ -22,6 +22,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Snapshot every shard of a stopped node's data dir and truncate its journal (offline).
     Snapshot(DataDirArgs),
+    /// Rotate the master key of a running node (`POST /admin/rotate-master-key`); sales go on meanwhile.
+    RotateMasterKey(RotateMasterKeyArgs),
     /// Print what a stopped node's data dir holds and check every invariant offline; exits 1 if one is broken.
     Inspect(InspectArgs),
 }
@@ -30,6 +32,16 @@ pub enum Command {
 pub struct DataDirArgs {
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RotateMasterKeyArgs {
+    /// The node, over plain HTTP on a trusted network (e.g. 127.0.0.1).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Where to read the admin token when `BOXOFFICE_ADMIN_TOKEN` is not set.
+    #[arg(long, default_value = "./data/admin-token")]
+    pub admin_token_file: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -39,6 +39,12 @@ fn check_length(field: &str, value: &str, min: usize, max: usize) -> ApiResult<(
             "{field} must be {min} to {max} characters"
         )));
     }
+    check_no_control_characters(field, value)
+}
+
+/// NUL, escape sequences and other control characters have no place in a name or an address: they would reach
+/// seat maps, tickets, terminals and logs as they are.
+fn check_no_control_characters(field: &str, value: &str) -> ApiResult<()> {
     if value.chars().any(char::is_control) {
         return Err(ApiError::invalid(format!(
             "{field} must not contain control characters"
@@ -352,6 +358,13 @@ pub struct ConcertRequest {
     pub shards: Option<u32>,
 }
 
+impl ConcertRequest {
+    /// What the engine's limits (`ConcertSpec::new`: lengths, counts, prices) do not cover.
+    pub fn check_text(&self) -> ApiResult<()> {
+        check_no_control_characters("name", &self.name)
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct ConcertResponse {
     pub id: String,
@@ -507,6 +520,22 @@ impl From<&Order> for OrderResponse {
 #[serde(deny_unknown_fields)]
 pub struct TicketVerifyRequest {
     pub token: String,
+}
+
+/// `POST /admin/rotate-master-key`: the new key when the current one comes from `BOXOFFICE_MASTER_KEY`; a node
+/// whose key lives in its data dir draws a new one itself.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateMasterKeyRequest {
+    /// Base64 of 32 random bytes.
+    pub new_master_key: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotateMasterKeyResponse {
+    /// The id (key check value) of the master key now in use.
+    pub master_key_id: String,
+    pub users_rewrapped: u64,
 }
 
 /// What `POST /admin/snapshot` wrote, and the journal left behind it.

@@ -8,8 +8,16 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use engine::ids::UserId;
 use serde::de::DeserializeOwned;
+use std::time::Duration;
 
-/// A JSON body; malformed JSON is 400, a body of the wrong shape 422, an oversized body 413.
+/// How long a request body may take to arrive in full. A client that announces a body and then sends it a byte
+/// at a time, or never, gets `408 request_timeout` and its connection closed once this has passed, instead of
+/// holding a request slot (`--requests-in-flight-max`) and a connection for as long as it likes. 64 KiB arrive
+/// well within it on any working network.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A JSON body; malformed JSON is 400, a body of the wrong shape 422, an oversized body 413, a body that does not
+/// arrive within [`BODY_READ_TIMEOUT`] 408.
 pub struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
@@ -20,9 +28,18 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let read = axum::Json::<T>::from_request(request, state);
+        match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+            Ok(Ok(axum::Json(value))) => Ok(Self(value)),
+            Ok(Err(rejection)) => Err(json_rejection(rejection)),
+            Err(_elapsed) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} seconds",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            )),
         }
     }
 }
@@ -56,36 +73,64 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
                 ),
             )
         }
-        other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.body_text()),
+        // A body cut short or sent with broken chunked framing; hyper's wording names its internals.
+        _ => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request body could not be read",
+        ),
     }
 }
 
-/// serde's message, capped in length. A message about a bad value quotes the value between backticks; that
-/// value may be a card number or a password sent in the wrong type, so it is never echoed back.
+/// Error messages quoted back to a client are cut to this many characters.
+const ERROR_MESSAGE_CHARS_MAX: usize = 300;
+
+/// serde's message, capped in length. A message about a bad value quotes the value: a number or a boolean between
+/// backticks, a string between double quotes (escaped like Rust's `Debug`). That value may be a card number or a
+/// password sent in the wrong type or to the wrong field, so it is never echoed back.
 fn serde_message(text: &str) -> String {
     let trimmed = text
         .strip_prefix("Failed to deserialize the JSON body into the target type: ")
         .unwrap_or(text);
-    let quotes_a_value = ["invalid type:", "invalid value:", "invalid length"]
+    let message = match ["invalid type: ", "invalid value: "]
         .iter()
-        .any(|marker| trimmed.contains(marker));
-    let message = if quotes_a_value {
-        redact_backticked(trimmed)
-    } else {
-        trimmed.to_owned()
+        .find_map(|marker| trimmed.find(marker).map(|at| at + marker.len()))
+    {
+        Some(value_at) => format!(
+            "{}{}",
+            &trimmed[..value_at],
+            redact_value(&trimmed[value_at..])
+        ),
+        None => trimmed.to_owned(),
     };
-    message.chars().take(300).collect()
+    message.chars().take(ERROR_MESSAGE_CHARS_MAX).collect()
 }
 
-/// Replaces the first backtick-quoted span (the offending value) with `...`.
-fn redact_backticked(text: &str) -> String {
-    match text.find('`').and_then(|start| {
-        text[start + 1..]
+/// `rest` starts with serde's description of the unexpected value (`integer `42``, `string "secret"`, `map`, ...);
+/// replaces the value itself with `...` and keeps its kind and whatever follows.
+fn redact_value(rest: &str) -> String {
+    if let Some(quoted) = rest.strip_prefix("string \"") {
+        // A Debug-escaped string: it ends at the first double quote that is not escaped.
+        let mut escaped = false;
+        for (at, c) in quoted.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => return format!("string \"...\"{}", &quoted[at + 1..]),
+                _ => {}
+            }
+        }
+        return "string \"...\"".to_owned();
+    }
+    match rest.find('`').and_then(|start| {
+        rest[start + 1..]
             .find('`')
             .map(|length| (start, start + 1 + length))
     }) {
-        Some((start, end)) => format!("{}`...`{}", &text[..start], &text[end + 1..]),
-        None => text.to_owned(),
+        Some((start, end)) if !rest[..start].contains(',') => {
+            format!("{}`...`{}", &rest[..start], &rest[end + 1..])
+        }
+        _ => rest.to_owned(),
     }
 }
 
@@ -102,6 +147,30 @@ mod tests {
         assert!(message.starts_with("card.number: invalid type: integer `...`"));
         let unknown = serde_message("unknown field `colour`, expected `name`");
         assert!(unknown.contains("colour"));
+    }
+
+    #[test]
+    fn strings_sent_in_the_wrong_place_are_not_echoed() {
+        let check =
+            |text: &str, expected: &str| assert_eq!(serde_message(text), expected, "{text}");
+        check(
+            r#"card: invalid type: string "4242424242424242 123", expected struct CardRequest at line 1 column 60"#,
+            r#"card: invalid type: string "...", expected struct CardRequest at line 1 column 60"#,
+        );
+        check(
+            r#"card.exp_month: invalid type: string "a \"quoted\", expected x", expected u8 at line 1 column 9"#,
+            r#"card.exp_month: invalid type: string "...", expected u8 at line 1 column 9"#,
+        );
+        check(
+            r#"quantity: invalid value: integer `-1`, expected u32 at line 1 column 9"#,
+            "quantity: invalid value: integer `...`, expected u32 at line 1 column 9",
+        );
+        check(
+            "card: invalid type: map, expected a string at line 1 column 9",
+            "card: invalid type: map, expected a string at line 1 column 9",
+        );
+        let long = format!("name: invalid type: string \"{}", "x".repeat(1000));
+        assert_eq!(serde_message(&long), "name: invalid type: string \"...\"");
     }
 }
 
@@ -121,7 +190,7 @@ where
             Err(QueryRejection::FailedToDeserializeQueryString(error)) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_query",
-                error.body_text().chars().take(300).collect::<String>(),
+                query_message(&error.body_text()),
             )),
             Err(other) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -130,6 +199,14 @@ where
             )),
         }
     }
+}
+
+/// serde's message about a query string, without axum's preamble and without the offending value.
+fn query_message(text: &str) -> String {
+    serde_message(
+        text.strip_prefix("Failed to deserialize query string: ")
+            .unwrap_or(text),
+    )
 }
 
 /// Who is calling, from the bearer token.

@@ -11,6 +11,7 @@ pub mod dto;
 pub mod durability;
 pub mod error;
 pub mod extract;
+pub mod keys;
 pub mod offline;
 pub mod openapi;
 pub mod routes;
@@ -52,6 +53,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/orders/{id}", get(orders::get))
         .route("/tickets/verify", post(tickets::verify))
         .route("/admin/snapshot", post(ops::snapshot))
+        .route("/admin/rotate-master-key", post(ops::rotate_master_key))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
             exit_code(system.block_on(api::server::run(args)))
         }
         Command::Snapshot(args) => exit_code(api::offline::snapshot(&args)),
+        Command::RotateMasterKey(args) => exit_code(api::keys::rotate_over_http(&args)),
         Command::Inspect(args) => match api::offline::inspect(&args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),

@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(title = "boxoffice", description = "Concert ticket sales: never oversold, nothing lost."),
     paths(
-        ops::health, ops::metrics, ops::openapi, ops::snapshot,
+        ops::health, ops::metrics, ops::openapi, ops::snapshot, ops::rotate_master_key,
         users::create, users::verify, users::get, users::update, users::list, users::tickets,
         concerts::create, concerts::list, concerts::get, concerts::seats,
         holds::create, holds::cancel, holds::purchase,

@@ -5,6 +5,7 @@
 
 use crate::config::ServeArgs;
 use crate::durability::{DurabilityMode, Durable};
+use crate::keys::MasterKeys;
 use crate::state::AppState;
 use crate::users::UserStore;
 use actix::Arbiter;
@@ -58,6 +59,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         clock.clone(),
     ));
     let (provider, ledger) = payment_simulator(&args)?;
+    let master_keys = Arc::new(MasterKeys::load(&args.data_dir)?);
     let payments = Arc::new(PaymentPool::new(
         provider,
         PaymentPoolConfig {
@@ -79,12 +81,14 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         args.token_ttl_s * 1000,
         clock,
         durable.clone(),
+        master_keys.ring(),
     ));
     let state = AppState::new(
         desk.clone(),
         users.clone(),
         metrics.clone(),
         durable.clone(),
+        master_keys.clone(),
         &admin_token,
         args.requests_in_flight_max as usize,
     );
@@ -108,6 +112,10 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     );
 
     recover(&args, &desk, &users, &durable).await?;
+    master_keys
+        .finish_interrupted_rotation(&users)
+        .await
+        .map_err(|error| format!("cannot finish the master key rotation: {}", error.message))?;
     if args.demo && router.concerts().is_empty() {
         create_demo_concerts(&router, &durable).await?;
     }

@@ -1,6 +1,7 @@
 //! What every handler shares.
 
 use crate::durability::Durable;
+use crate::keys::MasterKeys;
 use crate::users::UserStore;
 use engine::desk::Desk;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -20,6 +21,7 @@ pub struct AppState {
     /// Set once recovery has finished; until then only the operational routes answer.
     pub recovered: Arc<AtomicBool>,
     pub durable: Durable,
+    pub master_keys: Arc<MasterKeys>,
     /// Requests being served at once at most; see `crate::limit_in_flight`.
     pub requests_in_flight: Arc<Semaphore>,
     admin_token_hash: [u8; 32],
@@ -31,6 +33,7 @@ impl AppState {
         users: Arc<UserStore>,
         metrics: PrometheusHandle,
         durable: Durable,
+        master_keys: Arc<MasterKeys>,
         admin_token: &str,
         requests_in_flight_max: usize,
     ) -> Self {
@@ -41,6 +44,7 @@ impl AppState {
             ready: Arc::new(AtomicBool::new(false)),
             recovered: Arc::new(AtomicBool::new(false)),
             durable,
+            master_keys,
             requests_in_flight: Arc::new(Semaphore::new(requests_in_flight_max)),
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
         }

@@ -2,8 +2,13 @@
 //!
 //! Passwords are argon2id hashes; a bearer token is 256 random bits handed out once and kept only as its SHA-256
 //! hash, with an expiry. A card is kept in two parts: what may be shown ([`CardSummary`], masked to `last4`)
-//! and what only the payment provider may see ([`CardSecret`]); the secret part is the one the envelope
-//! encryption of a later issue seals at rest. Hashing a password is slow on purpose, so it runs on the blocking
+//! and what only the payment provider may see ([`CardSecret`]).
+//!
+//! Envelope encryption (`persistence::crypto`): every user has a data key, kept wrapped under the master key. The
+//! card's secret part is sealed under it the moment it arrives and stays sealed in memory; it is opened only to
+//! hand the card to the payment provider ([`UserStore::payment_card`]). What reaches the journal and sled is
+//! sealed as a whole (profile, holder name, address, card), with the user id bound as associated data; only the
+//! username, the password hash, token hashes and the creation time are stored in the clear. Hashing a password is slow on purpose, so it runs on the blocking
 //! pool behind a semaphore: at most [`HASHING_IN_FLIGHT_MAX`] hash at once, and at most
 //! [`HASHING_WAITING_MAX`] wait; beyond that a login or registration is refused as overloaded.
 
@@ -17,12 +22,14 @@ use base64::Engine as _;
 use engine::ids::{UserId, fill_random};
 use engine::journal::Commit;
 use engine::payment::PaymentCard;
+use persistence::crypto::{DataKey, KeyRing, Sealed, WrappedKey};
 use persistence::wire::MetaRecord;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock, RwLock};
 use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
 
 pub const USERNAME_LENGTH_MIN: usize = 3;
 pub const USERNAME_LENGTH_MAX: usize = 64;
@@ -64,23 +71,23 @@ impl std::fmt::Debug for CardSecret {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A card as a request gives it, before it is sealed.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredCard {
     pub summary: CardSummary,
     pub secret: CardSecret,
 }
 
-impl StoredCard {
-    pub fn payment_card(&self) -> PaymentCard {
-        PaymentCard {
-            holder_name: self.summary.holder_name.clone(),
-            number: self.secret.number.clone(),
-            exp_month: self.summary.exp_month,
-            exp_year: self.summary.exp_year,
-            cvv: self.secret.cvv.clone(),
-        }
-    }
+/// A card as the store keeps it: the summary, and the secret part sealed under the user's data key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardOnFile {
+    pub summary: CardSummary,
+    secret: Sealed,
 }
+
+/// Purposes bound into the associated data of what is sealed for a user.
+const CARD_PURPOSE: &str = "card";
+const PRIVATE_PURPOSE: &str = "private";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
@@ -97,8 +104,9 @@ pub struct User {
     pub username: String,
     pub password_hash: String,
     pub profile: Profile,
-    pub card: Option<StoredCard>,
+    pub card: Option<CardOnFile>,
     pub created_at_ms: u64,
+    data_key: WrappedKey,
 }
 
 type TokenHash = [u8; 32];
@@ -113,10 +121,18 @@ enum StoredUser {
 struct StoredUserV1 {
     username: String,
     password_hash: String,
-    profile: Profile,
-    card: Option<StoredCard>,
     created_at_ms: u64,
     tokens: Vec<(TokenHash, u64)>,
+    data_key: WrappedKey,
+    /// [`PrivatePart`], sealed under the data key.
+    private: Sealed,
+}
+
+/// What of a user is sealed at rest.
+#[derive(Serialize, Deserialize)]
+struct PrivatePart {
+    profile: Profile,
+    card: Option<CardOnFile>,
 }
 
 struct TokenRecord {
@@ -136,6 +152,7 @@ struct Users {
 pub struct UserStore {
     users: RwLock<Users>,
     durable: Durable,
+    keys: Arc<KeyRing>,
     token_ttl_ms: u64,
     clock: Arc<dyn engine::clock::Clock>,
     hashing: Arc<Semaphore>,
@@ -161,12 +178,18 @@ pub struct UserUpdate {
 }
 
 impl UserStore {
-    pub fn new(token_ttl_ms: u64, clock: Arc<dyn engine::clock::Clock>, durable: Durable) -> Self {
+    pub fn new(
+        token_ttl_ms: u64,
+        clock: Arc<dyn engine::clock::Clock>,
+        durable: Durable,
+        keys: Arc<KeyRing>,
+    ) -> Self {
         let cores = *HASHING_IN_FLIGHT_MAX
             .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         Self {
             users: RwLock::new(Users::default()),
             durable,
+            keys,
             token_ttl_ms,
             clock,
             hashing: Arc::new(Semaphore::new(cores)),
@@ -202,13 +225,16 @@ impl UserStore {
         }
         let password = new_user.password;
         let password_hash = self.hashing(move || hash_password(&password)).await??;
+        let id = UserId::random();
+        let (key, data_key) = self.keys.new_data_key(&id.0);
         let user = User {
-            id: UserId::random(),
+            card: new_user.card.map(|card| seal_card(&key, &id, card)),
+            id,
             username: new_user.username,
             password_hash,
             profile: new_user.profile,
-            card: new_user.card,
             created_at_ms: self.clock.now_ms(),
+            data_key,
         };
         let (token, commit) = {
             let mut users = self.write();
@@ -360,8 +386,12 @@ impl UserStore {
                     *field = value;
                 }
             }
-            if update.card.is_some() {
-                user.card = update.card;
+            if let Some(card) = update.card {
+                let key = self
+                    .keys
+                    .unwrap(&user.data_key, &user.id.0)
+                    .map_err(ApiError::internal)?;
+                user.card = Some(seal_card(&key, &user.id, card));
             }
             let user = user.clone();
             (user, self.persist(&users, id))
@@ -395,13 +425,27 @@ impl UserStore {
             .flatten()
             .filter_map(|hash| Some((*hash, users.tokens.get(hash)?.expires_at_ms)))
             .collect();
+        let key = match self.keys.unwrap(&user.data_key, &id.0) {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::error!(user_id = %id, %error, "cannot seal a user");
+                return Commit::failed(error.to_string());
+            }
+        };
+        let private = PrivatePart {
+            profile: user.profile.clone(),
+            card: user.card.clone(),
+        };
+        let private = postcard::to_allocvec(&private)
+            .map(Zeroizing::new)
+            .expect("users always encode");
         let record = StoredUser::V1(StoredUserV1 {
             username: user.username.clone(),
             password_hash: user.password_hash.clone(),
-            profile: user.profile.clone(),
-            card: user.card.clone(),
             created_at_ms: user.created_at_ms,
             tokens,
+            private: key.seal(&id.0, PRIVATE_PURPOSE, &private),
+            data_key: user.data_key.clone(),
         });
         self.durable.append_meta(MetaRecord::User {
             id: id.0.clone(),
@@ -416,12 +460,19 @@ impl UserStore {
         for (id, bytes) in records {
             let StoredUser::V1(stored) = postcard::from_bytes(&bytes)
                 .map_err(|error| format!("user {id} does not decode: {error}"))?;
-            decoded.push((UserId(id), stored));
+            let private = self
+                .keys
+                .unwrap(&stored.data_key, &id)
+                .and_then(|key| key.open(&id, PRIVATE_PURPOSE, &stored.private))
+                .map_err(|error| format!("user {id}: {error} (is this the node's master key?)"))?;
+            let private: PrivatePart = postcard::from_bytes(&private)
+                .map_err(|error| format!("user {id} does not decode: {error}"))?;
+            decoded.push((UserId(id), stored, private));
         }
         decoded.sort_by(|a, b| (a.1.created_at_ms, &a.0).cmp(&(b.1.created_at_ms, &b.0)));
         let mut users = self.write();
         let count = decoded.len();
-        for (id, stored) in decoded {
+        for (id, stored, private) in decoded {
             let live: VecDeque<TokenHash> = stored
                 .tokens
                 .iter()
@@ -452,13 +503,68 @@ impl UserStore {
                     id,
                     username: stored.username,
                     password_hash: stored.password_hash,
-                    profile: stored.profile,
-                    card: stored.card,
+                    profile: private.profile,
+                    card: private.card,
                     created_at_ms: stored.created_at_ms,
+                    data_key: stored.data_key,
                 },
             );
         }
         Ok(count)
+    }
+
+    /// The user's card as the payment provider needs it: the one place its secret part is opened.
+    pub fn payment_card(&self, id: &UserId) -> ApiResult<Option<PaymentCard>> {
+        let Some(user) = self.get(id) else {
+            return Ok(None);
+        };
+        let Some(card) = user.card else {
+            return Ok(None);
+        };
+        let secret = self
+            .keys
+            .unwrap(&user.data_key, &id.0)
+            .and_then(|key| key.open(&id.0, CARD_PURPOSE, &card.secret))
+            .map_err(ApiError::internal)?;
+        let secret: CardSecret = postcard::from_bytes(&secret).map_err(ApiError::internal)?;
+        Ok(Some(PaymentCard {
+            holder_name: card.summary.holder_name,
+            number: secret.number,
+            exp_month: card.summary.exp_month,
+            exp_year: card.summary.exp_year,
+            cvv: secret.cvv,
+        }))
+    }
+
+    /// Wraps every data key that is not under the current master key under it, journaling each user; returns how
+    /// many. Orders go on meanwhile: each user is locked only while its own record is re-wrapped.
+    pub async fn rewrap_data_keys(&self) -> ApiResult<usize> {
+        let ids: Vec<UserId> = self.read().in_creation_order.clone();
+        let mut rewrapped = 0;
+        for id in ids {
+            let commit = {
+                let mut users = self.write();
+                let Some(user) = users.by_id.get_mut(&id) else {
+                    continue;
+                };
+                if user.data_key.master_key_id == self.keys.current_id() {
+                    continue;
+                }
+                user.data_key = self
+                    .keys
+                    .rewrap(&user.data_key, &id.0)
+                    .map_err(ApiError::internal)?;
+                self.persist(&users, &id)
+            };
+            Durable::wait(commit).await?;
+            rewrapped += 1;
+        }
+        Ok(rewrapped)
+    }
+
+    /// Forgets every master key but the current one, once nothing needs them.
+    pub fn retire_old_master_keys(&self) {
+        self.keys.retire_all_but_current();
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Users> {
@@ -467,6 +573,15 @@ impl UserStore {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Users> {
         self.users.write().expect("users lock")
+    }
+}
+
+/// Seals a card's secret part for `user`; the plaintext is dropped (and zeroed) here.
+fn seal_card(key: &DataKey, user: &UserId, card: StoredCard) -> CardOnFile {
+    let secret = Zeroizing::new(postcard::to_allocvec(&card.secret).expect("cards always encode"));
+    CardOnFile {
+        summary: card.summary,
+        secret: key.seal(&user.0, CARD_PURPOSE, &secret),
     }
 }
 

@@ -57,6 +57,13 @@ impl Commit {
         Self(Some(receiver))
     }
 
+    /// A commit that has already failed.
+    pub fn failed(reason: String) -> Self {
+        let (sender, receiver) = oneshot::channel();
+        let _ = sender.send(Err(JournalError(reason)));
+        Self(Some(receiver))
+    }
+
     pub async fn wait(self) -> Result<(), JournalError> {
         match self.0 {
             None => Ok(()),

@@ -277,7 +277,7 @@ impl Storage {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Err(error) = apply_meta(&self.inner.trees, &record) {
-            return failed_commit(format!("sled: {error}"));
+            return Commit::failed(format!("sled: {error}"));
         }
         *seq += 1;
         let bytes = encode_record(Entry::Meta { seq: *seq, record });
@@ -350,23 +350,17 @@ impl Journal for Storage {
         let (done, receiver) = oneshot::channel();
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(jobs) = jobs.as_ref() else {
-            return failed_commit("storage is closed".into());
+            return Commit::failed("storage is closed".into());
         };
         match jobs.try_send(SnapshotJob { snapshot, done }) {
             Ok(()) => Commit::pending(receiver),
             Err(TrySendError::Full(_)) => {
                 metrics::counter!("boxoffice_snapshots_refused_total").increment(1);
-                failed_commit("snapshot queue full".into())
+                Commit::failed("snapshot queue full".into())
             }
-            Err(TrySendError::Disconnected(_)) => failed_commit("snapshot writer stopped".into()),
+            Err(TrySendError::Disconnected(_)) => Commit::failed("snapshot writer stopped".into()),
         }
     }
-}
-
-fn failed_commit(reason: String) -> Commit {
-    let (sender, receiver) = oneshot::channel();
-    let _ = sender.send(Err(JournalError(reason)));
-    Commit::pending(receiver)
 }
 
 fn apply_meta(trees: &Trees, record: &MetaRecord) -> Result<(), sled::Error> {

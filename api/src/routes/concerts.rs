@@ -26,6 +26,7 @@ pub async fn create(
     _admin: AdminCaller,
     ApiJson(body): ApiJson<ConcertRequest>,
 ) -> ApiResult<(StatusCode, Json<ConcertResponse>)> {
+    body.check_text()?;
     let layout = match (body.capacity, body.sections) {
         (Some(capacity), None) => Layout::General { capacity },
         (None, Some(sections)) => Layout::Seated {

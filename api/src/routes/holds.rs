@@ -52,10 +52,7 @@ pub async fn purchase(
     IdempotencyKey(key): IdempotencyKey,
     ApiPath(id): ApiPath,
 ) -> ApiResult<(StatusCode, Json<OrderResponse>)> {
-    let card = state
-        .users
-        .get(&user)
-        .and_then(|stored| stored.card.map(|card| card.payment_card()));
+    let card = state.users.payment_card(&user)?;
     let order = state
         .desk
         .purchase_hold(&user, card, &HoldId(id), key)

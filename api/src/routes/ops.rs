@@ -1,13 +1,17 @@
 //! Health, metrics and the OpenAPI document.
 
-use crate::dto::{HealthResponse, SnapshotResponse};
+use crate::dto::{
+    HealthResponse, RotateMasterKeyRequest, RotateMasterKeyResponse, SnapshotResponse,
+};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::AdminCaller;
+use crate::extract::{AdminCaller, ApiJson};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use persistence::crypto::MasterKey;
+use zeroize::Zeroizing;
 
 /// 200 once the node accepts orders, 503 while it recovers or shuts down.
 #[utoipa::path(get, path = "/health", tag = "operations",
@@ -67,5 +71,27 @@ pub async fn snapshot(
         shards: u64::from(shards),
         journal_segments: journal.segments as u64,
         journal_bytes: journal.bytes,
+    }))
+}
+
+/// Re-wrap every user's data key under a new master key (admin), while sales go on.
+#[utoipa::path(post, path = "/admin/rotate-master-key", tag = "operations", security(("bearer" = [])),
+    request_body = RotateMasterKeyRequest,
+    responses((status = 200, body = RotateMasterKeyResponse), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+pub async fn rotate_master_key(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    ApiJson(body): ApiJson<RotateMasterKeyRequest>,
+) -> ApiResult<Json<RotateMasterKeyResponse>> {
+    let supplied = body
+        .new_master_key
+        .map(|text| MasterKey::from_base64(&Zeroizing::new(text)))
+        .transpose()
+        .map_err(|_| ApiError::invalid("new_master_key must be base64 of 32 bytes"))?;
+    let rotation = state.master_keys.rotate(&state.users, supplied).await?;
+    Ok(Json(RotateMasterKeyResponse {
+        master_key_id: rotation.master_key_id,
+        users_rewrapped: rotation.users_rewrapped as u64,
     }))
 }

@@ -24,10 +24,7 @@ pub async fn create(
     ApiJson(body): ApiJson<ClaimBody>,
 ) -> ApiResult<(StatusCode, Json<OrderResponse>)> {
     let request = body.into_request()?;
-    let card = state
-        .users
-        .get(&user)
-        .and_then(|stored| stored.card.map(|card| card.payment_card()));
+    let card = state.users.payment_card(&user)?;
     let order = state.desk.place_order(&user, card, request, key).await?;
     Ok((StatusCode::CREATED, Json(OrderResponse::from(&order))))
 }

@@ -72,6 +72,30 @@ impl Server {
 
     /// Starts a server on an existing data dir, e.g. one a killed server left behind.
     pub fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Server {
+        let filter = std::env::var("BOXOFFICE_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        Self::launch(data_dir, extra_args, Stdio::inherit(), &filter)
+    }
+
+    /// Starts a server whose log (stderr, at `RUST_LOG=debug`) goes to the file at `log`, appended.
+    pub fn start_logged(
+        data_dir: tempfile::TempDir,
+        extra_args: &[&str],
+        log: &std::path::Path,
+    ) -> Server {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        Self::launch(data_dir, extra_args, Stdio::from(file), "debug")
+    }
+
+    fn launch(
+        data_dir: tempfile::TempDir,
+        extra_args: &[&str],
+        stderr: Stdio,
+        log_filter: &str,
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_boxoffice"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
@@ -79,12 +103,9 @@ impl Server {
             .arg(data_dir.path())
             .args(extra_args)
             .env("BOXOFFICE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env(
-                "RUST_LOG",
-                std::env::var("BOXOFFICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", log_filter)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start boxoffice");
         let stdout = child.stdout.take().expect("stdout");
