@@ -1,9 +1,11 @@
 //! Command-line flags of `boxoffice`.
 
 use crate::durability::DurabilityMode;
+use crate::throttle::ThrottleLimits;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -98,15 +100,72 @@ pub struct ServeArgs {
     /// Tickets in one order or hold at most.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000))]
     pub max_tickets_per_order: u32,
+    /// Tickets of one concert one user may hold, be paying for and have bought, together; beyond that,
+    /// 409 ticket_limit_reached.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_tickets_per_user: u32,
     /// How long a bearer token lives.
     #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub token_ttl_s: u64,
     /// Requests served at once at most; beyond that, 503 overloaded.
     #[arg(long, default_value_t = 250_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub requests_in_flight_max: u32,
+    /// How long one request may take before it is answered 503 processing_timeout; must exceed
+    /// --payment-timeout-ms. An order goes on in its own task and its outcome stays readable with its key.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub request_timeout_s: u64,
+    /// Open connections at most; beyond that, new connections wait in the listen backlog. Keep it below
+    /// `ulimit -n`.
+    #[arg(long, default_value_t = crate::connections::CONNECTIONS_MAX_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub connections_max: u32,
+    /// Failed logins per username per window; beyond that, 429 too_many_attempts until the window ends.
+    #[arg(long, default_value_t = crate::throttle::LOGIN_FAILURES_PER_USERNAME_MAX_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub login_failures_per_username_max: u32,
+    /// Failed logins per client address per window; beyond that, 429 too_many_attempts until the window ends.
+    #[arg(long, default_value_t = crate::throttle::LOGIN_FAILURES_PER_ADDRESS_MAX_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub login_failures_per_address_max: u32,
+    /// The login throttle's window: it starts with a key's first counted attempt.
+    #[arg(long, default_value_t = crate::throttle::LOGIN_FAILURE_WINDOW_S_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub login_failure_window_s: u64,
     /// Actix arbiters (threads) for shard actors; default: one per core.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_024))]
     pub arbiters: Option<u32>,
+}
+
+impl ServeArgs {
+    /// The HTTP front's limits; refuses a request timeout that would cut orders off while they wait for the
+    /// payment provider.
+    pub fn http_limits(&self) -> Result<HttpLimits, String> {
+        if self.request_timeout_s * 1000 <= self.payment_timeout_ms {
+            return Err(format!(
+                "--request-timeout-s ({} s) must exceed --payment-timeout-ms ({} ms)",
+                self.request_timeout_s, self.payment_timeout_ms
+            ));
+        }
+        Ok(HttpLimits {
+            requests_in_flight_max: self.requests_in_flight_max as usize,
+            request_timeout: Duration::from_secs(self.request_timeout_s),
+            login: ThrottleLimits {
+                window_ms: self.login_failure_window_s * 1000,
+                failures_per_username_max: self.login_failures_per_username_max,
+                failures_per_address_max: self.login_failures_per_address_max,
+            },
+        })
+    }
+}
+
+/// What the HTTP front limits, from the flags.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// Requests served at once at most; see `crate::limit_in_flight`.
+    pub requests_in_flight_max: usize,
+    /// How long one request may take; see `crate::limit_duration`.
+    pub request_timeout: Duration,
+    pub login: ThrottleLimits,
 }
 
 fn parse_probability(text: &str) -> Result<f64, String> {

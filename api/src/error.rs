@@ -16,6 +16,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// `Retry-After` of a 429 or 503, when it is not [`RETRY_AFTER_S`].
+    pub retry_after_s: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -37,7 +39,33 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_s: None,
         }
+    }
+
+    /// Too many failed logins for this username or from this address; see `crate::throttle`.
+    pub fn too_many_attempts(retry_after_s: u64) -> Self {
+        Self {
+            retry_after_s: Some(retry_after_s),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                format!("too many failed logins, retry in {retry_after_s} s"),
+            )
+        }
+    }
+
+    /// The node did not finish the request within `--request-timeout-s` (unlike `408 request_timeout`, a client
+    /// too slow to send its body). Work it started (an order being paid for) goes on; a retry with the same
+    /// `Idempotency-Key` reads its outcome.
+    pub fn processing_timeout(timeout_s: u64) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "processing_timeout",
+            format!(
+                "the request did not finish within {timeout_s} s; an order goes on, and a retry with the same Idempotency-Key reads its outcome"
+            ),
+        )
     }
 
     pub fn unauthorized() -> Self {
@@ -123,6 +151,8 @@ impl From<EngineError> for ApiError {
             }
             EngineError::CardRequired => (S::UNPROCESSABLE_ENTITY, "card_required"),
             EngineError::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable"),
+            EngineError::TicketLimitReached { .. } => (S::CONFLICT, "ticket_limit_reached"),
+            EngineError::HoldLimitReached { .. } => (S::CONFLICT, "hold_limit_reached"),
         };
         Self::new(status, code, message)
     }
@@ -140,9 +170,10 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE
             || self.status == StatusCode::TOO_MANY_REQUESTS
         {
+            let retry_after_s = self.retry_after_s.unwrap_or(u64::from(RETRY_AFTER_S));
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
         }
         response
     }

@@ -2,11 +2,13 @@
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use engine::ids::UserId;
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
@@ -16,8 +18,14 @@ use std::time::Duration;
 /// well within it on any working network.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A JSON body; malformed JSON is 400, a body of the wrong shape 422, an oversized body 413, a body that does not
-/// arrive within [`BODY_READ_TIMEOUT`] 408.
+/// A body refused for its size or content type is still read, and thrown away, up to this many bytes (and within
+/// [`BODY_READ_TIMEOUT`]). A server that closes the connection while the client is still sending makes the
+/// client's kernel drop the answer on a TCP reset: the client would see a broken connection, not the 413 or 415.
+/// A body announced larger than this is refused without reading it.
+pub const BODY_DRAIN_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// A JSON body; malformed JSON is 400, a body of the wrong shape 422, an oversized body 413, a body that is not
+/// `application/json` 415, a body that does not arrive within [`BODY_READ_TIMEOUT`] 408.
 pub struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
@@ -27,11 +35,9 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let read = axum::Json::<T>::from_request(request, state);
-        match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
-            Ok(Ok(axum::Json(value))) => Ok(Self(value)),
-            Ok(Err(rejection)) => Err(json_rejection(rejection)),
+    async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        match tokio::time::timeout(BODY_READ_TIMEOUT, read_json(request)).await {
+            Ok(result) => result.map(Self),
             Err(_elapsed) => Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
@@ -44,42 +50,100 @@ where
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    match rejection {
-        JsonRejection::JsonDataError(error) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
-            serde_message(&error.body_text()),
-        ),
-        JsonRejection::JsonSyntaxError(_) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            "the body is not valid JSON",
-        ),
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+async fn read_json<T: DeserializeOwned>(request: Request) -> Result<T, ApiError> {
+    let is_json = json_content_type(request.headers());
+    let announced_bytes = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let body = read_body(request.into_body(), announced_bytes).await;
+    if !is_json {
+        return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as application/json",
-        ),
-        JsonRejection::BytesRejection(rejection)
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-        {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "request bodies are limited to {} bytes",
-                    crate::BODY_BYTES_MAX
-                ),
-            )
-        }
-        // A body cut short or sent with broken chunked framing; hyper's wording names its internals.
-        _ => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "the request body could not be read",
-        ),
+        ));
     }
+    match axum::Json::<T>::from_bytes(&body?) {
+        Ok(axum::Json(value)) => Ok(value),
+        Err(JsonRejection::JsonDataError(error)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            serde_message(&error.body_text()),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "the body is not valid JSON",
+        )),
+    }
+}
+
+/// `application/json` or `application/*+json`, with any parameters: what `axum::Json` accepts.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some((kind, subtype)) => {
+            kind == "application" && (subtype == "json" || subtype.ends_with("+json"))
+        }
+        None => false,
+    }
+}
+
+/// The body, if it is at most [`crate::BODY_BYTES_MAX`] bytes. A longer one is drained up to
+/// [`BODY_DRAIN_BYTES_MAX`] bytes (never kept) before it is refused.
+async fn read_body(body: Body, announced_bytes: Option<u64>) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "request bodies are limited to {} bytes",
+                crate::BODY_BYTES_MAX
+            ),
+        )
+    };
+    if announced_bytes.is_some_and(|length| length > BODY_DRAIN_BYTES_MAX as u64) {
+        return Err(too_large());
+    }
+    let mut chunks = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen_bytes = 0usize;
+    while let Some(chunk) = chunks.next().await {
+        let Ok(chunk) = chunk else {
+            if seen_bytes > crate::BODY_BYTES_MAX {
+                break;
+            }
+            // A body cut short or sent with broken chunked framing.
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request body could not be read",
+            ));
+        };
+        seen_bytes = seen_bytes.saturating_add(chunk.len());
+        if seen_bytes <= crate::BODY_BYTES_MAX {
+            kept.extend_from_slice(&chunk);
+        } else if seen_bytes > BODY_DRAIN_BYTES_MAX {
+            break;
+        }
+    }
+    if seen_bytes > crate::BODY_BYTES_MAX {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(kept))
 }
 
 /// Error messages quoted back to a client are cut to this many characters.
@@ -147,6 +211,41 @@ mod tests {
         assert!(message.starts_with("card.number: invalid type: integer `...`"));
         let unknown = serde_message("unknown field `colour`, expected `name`");
         assert!(unknown.contains("colour"));
+    }
+
+    #[test]
+    fn json_content_types_are_what_axum_json_accepts() {
+        let accepts = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().expect("header value"));
+            json_content_type(&headers)
+        };
+        for good in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/problem+json",
+        ] {
+            assert!(accepts(good), "{good}");
+        }
+        for bad in [
+            "text/plain",
+            "application/jsonx",
+            "json",
+            "",
+            "application/x-www-form-urlencoded",
+        ] {
+            assert!(!accepts(bad), "{bad}");
+        }
+        assert!(!json_content_type(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("Bearer  abc"), Some(" abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
     }
 
     #[test]
@@ -237,7 +336,7 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .ok_or_else(ApiError::unauthorized)?;
         if state.is_admin_token(token) {
             return Ok(Caller::Admin);
@@ -248,6 +347,12 @@ impl FromRequestParts<AppState> for Caller {
             .map(Caller::User)
             .ok_or_else(ApiError::unauthorized)
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is case-insensitive (RFC 9110, 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 /// A caller that must be a user (not the admin token): users hold, order and pay.

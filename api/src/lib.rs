@@ -5,8 +5,11 @@
 //! - [`routes`]: one module per resource; [`dto`]: bodies and their validation; [`extract`]: JSON, query, path
 //!   and bearer-token extractors; [`error`]: the error type and its single mapping to statuses.
 //! - [`users`]: users, argon2id passwords, hashed bearer tokens, masked cards; [`openapi`]: the generated document.
+//! - [`throttle`]: failed logins limited per username and per address; [`connections`]: the bounded listener
+//!   and the client address of a request.
 
 pub mod config;
+pub mod connections;
 pub mod dto;
 pub mod durability;
 pub mod error;
@@ -17,6 +20,7 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod throttle;
 pub mod users;
 
 use crate::error::ApiError;
@@ -63,6 +67,10 @@ pub fn app(state: AppState) -> axum::Router {
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            limit_duration,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             limit_in_flight,
         ))
         .with_state(state)
@@ -76,6 +84,20 @@ async fn limit_in_flight(State(state): State<AppState>, request: Request, next: 
         Err(_) => {
             metrics::counter!("boxoffice_requests_shed_total").increment(1);
             ApiError::overloaded().into_response()
+        }
+    }
+}
+
+/// No request runs longer than `--request-timeout-s`: past it the handler is dropped and the client gets
+/// `503 processing_timeout`. An order does not live in the handler (the desk runs it in a task of its own), so it
+/// still ends in tickets or a release, and a retry with its `Idempotency-Key` reads the outcome. The limit covers
+/// reading the body and producing the response's head, not streaming a body (server-sent events).
+async fn limit_duration(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("boxoffice_requests_timed_out_total").increment(1);
+            ApiError::processing_timeout(state.request_timeout.as_secs()).into_response()
         }
     }
 }

@@ -20,7 +20,6 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use persistence::ledger::SimulatorLedger;
 use persistence::storage::{Storage, StorageOptions};
 use persistence::wire::MetaRecord;
-use std::future::IntoFuture;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -75,6 +74,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         DeskConfig {
             hold_ttl_ms: args.hold_ttl_s * 1000,
             tickets_per_order_max: args.max_tickets_per_order,
+            tickets_per_user_max: args.max_tickets_per_user,
         },
     ));
     let users = Arc::new(UserStore::new(
@@ -90,7 +90,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         durable.clone(),
         master_keys.clone(),
         &admin_token,
-        args.requests_in_flight_max as usize,
+        args.http_limits()?,
     );
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -101,15 +101,15 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     println!("boxoffice listening on http://{address}");
     tracing::info!(%address, arbiters = arbiter_count, durability = ?args.durability, "listening; recovering");
     let ready = state.ready.clone();
-    let server = tokio::spawn(
-        axum::serve(listener, crate::app(state.clone()))
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                ready.store(false, Ordering::Release);
-                tracing::info!("shutting down: draining in-flight requests");
-            })
-            .into_future(),
-    );
+    let server = tokio::spawn(crate::connections::serve(
+        crate::connections::ConnectionLimit::new(listener, args.connections_max),
+        crate::app(state.clone()),
+        async move {
+            shutdown_signal().await;
+            ready.store(false, Ordering::Release);
+            tracing::info!("shutting down: draining in-flight requests");
+        },
+    ));
 
     recover(&args, &desk, &users, &durable).await?;
     master_keys

@@ -1,13 +1,17 @@
 //! What every handler shares.
 
+use crate::config::HttpLimits;
 use crate::durability::Durable;
 use crate::keys::MasterKeys;
+use crate::throttle::LoginThrottle;
 use crate::users::UserStore;
+use engine::clock::SystemClock;
 use engine::desk::Desk;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
@@ -24,6 +28,9 @@ pub struct AppState {
     pub master_keys: Arc<MasterKeys>,
     /// Requests being served at once at most; see `crate::limit_in_flight`.
     pub requests_in_flight: Arc<Semaphore>,
+    /// How long one request may take; see `crate::limit_duration`.
+    pub request_timeout: Duration,
+    pub login_throttle: Arc<LoginThrottle>,
     admin_token_hash: [u8; 32],
 }
 
@@ -35,7 +42,7 @@ impl AppState {
         durable: Durable,
         master_keys: Arc<MasterKeys>,
         admin_token: &str,
-        requests_in_flight_max: usize,
+        limits: HttpLimits,
     ) -> Self {
         Self {
             desk,
@@ -45,7 +52,9 @@ impl AppState {
             recovered: Arc::new(AtomicBool::new(false)),
             durable,
             master_keys,
-            requests_in_flight: Arc::new(Semaphore::new(requests_in_flight_max)),
+            requests_in_flight: Arc::new(Semaphore::new(limits.requests_in_flight_max)),
+            request_timeout: limits.request_timeout,
+            login_throttle: Arc::new(LoginThrottle::new(limits.login, Arc::new(SystemClock))),
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
         }
     }

@@ -224,6 +224,9 @@ fn inspect(data_dir: &std::path::Path) -> Value {
 
 fn serve_flags() -> Vec<String> {
     [
+        // A few buyers buy the whole concert: far beyond the default per-user limit, which limits.rs tests.
+        "--max-tickets-per-user",
+        "1000000",
         "--hold-ttl-s",
         &HOLD_TTL_S.to_string(),
         "--payment-latency-ms",
@@ -548,7 +551,7 @@ async fn sigterm_then_restart_gives_the_same_state_and_logins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_snapshot_truncates_the_journal_and_recovery_uses_it() {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--max-tickets-per-user", "40"]);
     let (_, alice) = server.register("alice", GOOD_CARD).await;
     let general = server.create_general(500, 2, 1000).await;
     for _ in 0..20 {

@@ -158,7 +158,13 @@ async fn wait_for_tickets(server: &Server, user_id: &str, token: &str, count: us
 async fn a_slow_provider_does_not_stall_the_shards() {
     const FIRED: usize = 200;
     const BUYERS: usize = 20;
-    let server = Arc::new(Server::start(&["--payment-latency-ms", "3000"]));
+    // Each buyer orders ten tickets of concert A and one buyer holds one more: above the default per-user limit.
+    let server = Arc::new(Server::start(&[
+        "--payment-latency-ms",
+        "3000",
+        "--max-tickets-per-user",
+        "100",
+    ]));
     let concert_a = server.create_general(1_000, 4, 1_500).await;
     let concert_b = server.create_general(100, 2, 1_500).await;
     let buyers = server.register_many("isolation-", BUYERS, GOOD_CARD).await;

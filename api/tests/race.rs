@@ -27,6 +27,8 @@ const INVARIANT_POLL: Duration = Duration::from_millis(10);
 const TICKETS_PER_ORDER_MAX: usize = 10;
 /// Price of a seat in `Server::create_seated`.
 const SEATED_PRICE_CENTS: u64 = 1_000;
+/// The races let a buyer buy as often as the plan says: the per-user limit (tested in limits.rs) stays out of them.
+const RACE_TICKETS_PER_USER_MAX: &str = "1000000";
 
 /// A seeded splitmix64 generator: the same seed gives the same plan.
 struct Plan(u64);
@@ -511,7 +513,12 @@ mod general_admission {
 async fn general_admission_race_sells_each_ticket_once() {
     use general_admission::*;
     let mut plan = Plan::seeded("general_admission_race_sells_each_ticket_once");
-    let server = Arc::new(Server::start(&["--hold-ttl-s", "2"]));
+    let server = Arc::new(Server::start(&[
+        "--hold-ttl-s",
+        "2",
+        "--max-tickets-per-user",
+        RACE_TICKETS_PER_USER_MAX,
+    ]));
     let concert_id = server.create_general(CAPACITY, SHARDS, PRICE_CENTS).await;
     let mut buyers = register_buyers(&server, "ga", GOOD_BUYERS, DECLINING_BUYERS).await;
     let steps = general_admission::plan(&mut plan, buyers.len());
@@ -935,7 +942,12 @@ mod seated {
 async fn seated_race_sells_each_seat_once() {
     use seated::*;
     let mut plan = Plan::seeded("seated_race_sells_each_seat_once");
-    let server = Arc::new(Server::start(&["--hold-ttl-s", "2"]));
+    let server = Arc::new(Server::start(&[
+        "--hold-ttl-s",
+        "2",
+        "--max-tickets-per-user",
+        RACE_TICKETS_PER_USER_MAX,
+    ]));
     let concert_id = server
         .create_seated(&SECTIONS, ROWS as u32, SEATS_PER_ROW as u32, SHARDS)
         .await;

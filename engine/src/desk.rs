@@ -8,6 +8,12 @@
 //!
 //! The book (orders, holds, idempotency keys, ticket tokens) sits behind one mutex held only for map updates,
 //! never across an await. It guards bookkeeping, not inventory: inventory is only ever changed by shard actors.
+//!
+//! The book also enforces the per-user limits: at most `tickets_per_user_max` tickets of one concert held, being
+//! paid for or sold to one user, and at most [`HOLDS_PER_USER_MAX`] live holds per user. A flow takes its tickets
+//! of the user's allowance under the book lock before it reserves anything, and gives them back when the
+//! reservation is released, so concurrent requests of one user can never pass the limit together. An active hold
+//! is counted from its record while it has not expired, so a hold that the shard expires needs no bookkeeping.
 
 mod recovery;
 
@@ -37,11 +43,17 @@ pub const IDEMPOTENCY_KEYS_MAX: usize = 1_000_000;
 pub const IDEMPOTENCY_KEY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 /// How long an expired hold is still answered as `hold_expired` before it is forgotten.
 pub const EXPIRED_HOLD_RETENTION_MS: u64 = 10 * 60 * 1000;
+/// Live holds (being reserved, or active and not expired) one user may have at once, over all concerts; beyond
+/// that a new hold is refused as `HoldLimitReached` until one is purchased, cancelled or expires.
+pub const HOLDS_PER_USER_MAX: u32 = 10;
 
 #[derive(Clone, Copy, Debug)]
 pub struct DeskConfig {
     pub hold_ttl_ms: u64,
     pub tickets_per_order_max: u32,
+    /// Tickets of one concert that one user may hold, be paying for and have bought, together; beyond that an
+    /// order or hold is refused as `TicketLimitReached`.
+    pub tickets_per_user_max: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +142,24 @@ struct IdempotencyEntry {
     outcome: OutcomeReceiver,
 }
 
+/// What one user has claimed, for the per-user limits.
+#[derive(Default)]
+struct Quota {
+    /// Per concert: tickets of orders being reserved, paid for or confirmed, of holds being reserved and of holds
+    /// being purchased. Active holds are not in here: they count from their records while they have not expired.
+    tickets: HashMap<ConcertId, u32>,
+    /// Holds being reserved, which count against the hold limit before their records exist.
+    holds_reserving: u32,
+    /// This user's holds in the `Active` state, some perhaps expired (until the next sweep).
+    active_holds: Vec<HoldId>,
+}
+
+impl Quota {
+    fn is_empty(&self) -> bool {
+        self.tickets.is_empty() && self.holds_reserving == 0 && self.active_holds.is_empty()
+    }
+}
+
 #[derive(Default)]
 struct Book {
     orders: HashMap<OrderId, Order>,
@@ -140,9 +170,153 @@ struct Book {
     idempotency: HashMap<(UserId, String), IdempotencyEntry>,
     /// Keys in the order they were first used, with that time, so the oldest are forgotten first.
     idempotency_age: VecDeque<(u64, UserId, String)>,
+    quotas: HashMap<UserId, Quota>,
 }
 
 impl Book {
+    /// The active holds of `user` that have not expired at `now_ms`.
+    fn live_holds<'a>(&'a self, user: &UserId, now_ms: u64) -> impl Iterator<Item = &'a Hold> {
+        self.quotas
+            .get(user)
+            .into_iter()
+            .flat_map(|quota| quota.active_holds.iter())
+            .filter_map(|hold_id| self.holds.get(hold_id))
+            .filter(move |record| {
+                matches!(record.state, HoldState::Active) && record.hold.expires_at_ms > now_ms
+            })
+            .map(|record| &record.hold)
+    }
+
+    /// Tickets of `concert` that `user` holds, is paying for or has bought, and those being reserved for them.
+    fn tickets_claimed(&self, user: &UserId, concert: &ConcertId, now_ms: u64) -> u32 {
+        let committed = self
+            .quotas
+            .get(user)
+            .and_then(|quota| quota.tickets.get(concert))
+            .copied()
+            .unwrap_or(0);
+        let held: u32 = self
+            .live_holds(user, now_ms)
+            .filter(|hold| &hold.concert_id == concert)
+            .map(|hold| hold.quantity)
+            .sum();
+        committed + held
+    }
+
+    /// Takes `quantity` tickets of `user`'s allowance for `concert`, or refuses if that would pass `max`.
+    fn take_tickets(
+        &mut self,
+        user: &UserId,
+        concert: &ConcertId,
+        quantity: u32,
+        max: u32,
+        now_ms: u64,
+    ) -> Result<(), EngineError> {
+        if self.tickets_claimed(user, concert, now_ms) + quantity > max {
+            return Err(EngineError::TicketLimitReached { limit: max });
+        }
+        self.add_tickets(user, concert, quantity);
+        Ok(())
+    }
+
+    /// Counts `quantity` more tickets for `user` without a check: they were counted already, as an active hold.
+    fn add_tickets(&mut self, user: &UserId, concert: &ConcertId, quantity: u32) {
+        *self
+            .quotas
+            .entry(user.clone())
+            .or_default()
+            .tickets
+            .entry(concert.clone())
+            .or_default() += quantity;
+    }
+
+    /// Gives back tickets taken for a reservation that was released or never made.
+    fn give_back_tickets(&mut self, user: &UserId, concert: &ConcertId, quantity: u32) {
+        let Some(quota) = self.quotas.get_mut(user) else {
+            debug_assert!(false, "tickets given back by a user who took none");
+            return;
+        };
+        if let Some(count) = quota.tickets.get_mut(concert) {
+            debug_assert!(*count >= quantity, "a user gives back only tickets taken");
+            *count = count.saturating_sub(quantity);
+            if *count == 0 {
+                quota.tickets.remove(concert);
+            }
+        } else {
+            debug_assert!(
+                quantity == 0,
+                "tickets given back for a concert never taken"
+            );
+        }
+        if quota.is_empty() {
+            self.quotas.remove(user);
+        }
+    }
+
+    /// Takes a hold's place and its tickets before the hold is reserved; see [`Book::hold_reserved`].
+    fn take_hold(
+        &mut self,
+        user: &UserId,
+        concert: &ConcertId,
+        quantity: u32,
+        tickets_max: u32,
+        now_ms: u64,
+    ) -> Result<(), EngineError> {
+        let reserving = self
+            .quotas
+            .get(user)
+            .map_or(0, |quota| quota.holds_reserving);
+        let live = self.live_holds(user, now_ms).count() as u32;
+        if live + reserving >= HOLDS_PER_USER_MAX {
+            return Err(EngineError::HoldLimitReached {
+                limit: HOLDS_PER_USER_MAX,
+            });
+        }
+        self.take_tickets(user, concert, quantity, tickets_max, now_ms)?;
+        self.quotas.entry(user.clone()).or_default().holds_reserving += 1;
+        Ok(())
+    }
+
+    /// Ends a hold's reservation: the hold, if it was made, now counts from its record (inserted by the caller
+    /// under the same lock), no longer as being reserved.
+    fn hold_reserved(
+        &mut self,
+        user: &UserId,
+        concert: &ConcertId,
+        quantity: u32,
+        hold_id: Option<HoldId>,
+    ) {
+        if let Some(quota) = self.quotas.get_mut(user) {
+            debug_assert!(quota.holds_reserving > 0, "a hold being reserved was taken");
+            quota.holds_reserving = quota.holds_reserving.saturating_sub(1);
+            quota.active_holds.extend(hold_id);
+        }
+        self.give_back_tickets(user, concert, quantity);
+    }
+
+    /// Stops counting a hold as active: it was cancelled, or its purchase began (and its tickets now count there).
+    fn forget_active_hold(&mut self, user: &UserId, hold_id: &HoldId) {
+        if let Some(quota) = self.quotas.get_mut(user) {
+            quota.active_holds.retain(|id| id != hold_id);
+            if quota.is_empty() {
+                self.quotas.remove(user);
+            }
+        }
+    }
+
+    /// Drops ids of holds that are no longer active or have expired from the users' lists.
+    fn prune_active_holds(&mut self, now_ms: u64) {
+        let holds = &self.holds;
+        self.quotas.retain(|_, quota| {
+            quota.active_holds.retain(|hold_id| {
+                holds.get(hold_id).is_some_and(|record| {
+                    matches!(record.state, HoldState::Active) && record.hold.expires_at_ms > now_ms
+                })
+            });
+            !quota.is_empty()
+        });
+    }
+
     fn upsert_order(&mut self, order: &Order) {
         if !self.orders.contains_key(&order.id) {
             self.orders_by_user
@@ -189,6 +363,7 @@ impl Desk {
             config.tickets_per_order_max > 0,
             "an order can have tickets"
         );
+        assert!(config.tickets_per_user_max > 0, "a user can have tickets");
         Self {
             router,
             payments,
@@ -265,11 +440,27 @@ impl Desk {
                 created_at_ms: self.clock.now_ms(),
                 idempotency,
             };
+            let quantity = claimed_tickets(&claim);
+            self.book().take_tickets(
+                &user,
+                &concert.spec.id,
+                quantity,
+                self.config.tickets_per_user_max,
+                meta.created_at_ms,
+            )?;
             let purpose = Purpose::Order {
                 order_id: order_id.clone(),
                 meta: meta.clone(),
             };
-            let parts = concert.reserve(&user, &claim, purpose).await?;
+            let parts = match concert.reserve(&user, &claim, purpose).await {
+                Ok(parts) => parts,
+                Err(error) => {
+                    self.book()
+                        .give_back_tickets(&user, &concert.spec.id, quantity);
+                    return Err(error);
+                }
+            };
+            debug_assert_eq!(quantity, parts_tickets(&parts), "a claim is granted whole");
             let order = pending_order(order_id, &concert.spec, &user, &parts, &meta);
             self.book().upsert_order(&order);
             self.settle(order, &concert, &parts, card, slot).await
@@ -279,7 +470,8 @@ impl Desk {
         outcome
     }
 
-    /// Charges a durable reservation and turns it into tickets, or releases it.
+    /// Charges a durable reservation and turns it into tickets, or releases it and gives its tickets back to the
+    /// buyer's allowance.
     async fn settle(
         &self,
         mut order: Order,
@@ -305,7 +497,9 @@ impl Desk {
             tracing::error!(order_id = %order.id, %release_error, "could not release after failed payment");
         }
         order.status = OrderStatus::Declined;
-        self.book().upsert_order(&order);
+        let mut book = self.book();
+        book.upsert_order(&order);
+        book.give_back_tickets(&order.user_id, &order.concert_id, parts_tickets(parts));
         Err(error)
     }
 
@@ -368,12 +562,29 @@ impl Desk {
         let user = user.clone();
         spawn_owned(async move {
             let hold_id = HoldId::random();
-            let expires_at_ms = desk.clock.now_ms() + desk.config.hold_ttl_ms;
+            let now_ms = desk.clock.now_ms();
+            let expires_at_ms = now_ms + desk.config.hold_ttl_ms;
+            let quantity = claimed_tickets(&request.claim);
+            let concert_id = &concert.spec.id;
+            desk.book().take_hold(
+                &user,
+                concert_id,
+                quantity,
+                desk.config.tickets_per_user_max,
+                now_ms,
+            )?;
             let purpose = Purpose::Hold {
                 hold_id: hold_id.clone(),
                 expires_at_ms,
             };
-            let parts = concert.reserve(&user, &request.claim, purpose).await?;
+            let parts = match concert.reserve(&user, &request.claim, purpose).await {
+                Ok(parts) => parts,
+                Err(error) => {
+                    desk.book().hold_reserved(&user, concert_id, quantity, None);
+                    return Err(error);
+                }
+            };
+            debug_assert_eq!(quantity, parts_tickets(&parts), "a claim is granted whole");
             let hold = Hold {
                 id: hold_id.clone(),
                 concert_id: concert.spec.id.clone(),
@@ -387,14 +598,16 @@ impl Desk {
                 expires_at_ms,
                 seated: concert.spec.is_seated(),
             };
-            desk.book().holds.insert(
-                hold_id,
+            let mut book = desk.book();
+            book.holds.insert(
+                hold_id.clone(),
                 HoldRecord {
                     hold: hold.clone(),
                     parts,
                     state: HoldState::Active,
                 },
             );
+            book.hold_reserved(&hold.user_id, concert_id, quantity, Some(hold_id));
             Ok(hold)
         })
         .await
@@ -427,6 +640,7 @@ impl Desk {
                 return Err(EngineError::HoldNotFound);
             }
             let record = book.holds.remove(hold_id).expect("record found above");
+            book.forget_active_hold(user, hold_id);
             (record.hold.concert_id, record.parts)
         };
         let concert = self
@@ -482,7 +696,7 @@ impl Desk {
                 }
                 PurchaseStart::AlreadyPurchasing(outcome) => return wait_outcome(outcome).await,
             };
-        let outcome = async {
+        let begun = async {
             let concert = self
                 .router
                 .concert(&record_hold.concert_id)
@@ -495,11 +709,21 @@ impl Desk {
             concert
                 .begin_purchase(&parts, &user, &order_id, &meta)
                 .await?;
-            let order = pending_order(order_id, &concert.spec, &user, &parts, &meta);
-            self.book().upsert_order(&order);
-            self.settle(order, &concert, &parts, card, slot).await
+            Ok((concert, order_id, meta))
         }
         .await;
+        let outcome = match begun {
+            Ok((concert, order_id, meta)) => {
+                let order = pending_order(order_id, &concert.spec, &user, &parts, &meta);
+                self.book().upsert_order(&order);
+                self.settle(order, &concert, &parts, card, slot).await
+            }
+            Err(error) => {
+                self.book()
+                    .give_back_tickets(&user, &record_hold.concert_id, record_hold.quantity);
+                Err(error)
+            }
+        };
         // A failed purchase released the seats: the hold is over whatever the outcome. The record stays (as ended)
         // so that a repeated purchase answers the same outcome and a cancel answers 404.
         if outcome.is_err()
@@ -540,13 +764,17 @@ impl Desk {
             outcome: receiver,
             started_at_ms: now_ms,
         };
-        Ok(PurchaseStart::Started(Box::new(StartedPurchase {
+        let started = StartedPurchase {
             sender,
             hold: record.hold.clone(),
             parts: record.parts.clone(),
             slot,
             card,
-        })))
+        };
+        // The hold's tickets stop counting as an active hold and count as being paid for, in one step.
+        book.forget_active_hold(user, hold_id);
+        book.add_tickets(user, &started.hold.concert_id, started.hold.quantity);
+        Ok(PurchaseStart::Started(Box::new(started)))
     }
 
     pub fn order(&self, order_id: &OrderId) -> Option<Order> {
@@ -615,6 +843,23 @@ impl Desk {
                 started_at_ms + IDEMPOTENCY_KEY_TTL_MS > now_ms
             }
         });
+        book.prune_active_holds(now_ms);
+    }
+
+    /// Tickets of `concert` that `user` holds, is paying for or has bought: what the per-user limit counts.
+    pub fn tickets_claimed(&self, user: &UserId, concert: &ConcertId) -> u32 {
+        self.book()
+            .tickets_claimed(user, concert, self.clock.now_ms())
+    }
+
+    /// Live holds of `user`, over all concerts, including those being reserved: what the hold limit counts.
+    pub fn holds_claimed(&self, user: &UserId) -> u32 {
+        let book = self.book();
+        let reserving = book
+            .quotas
+            .get(user)
+            .map_or(0, |quota| quota.holds_reserving);
+        book.live_holds(user, self.clock.now_ms()).count() as u32 + reserving
     }
 
     /// Records a first use of `key`, or returns the earlier use's outcome; a different request under it is refused.
@@ -702,6 +947,18 @@ async fn wait_outcome(mut outcome: OutcomeReceiver) -> OrderOutcome {
     }
 }
 
+/// Tickets a claim asks for; a granted claim is granted whole.
+fn claimed_tickets(claim: &ClaimRequest) -> u32 {
+    match claim {
+        ClaimRequest::Quantity(quantity) => *quantity,
+        ClaimRequest::Seats(seats) => seats.len() as u32,
+    }
+}
+
+fn parts_tickets(parts: &[Part]) -> u32 {
+    parts.iter().map(|part| part.quantity).sum()
+}
+
 /// An order of `parts` that is being paid for.
 fn pending_order(
     id: OrderId,
@@ -749,6 +1006,7 @@ fn record_order_metrics(outcome: &OrderOutcome, started: Instant) {
         Err(EngineError::PaymentDeclined { .. }) => "declined",
         Err(EngineError::Overloaded) => "overloaded",
         Err(EngineError::HoldExpired) => "hold_expired",
+        Err(EngineError::TicketLimitReached { .. }) => "ticket_limit_reached",
         Err(_) => "error",
     };
     metrics::counter!("boxoffice_orders_total", "outcome" => label).increment(1);

@@ -42,6 +42,14 @@ pub enum EngineError {
     CardRequired,
     /// A shard stopped answering; the node is shutting down or broken.
     Unavailable,
+    /// The user would hold, be paying for and own more than `limit` tickets of one concert.
+    TicketLimitReached {
+        limit: u32,
+    },
+    /// The user has `limit` live holds already.
+    HoldLimitReached {
+        limit: u32,
+    },
 }
 
 impl EngineError {
@@ -78,6 +86,14 @@ impl fmt::Display for EngineError {
             }
             Self::CardRequired => write!(f, "a card on file is required to pay"),
             Self::Unavailable => write!(f, "the sale is temporarily unavailable"),
+            Self::TicketLimitReached { limit } => write!(
+                f,
+                "at most {limit} tickets of one concert per user, counting held, being paid for and sold"
+            ),
+            Self::HoldLimitReached { limit } => write!(
+                f,
+                "at most {limit} live holds per user; purchase or cancel one first"
+            ),
         }
     }
 }

@@ -206,7 +206,7 @@ impl Storage {
                 Ok((stream, record.seq))
             }
             Entry::Meta { seq, record } => {
-                if let Err(error) = apply_meta(&trees, &record) {
+                if let Err(error) = apply_meta(&trees, seq, &record) {
                     sled_failure.get_or_insert(error);
                 }
                 meta_seq = meta_seq.max(seq);
@@ -223,10 +223,17 @@ impl Storage {
         let mut concerts = Vec::new();
         for entry in trees.concerts.iter() {
             let (_, bytes) = entry?;
-            let spec: ConcertSpec = postcard::from_bytes(&bytes)
+            let (created_seq, spec): (u64, ConcertSpec) = postcard::from_bytes(&bytes)
                 .map_err(|error| StorageError::Unrecoverable(format!("bad concert: {error}")))?;
-            concerts.push(restore_concert(&trees.snapshots, spec, &mut events)?);
+            concerts.push((
+                created_seq,
+                restore_concert(&trees.snapshots, spec, &mut events)?,
+            ));
         }
+        // Concerts come back in the order they were created, as the node lists them.
+        concerts.sort_by_key(|(created_seq, _)| *created_seq);
+        let concerts: Vec<RecoveredConcert> =
+            concerts.into_iter().map(|(_, concert)| concert).collect();
         for stream in events.keys() {
             tracing::warn!(%stream, "journal events of an unknown concert ignored");
         }
@@ -259,7 +266,6 @@ impl Storage {
             jobs: Mutex::new(Some(jobs)),
             worker: Mutex::new(Some(worker)),
         });
-        concerts.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
         let recovered = Recovered {
             concerts,
             users,
@@ -276,7 +282,7 @@ impl Storage {
             .meta_seq
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Err(error) = apply_meta(&self.inner.trees, &record) {
+        if let Err(error) = apply_meta(&self.inner.trees, *seq + 1, &record) {
             return Commit::failed(format!("sled: {error}"));
         }
         *seq += 1;
@@ -363,10 +369,11 @@ impl Journal for Storage {
     }
 }
 
-fn apply_meta(trees: &Trees, record: &MetaRecord) -> Result<(), sled::Error> {
+/// Applies a node-wide record with sequence number `seq` to sled; a concert keeps `seq` as its creation order.
+fn apply_meta(trees: &Trees, seq: u64, record: &MetaRecord) -> Result<(), sled::Error> {
     match record {
         MetaRecord::Concert(spec) => {
-            let bytes = postcard::to_allocvec(spec).expect("concerts always encode");
+            let bytes = postcard::to_allocvec(&(seq, spec)).expect("concerts always encode");
             trees.concerts.insert(spec.id.0.as_bytes(), bytes)?;
         }
         MetaRecord::User { id, record } => {

@@ -274,3 +274,33 @@ fn users_and_concerts_survive_in_journal_order() {
     );
     storage.close();
 }
+
+#[test]
+fn concerts_come_back_in_creation_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    // Ids in the reverse of creation order, so that an order by id would show.
+    let ids = ["c_zz", "c_mm", "c_aa"];
+    {
+        let (storage, _) = Storage::open(dir.path(), options(10)).expect("open");
+        for id in ids {
+            let spec = ConcertSpec {
+                id: ConcertId::from(id),
+                ..spec()
+            };
+            let commit = storage.append_meta(MetaRecord::Concert(spec));
+            runtime.block_on(commit.wait()).expect("durable");
+        }
+        storage.close();
+    }
+    let (storage, recovered) = Storage::open(dir.path(), options(10)).expect("reopen");
+    let recovered_ids: Vec<&str> = recovered
+        .concerts
+        .iter()
+        .map(|concert| concert.spec.id.as_str())
+        .collect();
+    assert_eq!(recovered_ids, ids);
+    storage.close();
+}

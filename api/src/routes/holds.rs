@@ -13,7 +13,7 @@ use engine::ids::HoldId;
 #[utoipa::path(post, path = "/holds", tag = "holds", security(("bearer" = [])), request_body = ClaimBody,
     responses((status = 201, body = HoldResponse), (status = 401, body = crate::error::ErrorBody),
               (status = 404, body = crate::error::ErrorBody),
-              (status = 409, body = crate::error::ErrorBody, description = "seat_taken or sold_out"),
+              (status = 409, body = crate::error::ErrorBody, description = "seat_taken, sold_out, ticket_limit_reached or hold_limit_reached"),
               (status = 422, body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,

@@ -14,7 +14,7 @@ use engine::ids::OrderId;
     params(("Idempotency-Key" = Option<String>, Header)),
     responses((status = 201, body = OrderResponse), (status = 401, body = crate::error::ErrorBody),
               (status = 402, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
-              (status = 409, body = crate::error::ErrorBody, description = "sold_out or seat_taken"),
+              (status = 409, body = crate::error::ErrorBody, description = "sold_out, seat_taken or ticket_limit_reached"),
               (status = 422, body = crate::error::ErrorBody),
               (status = 503, body = crate::error::ErrorBody, description = "overloaded, with Retry-After")))]
 pub async fn create(

@@ -1,5 +1,6 @@
 //! Registration, login, profiles and a user's tickets.
 
+use crate::connections::ClientIp;
 use crate::dto::{
     PageQuery, RegisteredResponse, TicketList, TicketResponse, TokenResponse, UserPage,
     UserRequest, UserResponse, UserUpdateRequest, VerifyRequest,
@@ -37,17 +38,33 @@ pub async fn create(
     ))
 }
 
-/// Log in with a username and password; the response carries a fresh bearer token.
+/// Log in with a username and password; the response carries a fresh bearer token. Failed logins are limited
+/// per username and per client address (`crate::throttle`); the limit is checked before the password is.
 #[utoipa::path(post, path = "/users/verify", tag = "users", request_body = VerifyRequest,
-    responses((status = 200, body = TokenResponse), (status = 401, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = TokenResponse), (status = 401, body = crate::error::ErrorBody),
+              (status = 429, body = crate::error::ErrorBody, description = "too_many_attempts, with Retry-After")))]
 pub async fn verify(
     State(state): State<AppState>,
+    ClientIp(address): ClientIp,
     ApiJson(body): ApiJson<VerifyRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
     body.validate()?;
-    let (id, token) = state.users.verify(&body.username, body.password).await?;
+    let attempt = state
+        .login_throttle
+        .begin(&body.username, address)
+        .map_err(|throttled| ApiError::too_many_attempts(throttled.retry_after_s))?;
+    let outcome = state.users.verify(&body.username, body.password).await;
+    match &outcome {
+        Ok(_) => attempt.succeeded(),
+        Err(error) if error.code == INVALID_CREDENTIALS => attempt.failed(),
+        Err(_) => attempt.abandoned(),
+    }
+    let (id, token) = outcome?;
     Ok(Json(TokenResponse { id: id.0, token }))
 }
+
+/// The code of a wrong username or password: what the login throttle counts.
+const INVALID_CREDENTIALS: &str = "invalid_credentials";
 
 fn authorize(caller: &Caller, id: &UserId) -> ApiResult<()> {
     if caller.may_access(id) {

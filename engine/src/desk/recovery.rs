@@ -5,10 +5,13 @@
 //! paid for. Such an order's payment outcome was lost with the process, so it is settled by asking the provider
 //! what became of the charge under the order's id: approved means tickets, anything else means the charge is voided
 //! and the tickets go back on sale. Never a charge without tickets, never tickets without a charge.
+//!
+//! The per-user allowances are rebuilt from the same states: sold tickets and tickets being paid for count for
+//! their owners, and holds count again from their records while they have not expired.
 
 use super::{
     Book, Desk, Hold, HoldRecord, HoldState, IdempotencyEntry, Order, OrderOutcome, OrderStatus,
-    Ticket, pending_order, sort_tickets,
+    Ticket, parts_tickets, pending_order, sort_tickets,
 };
 use crate::concert::ConcertSpec;
 use crate::error::EngineError;
@@ -207,11 +210,17 @@ impl Desk {
         let mut book = self.book();
         for (order, meta) in gathered.sold.into_values() {
             book.upsert_order(&order);
+            book.add_tickets(&order.user_id, &spec.id, order.tickets.len() as u32);
             let (_, outcome) = watch::channel(Some(Ok(order.clone())));
             book.remember_key(&order.user_id, &meta, outcome);
         }
         for (hold_id, (user_id, expires_at_ms, parts)) in gathered.holds {
             let hold = hold_of(spec, hold_id.clone(), user_id, expires_at_ms, &parts);
+            book.quotas
+                .entry(hold.user_id.clone())
+                .or_default()
+                .active_holds
+                .push(hold_id.clone());
             book.holds.insert(
                 hold_id,
                 HoldRecord {
@@ -232,6 +241,7 @@ impl Desk {
             let (sender, receiver) = watch::channel(None);
             let order = pending_order(order_id, spec, &user_id, &parts, &meta);
             book.upsert_order(&order);
+            book.add_tickets(&user_id, &spec.id, parts_tickets(&parts));
             book.remember_key(&user_id, &meta, receiver.clone());
             let hold_id = hold.map(|(hold_id, expires_at_ms)| {
                 let hold = hold_of(
@@ -300,7 +310,9 @@ impl Desk {
             };
             concert.release(&parts, reason).await?;
             order.status = OrderStatus::Declined;
-            self.book().upsert_order(&order);
+            let mut book = self.book();
+            book.upsert_order(&order);
+            book.give_back_tickets(&order.user_id, &concert_id, parts_tickets(&parts));
             Err(error)
         }
         .await;
