@@ -324,6 +324,13 @@ pub struct TokenResponse {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct LogoutQuery {
+    /// `true`: revoke every token of the user (log out everywhere), not only the one presented.
+    pub all: Option<bool>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PageQuery {
     pub offset: Option<usize>,
     /// 1 to 1000, default 100.

@@ -376,6 +376,31 @@ impl FromRequestParts<AppState> for UserCaller {
     }
 }
 
+/// A user caller together with the bearer token it presented, for revoking that token.
+pub struct UserSession {
+    pub user: UserId,
+    pub token: String,
+}
+
+impl FromRequestParts<AppState> for UserSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let UserCaller(user) = UserCaller::from_request_parts(parts, state).await?;
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(bearer_token)
+            .ok_or_else(ApiError::unauthorized)?
+            .to_owned();
+        Ok(UserSession { user, token })
+    }
+}
+
 /// A caller that must hold the admin token.
 pub struct AdminCaller;
 

@@ -42,6 +42,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/openapi.json", get(ops::openapi))
         .route("/users", post(user_routes::create).get(user_routes::list))
         .route("/users/verify", post(user_routes::verify))
+        .route("/users/logout", post(user_routes::logout))
         .route(
             "/users/{id}",
             get(user_routes::get).put(user_routes::update),

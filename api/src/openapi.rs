@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
     info(title = "boxoffice", description = "Concert ticket sales: never oversold, nothing lost."),
     paths(
         ops::health, ops::metrics, ops::openapi, ops::snapshot, ops::rotate_master_key,
-        users::create, users::verify, users::get, users::update, users::list, users::tickets,
+        users::create, users::verify, users::logout, users::get, users::update, users::list, users::tickets,
         concerts::create, concerts::list, concerts::get, concerts::seats,
         holds::create, holds::cancel, holds::purchase,
         orders::create, orders::get,

@@ -326,6 +326,33 @@ impl UserStore {
         token
     }
 
+    /// Revokes `token` of `user`, or with `None` every token of the user; returns how many. Durable before it returns.
+    pub async fn revoke(&self, user: &UserId, token: Option<&str>) -> ApiResult<usize> {
+        let (revoked, commit) = {
+            let mut users = self.write();
+            let Users {
+                tokens,
+                tokens_of_user,
+                ..
+            } = &mut *users;
+            let live = tokens_of_user.entry(user.clone()).or_default();
+            let doomed: Vec<TokenHash> = match token {
+                Some(token) => vec![token_hash(token)],
+                None => live.iter().copied().collect(),
+            };
+            let mut revoked = 0;
+            for hash in &doomed {
+                if tokens.remove(hash).is_some() {
+                    revoked += 1;
+                }
+            }
+            live.retain(|hash| !doomed.contains(hash));
+            (revoked, self.persist(&users, user))
+        };
+        Durable::wait(commit).await?;
+        Ok(revoked)
+    }
+
     /// The user a live token belongs to.
     pub fn authenticate(&self, token: &str) -> Option<UserId> {
         let hash = token_hash(token);

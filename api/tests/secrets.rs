@@ -307,3 +307,88 @@ async fn the_master_key_rotates_while_cards_keep_working() {
             .expect(201);
     }
 }
+
+/// A fresh token of the first buyer.
+async fn login(server: &Server) -> String {
+    server
+        .post(
+            "/users/verify",
+            None,
+            json!({"username": BUYERS[0].username, "password": BUYERS[0].password}),
+        )
+        .await
+        .expect(200)["token"]
+        .as_str()
+        .expect("token")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_tokens_stay_revoked_across_a_restart() {
+    let server = Server::start(&[]);
+    let (id, first) = register(&server, &BUYERS[0]).await;
+    let second = login(&server).await;
+    let third = login(&server).await;
+    let me = format!("/users/{id}");
+    server
+        .send(reqwest::Method::POST, "/users/logout", None, None, &[])
+        .await
+        .expect_error(401, "unauthorized");
+    server
+        .send(
+            reqwest::Method::POST,
+            "/users/logout",
+            Some(ADMIN_TOKEN),
+            None,
+            &[],
+        )
+        .await
+        .expect_error(403, "forbidden");
+    server
+        .send(
+            reqwest::Method::POST,
+            "/users/logout",
+            Some(&first),
+            None,
+            &[],
+        )
+        .await
+        .expect(204);
+    server
+        .get(&me, Some(&first))
+        .await
+        .expect_error(401, "unauthorized");
+    server.get(&me, Some(&second)).await.expect(200);
+
+    let data_dir = server.stop();
+    let server = Server::start_in(data_dir, &[]);
+    server
+        .get(&me, Some(&first))
+        .await
+        .expect_error(401, "unauthorized");
+    server.get(&me, Some(&third)).await.expect(200);
+    server
+        .send(
+            reqwest::Method::POST,
+            "/users/logout?all=true",
+            Some(&second),
+            None,
+            &[],
+        )
+        .await
+        .expect(204);
+    for token in [&second, &third] {
+        server
+            .get(&me, Some(token))
+            .await
+            .expect_error(401, "unauthorized");
+    }
+    let data_dir = server.stop();
+    let server = Server::start_in(data_dir, &[]);
+    server
+        .get(&me, Some(&third))
+        .await
+        .expect_error(401, "unauthorized");
+    let fresh = login(&server).await;
+    server.get(&me, Some(&fresh)).await.expect(200);
+}

@@ -2,11 +2,11 @@
 
 use crate::connections::ClientIp;
 use crate::dto::{
-    PageQuery, RegisteredResponse, TicketList, TicketResponse, TokenResponse, UserPage,
-    UserRequest, UserResponse, UserUpdateRequest, VerifyRequest,
+    LogoutQuery, PageQuery, RegisteredResponse, TicketList, TicketResponse, TokenResponse,
+    UserPage, UserRequest, UserResponse, UserUpdateRequest, VerifyRequest,
 };
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{AdminCaller, ApiJson, ApiPath, ApiQuery, Caller};
+use crate::extract::{AdminCaller, ApiJson, ApiPath, ApiQuery, Caller, UserSession};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -154,4 +154,20 @@ pub async fn tickets(
     Ok(Json(TicketList {
         tickets: tickets.iter().map(TicketResponse::from).collect(),
     }))
+}
+
+/// Revoke the bearer token presented, or with `?all=true` every token of the user: they answer 401 from now on.
+#[utoipa::path(post, path = "/users/logout", tag = "users", security(("bearer" = [])),
+    params(("all" = Option<bool>, Query, description = "revoke every token of the user")),
+    responses((status = 204, description = "revoked"), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    session: UserSession,
+    ApiQuery(query): ApiQuery<LogoutQuery>,
+) -> ApiResult<StatusCode> {
+    let token = (!query.all.unwrap_or(false)).then_some(session.token.as_str());
+    let revoked = state.users.revoke(&session.user, token).await?;
+    tracing::info!(user_id = %session.user, revoked, "tokens revoked");
+    Ok(StatusCode::NO_CONTENT)
 }
