@@ -125,8 +125,10 @@ seed_option=()
 [ -n "${SCHEMATHESIS_SEED:-}" ] && seed_option=(--seed "$SCHEMATHESIS_SEED")
 # From the work dir, so that hypothesis's example database stays out of the repository.
 status=0
+# The event stream never ends by design, so a fuzzer would only time out on it: api/tests/events.rs covers it.
 (cd "$work" && python3 -m schemathesis.cli --config-file schemathesis.toml run "$base/openapi.json" \
-  --url "$base" --workers "$workers" --no-color --max-failures 20 "${seed_option[@]}") || status=$?
+  --url "$base" --workers "$workers" --no-color --max-failures 20 --exclude-path '/concerts/{id}/events' \
+  "${seed_option[@]}") || status=$?
 [ "$status" -eq 0 ] || fail "schemathesis exited $status"
 
 curl -sf "$base/health" > /dev/null || fail "/health is not 200 after the run"

@@ -27,6 +27,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Default of `--connections-max`: well below the usual file descriptor limits of a server.
 pub const CONNECTIONS_MAX_DEFAULT: u32 = 10_000;
 
+/// Bytes the kernel keeps queued but not yet sent per connection (`TCP_NOTSENT_LOWAT`); past it the socket
+/// reports full. Without it a client that stops reading can park megabytes in its send buffer (autotuned up to
+/// `net.ipv4.tcp_wmem`), and an event stream to it would only notice much later that it fell behind.
+pub const UNSENT_BYTES_MAX: u32 = 128 * 1024;
+
 /// A listener that keeps at most `connections_max` accepted connections open.
 pub struct ConnectionLimit {
     listener: TcpListener,
@@ -62,6 +67,10 @@ impl Listener for ConnectionLimit {
             }
         };
         let (stream, address) = Listener::accept(&mut self.listener).await;
+        if let Err(error) = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_BYTES_MAX)
+        {
+            tracing::warn!(%error, "cannot bound the connection's unsent bytes");
+        }
         self.open.increment(1.0);
         let stream = LimitedStream {
             stream,

@@ -24,7 +24,7 @@ pub mod throttle;
 pub mod users;
 
 use crate::error::ApiError;
-use crate::routes::{concerts, holds, ops, orders, tickets, users as user_routes};
+use crate::routes::{concerts, events, holds, ops, orders, tickets, users as user_routes};
 pub use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
@@ -51,6 +51,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/concerts", post(concerts::create).get(concerts::list))
         .route("/concerts/{id}", get(concerts::get))
         .route("/concerts/{id}/seats", get(concerts::seats))
+        .route("/concerts/{id}/events", get(events::stream))
         .route("/holds", post(holds::create))
         .route("/holds/{id}", delete(holds::cancel))
         .route("/holds/{id}/purchase", post(holds::purchase))

@@ -1,6 +1,6 @@
 //! The OpenAPI 3 document, generated from the handlers' annotations.
 
-use crate::routes::{concerts, holds, ops, orders, tickets, users};
+use crate::routes::{concerts, events, holds, ops, orders, tickets, users};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         ops::health, ops::metrics, ops::openapi, ops::snapshot, ops::rotate_master_key,
         users::create, users::verify, users::logout, users::get, users::update, users::list, users::tickets,
-        concerts::create, concerts::list, concerts::get, concerts::seats,
+        concerts::create, concerts::list, concerts::get, concerts::seats, events::stream,
         holds::create, holds::cancel, holds::purchase,
         orders::create, orders::get,
         tickets::verify,

@@ -101,12 +101,14 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     println!("boxoffice listening on http://{address}");
     tracing::info!(%address, arbiters = arbiter_count, durability = ?args.durability, "listening; recovering");
     let ready = state.ready.clone();
+    let draining = state.shutdown.clone();
     let server = tokio::spawn(crate::connections::serve(
         crate::connections::ConnectionLimit::new(listener, args.connections_max),
         crate::app(state.clone()),
         async move {
             shutdown_signal().await;
             ready.store(false, Ordering::Release);
+            draining.send_replace(true);
             tracing::info!("shutting down: draining in-flight requests");
         },
     ));

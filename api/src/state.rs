@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -31,6 +31,8 @@ pub struct AppState {
     /// How long one request may take; see `crate::limit_duration`.
     pub request_timeout: Duration,
     pub login_throttle: Arc<LoginThrottle>,
+    /// Turns true when the node starts draining: long-lived responses (event streams) end then.
+    pub shutdown: Arc<watch::Sender<bool>>,
     admin_token_hash: [u8; 32],
 }
 
@@ -55,6 +57,7 @@ impl AppState {
             requests_in_flight: Arc::new(Semaphore::new(limits.requests_in_flight_max)),
             request_timeout: limits.request_timeout,
             login_throttle: Arc::new(LoginThrottle::new(limits.login, Arc::new(SystemClock))),
+            shutdown: Arc::new(watch::channel(false).0),
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
         }
     }

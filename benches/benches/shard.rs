@@ -20,6 +20,7 @@ use actix::prelude::*;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use engine::clock::{Clock, SystemClock};
 use engine::concert::{ConcertSpec, GENERAL_CAPACITY_MAX, Layout};
+use engine::feed::ConcertFeed;
 use engine::ids::{ConcertId, HoldId, OrderId, TicketId, UserId};
 use engine::journal::VolatileJournal;
 use engine::router::{ClaimRequest, Router};
@@ -137,6 +138,7 @@ async fn start_shard(arbiter: &ArbiterHandle, capacity: u64, live_holds: u64) ->
         state.availability().remaining,
         metrics::Gauge::noop(),
     ));
+    let feed = Arc::new(ConcertFeed::new([(0, state.availability())]));
     let shard = ShardActor::start_in_arbiter(arbiter, move |_ctx| {
         ShardActor::new(
             ConcertId::random(),
@@ -145,6 +147,7 @@ async fn start_shard(arbiter: &ArbiterHandle, capacity: u64, live_holds: u64) ->
             Arc::new(VolatileJournal),
             Arc::new(SystemClock),
             gauges,
+            feed,
         )
     });
     shard.send(GetAvailability).await.expect("the shard starts");

@@ -7,12 +7,14 @@
 //! - [`desk`]: the order desk, which owns every order and hold from reservation to tickets or release.
 //! - [`payment`]: the `PaymentProvider` port, the simulator, and the pool that bounds and times out charges.
 //! - [`journal`]: the `Journal` port shard actors write to.
+//! - [`feed`]: each concert's live feed of seat changes and availability, published by its shard actors.
 //! - [`clock`], [`ids`], [`error`]: time, identifiers and domain outcomes.
 
 pub mod clock;
 pub mod concert;
 pub mod desk;
 pub mod error;
+pub mod feed;
 pub mod ids;
 pub mod journal;
 pub mod payment;

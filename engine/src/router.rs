@@ -11,6 +11,7 @@
 use crate::clock::Clock;
 use crate::concert::ConcertSpec;
 use crate::error::EngineError;
+use crate::feed::ConcertFeed;
 use crate::ids::{ConcertId, OrderId, TicketId, UserId};
 use crate::journal::{Commit, Journal};
 use crate::shard::{
@@ -93,6 +94,8 @@ impl ShardHandle {
 pub struct ConcertHandle {
     pub spec: Arc<ConcertSpec>,
     shards: Vec<ShardHandle>,
+    /// Seat changes and availability for subscribers, published by the shard actors.
+    pub feed: Arc<ConcertFeed>,
     /// Held while a claim is gathered from several shards: gatherings then never race each other for the last
     /// tickets, and the sold-out check never counts tickets that a failing gathering is about to give back.
     gather_turn: tokio::sync::Mutex<()>,
@@ -166,6 +169,9 @@ impl Router {
         let concert_remaining =
             metrics::gauge!("boxoffice_tickets_remaining", "concert" => spec.id.0.clone());
         concert_remaining.set(remaining_total as f64);
+        let feed = Arc::new(ConcertFeed::new(states.iter().enumerate().map(
+            |(index, state)| (spec.shard_range(index as u32).0, state.availability()),
+        )));
         let shards = states
             .into_iter()
             .enumerate()
@@ -176,11 +182,12 @@ impl Router {
                 ));
                 let arbiter = &self.arbiters
                     [self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
-                let (concert_id, journal, clock, actor_gauges) = (
+                let (concert_id, journal, clock, actor_gauges, actor_feed) = (
                     spec.id.clone(),
                     self.journal.clone(),
                     self.clock.clone(),
                     gauges.clone(),
+                    feed.clone(),
                 );
                 let addr = ShardActor::start_in_arbiter(arbiter, move |_ctx| {
                     ShardActor::new(
@@ -190,6 +197,7 @@ impl Router {
                         journal,
                         clock,
                         actor_gauges,
+                        actor_feed,
                     )
                 });
                 ShardHandle {
@@ -207,6 +215,7 @@ impl Router {
         let handle = Arc::new(ConcertHandle {
             spec,
             shards,
+            feed,
             gather_turn: tokio::sync::Mutex::new(()),
         });
         concerts.in_creation_order.push(handle.spec.id.clone());

@@ -10,6 +10,7 @@
 
 use crate::clock::Clock;
 use crate::error::EngineError;
+use crate::feed::{ConcertFeed, SeatChangeKind};
 use crate::ids::{ConcertId, OrderId, TicketId, UserId};
 use crate::journal::{Commit, Journal, JournalRecord, ShardSnapshot};
 use crate::shard_state::{
@@ -50,6 +51,7 @@ pub struct ShardActor {
     journal: Arc<dyn Journal>,
     clock: Arc<dyn Clock>,
     gauges: Arc<ShardGauges>,
+    feed: Arc<ConcertFeed>,
     /// Every hold by expiry, earliest first, one entry per hold (so at most the holds made within one hold TTL).
     /// An entry whose hold ended another way is dropped when it comes due.
     expiries: BinaryHeap<Reverse<(u64, ReservationId)>>,
@@ -65,6 +67,7 @@ impl ShardActor {
         journal: Arc<dyn Journal>,
         clock: Arc<dyn Clock>,
         gauges: Arc<ShardGauges>,
+        feed: Arc<ConcertFeed>,
     ) -> Self {
         Self {
             concert_id,
@@ -73,21 +76,31 @@ impl ShardActor {
             journal,
             clock,
             gauges,
+            feed,
             expiries: BinaryHeap::new(),
             expiry_timer: None,
         }
     }
 
-    /// Applies `event`, journals it, and publishes the new remaining count.
+    /// Applies `event`, journals it, and publishes the new remaining count and the seats it changed.
     fn commit(&mut self, event: ShardEvent) -> Commit {
-        let before = self.state.availability().remaining;
+        let before = self.state.availability();
+        let seat_change = self.seat_change(&event);
         self.state.apply(&event);
-        let after = self.state.availability().remaining;
-        if before != after {
-            self.gauges.remaining.store(after, Ordering::Release);
+        let after = self.state.availability();
+        if before.remaining != after.remaining {
+            self.gauges
+                .remaining
+                .store(after.remaining, Ordering::Release);
             self.gauges
                 .concert_remaining
-                .increment(after as f64 - before as f64);
+                .increment(after.remaining as f64 - before.remaining as f64);
+        }
+        if let Some((seats, kind)) = seat_change {
+            self.feed.publish_seats(self.shard, &seats, kind);
+        }
+        if before != after {
+            self.feed.set_counts(self.shard, after);
         }
         let commit = self.journal.append(JournalRecord {
             concert_id: self.concert_id.clone(),
@@ -102,6 +115,36 @@ impl ShardActor {
             drop(self.snapshot());
         }
         commit
+    }
+
+    /// The seats `event` is about to change and how, read before it is applied (a confirm or a release names only
+    /// its reservation, whose seats are gone afterwards).
+    fn seat_change(&self, event: &ShardEvent) -> Option<(Vec<u32>, SeatChangeKind)> {
+        if !self.state.is_seated() {
+            return None;
+        }
+        let of_reservation = |reservation_id: &ReservationId| {
+            self.state
+                .reservation(*reservation_id)
+                .map(|reservation| reservation.seats.clone())
+        };
+        match event {
+            ShardEvent::Reserved { seats, .. } => Some((seats.clone(), SeatChangeKind::Held)),
+            ShardEvent::Confirmed { reservation_id, .. } => {
+                Some((of_reservation(reservation_id)?, SeatChangeKind::Sold))
+            }
+            ShardEvent::Released {
+                reservation_id,
+                reason,
+            } => {
+                let kind = match reason {
+                    ReleaseReason::Expired => SeatChangeKind::Expired,
+                    _ => SeatChangeKind::Released,
+                };
+                Some((of_reservation(reservation_id)?, kind))
+            }
+            ShardEvent::PurchaseStarted { .. } | ShardEvent::CheckedIn { .. } => None,
+        }
     }
 
     fn snapshot(&self) -> Commit {

@@ -1,8 +1,6 @@
 //! Concerts: creation (admin), listing, availability and the seat map.
 
-use crate::dto::{
-    ConcertList, ConcertRequest, ConcertResponse, SeatList, SeatResponse, normalize_rfc3339,
-};
+use crate::dto::{ConcertList, ConcertRequest, ConcertResponse, SeatList, normalize_rfc3339};
 use crate::durability::Durable;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AdminCaller, ApiJson, ApiPath};
@@ -13,7 +11,6 @@ use axum::http::StatusCode;
 use engine::concert::{ConcertSpec, Layout, Section};
 use engine::ids::ConcertId;
 use engine::router::ConcertHandle;
-use engine::shard_state::SeatStatus;
 use futures_util::future::join_all;
 use persistence::wire::MetaRecord;
 
@@ -129,19 +126,6 @@ pub async fn seats(
             "a general-admission concert has no seat map",
         ));
     }
-    let statuses = concert.seat_statuses().await?;
-    let seats = statuses
-        .iter()
-        .enumerate()
-        .map(|(index, status)| SeatResponse {
-            id: concert.spec.seat_label(index as u64).unwrap_or_default(),
-            status: match status {
-                SeatStatus::Free => "free",
-                SeatStatus::Held => "held",
-                SeatStatus::Sold => "sold",
-            }
-            .to_owned(),
-        })
-        .collect();
+    let seats = super::events::seat_list(&concert.spec, &concert.seat_statuses().await?);
     Ok(Json(SeatList { seats }))
 }

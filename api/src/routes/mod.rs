@@ -2,6 +2,7 @@
 //! the outcome to a response; none holds inventory or owns an order's lifetime.
 
 pub mod concerts;
+pub mod events;
 pub mod holds;
 pub mod ops;
 pub mod orders;

@@ -1,0 +1,287 @@
+//! `GET /concerts/{id}/events`: the concert's feed as server-sent events.
+//!
+//! A subscriber first gets where the concert stands, then every change as it happens:
+//!
+//! - no `Last-Event-ID`, or one this node can no longer resume from (another run of the node, or older than the
+//!   feed's replay buffer): `event: snapshot` with `{"remaining","held","sold","seats"?}` (the seats of a seated
+//!   concert, `[{"id","status"}]`), whose id is the feed position it was taken at;
+//! - a `Last-Event-ID` it can resume from: the `seat` events missed since, then `event: availability`;
+//! - then, live: `event: seat` `{"id","status","change"}` with an id, for every seat change in order, and
+//!   `event: availability` `{"remaining","held","sold"}` without one, at most every 100 ms.
+//!
+//! Event ids are `EPOCH-POSITION` (hex epoch, decimal position). A snapshot is read from the shards after the
+//! subscriber joined the feed, so changes made in between arrive as events too; every `seat` event carries the
+//! seat's absolute status, so applying one again is harmless. A subscriber that falls
+//! [`SUBSCRIBER_LAG_MAX`](engine::feed::SUBSCRIBER_LAG_MAX) items behind is disconnected; `retry:` tells the
+//! browser to reconnect after [`RECONNECT_AFTER`], resuming from its `Last-Event-ID`. The stream ends when the node
+//! drains. Every item is encoded once for all subscribers (`FeedItem::encoded`).
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiPath;
+use crate::state::AppState;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use engine::concert::ConcertSpec;
+use engine::feed::{ConcertFeed, FeedItem, SeatChange, Subscription};
+use engine::ids::ConcertId;
+use engine::shard_state::{Availability, SeatStatus};
+use serde::Serialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
+use utoipa::ToSchema;
+
+/// A comment line this often keeps proxies and the browser from deciding the stream is dead.
+pub const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(15);
+/// What `retry:` tells a browser to wait before it reconnects.
+pub const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+
+/// `data` of an `availability` event.
+#[derive(Serialize, ToSchema)]
+pub struct AvailabilityData {
+    pub remaining: u64,
+    pub held: u64,
+    pub sold: u64,
+}
+
+/// `data` of a `seat` event.
+#[derive(Serialize, ToSchema)]
+pub struct SeatData<'a> {
+    /// The seat label, `SECTION-ROW-SEAT`.
+    pub id: &'a str,
+    /// `free`, `held` or `sold`: the seat's status after the change.
+    pub status: &'static str,
+    /// `held`, `sold`, `released` or `expired`.
+    pub change: &'static str,
+}
+
+/// `data` of a `snapshot` event.
+#[derive(Serialize, ToSchema)]
+pub struct SnapshotData {
+    pub remaining: u64,
+    pub held: u64,
+    pub sold: u64,
+    /// Every seat of a seated concert; absent for general admission.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seats: Option<Vec<crate::dto::SeatResponse>>,
+}
+
+/// Live seat changes and availability of a concert, as server-sent events.
+#[utoipa::path(get, path = "/concerts/{id}/events", tag = "concerts",
+    params(("id" = String, Path),
+           ("Last-Event-ID" = Option<String>, Header, description = "the id of the last event received, to resume")),
+    responses((status = 200, content_type = "text/event-stream",
+               description = "events `snapshot`, `seat` and `availability`; see API.md"),
+              (status = 404, body = crate::error::ErrorBody)))]
+pub async fn stream(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let concert = state
+        .desk
+        .router()
+        .concert(&ConcertId(id))
+        .ok_or_else(|| ApiError::not_found("concert"))?;
+    let feed = concert.feed.clone();
+    let resume_after = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| parse_event_id(value, feed.epoch()));
+    let subscription = feed.subscribe(resume_after);
+    let mut opening = format!("retry: {}\n\n", RECONNECT_AFTER.as_millis()).into_bytes();
+    match &subscription.missed {
+        Some(missed) => {
+            for change in missed {
+                opening.extend_from_slice(
+                    &FeedItem::Seat(change.clone())
+                        .encoded(|item| encode(item, &concert.spec, feed.epoch())),
+                );
+            }
+            opening.extend_from_slice(&availability_event(subscription.availability));
+        }
+        None => {
+            let seats = if concert.spec.is_seated() {
+                Some(seat_list(&concert.spec, &concert.seat_statuses().await?))
+            } else {
+                None
+            };
+            let snapshot = SnapshotData {
+                remaining: subscription.availability.remaining,
+                held: subscription.availability.held,
+                sold: subscription.availability.sold,
+                seats,
+            };
+            opening.extend_from_slice(
+                format!(
+                    "id: {}\nevent: snapshot\ndata: {}\n\n",
+                    event_id(feed.epoch(), subscription.position),
+                    serde_json::to_string(&snapshot).expect("a snapshot serializes")
+                )
+                .as_bytes(),
+            );
+        }
+    }
+    let subscriber = Subscriber {
+        subscription,
+        spec: concert.spec.clone(),
+        feed,
+        shutdown: state.shutdown.subscribe(),
+        keep_alive: tokio::time::interval_at(
+            tokio::time::Instant::now() + KEEP_ALIVE_EVERY,
+            KEEP_ALIVE_EVERY,
+        ),
+        _gauge: SubscriberGauge::new(),
+    };
+    let opening =
+        futures_util::stream::once(async move { Ok::<_, Infallible>(Bytes::from(opening)) });
+    let live = futures_util::stream::unfold(subscriber, |mut subscriber| async move {
+        let chunk = subscriber.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), subscriber))
+    });
+    let mut response =
+        Body::from_stream(futures_util::StreamExt::chain(opening, live)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells a buffering reverse proxy (nginx) to pass events through as they come.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+struct Subscriber {
+    subscription: Subscription,
+    spec: Arc<ConcertSpec>,
+    feed: Arc<ConcertFeed>,
+    shutdown: watch::Receiver<bool>,
+    keep_alive: tokio::time::Interval,
+    _gauge: SubscriberGauge,
+}
+
+impl Subscriber {
+    /// The next bytes to send, or `None` when the stream ends: the node drains, or the subscriber fell behind.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if *self.shutdown.borrow_and_update() {
+            return None;
+        }
+        tokio::select! {
+            // A closed channel means the node is going away as well.
+            _ = self.shutdown.changed() => None,
+            item = self.subscription.receiver.recv() => match item {
+                Ok(item) => Some(item.encoded(|item| encode(item, &self.spec, self.feed.epoch()))),
+                Err(RecvError::Lagged(missed)) => {
+                    metrics::counter!("boxoffice_event_subscribers_dropped_total").increment(1);
+                    tracing::debug!(concert_id = %self.spec.id, missed, "event subscriber fell behind; disconnecting");
+                    None
+                }
+                Err(RecvError::Closed) => None,
+            },
+            _ = self.keep_alive.tick() => Some(Bytes::from_static(b": keep-alive\n\n")),
+        }
+    }
+}
+
+/// Counts open streams in `boxoffice_event_subscribers`.
+struct SubscriberGauge;
+
+impl SubscriberGauge {
+    fn new() -> Self {
+        metrics::gauge!("boxoffice_event_subscribers").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for SubscriberGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("boxoffice_event_subscribers").decrement(1.0);
+    }
+}
+
+fn event_id(epoch: u64, position: u64) -> String {
+    format!("{epoch:x}-{position}")
+}
+
+/// The position in an event id of this epoch; `None` for anything else.
+fn parse_event_id(value: &str, epoch: u64) -> Option<u64> {
+    let (id_epoch, position) = value.trim().split_once('-')?;
+    (u64::from_str_radix(id_epoch, 16).ok()? == epoch)
+        .then(|| position.parse().ok())
+        .flatten()
+}
+
+fn status_name(status: SeatStatus) -> &'static str {
+    match status {
+        SeatStatus::Free => "free",
+        SeatStatus::Held => "held",
+        SeatStatus::Sold => "sold",
+    }
+}
+
+fn encode(item: &FeedItem, spec: &ConcertSpec, epoch: u64) -> Bytes {
+    match item {
+        FeedItem::Seat(change) => seat_event(change, spec, epoch),
+        FeedItem::Availability(update) => availability_event(update.availability),
+    }
+}
+
+fn seat_event(change: &SeatChange, spec: &ConcertSpec, epoch: u64) -> Bytes {
+    let label = spec.seat_label(change.seat).unwrap_or_default();
+    let data = SeatData {
+        id: &label,
+        status: status_name(change.kind.status()),
+        change: change.kind.as_str(),
+    };
+    Bytes::from(format!(
+        "id: {}\nevent: seat\ndata: {}\n\n",
+        event_id(epoch, change.position),
+        serde_json::to_string(&data).expect("a seat event serializes")
+    ))
+}
+
+fn availability_event(availability: Availability) -> Bytes {
+    let data = AvailabilityData {
+        remaining: availability.remaining,
+        held: availability.held,
+        sold: availability.sold,
+    };
+    Bytes::from(format!(
+        "event: availability\ndata: {}\n\n",
+        serde_json::to_string(&data).expect("availability serializes")
+    ))
+}
+
+pub fn seat_list(spec: &ConcertSpec, statuses: &[SeatStatus]) -> Vec<crate::dto::SeatResponse> {
+    statuses
+        .iter()
+        .enumerate()
+        .map(|(index, status)| crate::dto::SeatResponse {
+            id: spec.seat_label(index as u64).unwrap_or_default(),
+            status: status_name(*status).to_owned(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ids_of_this_epoch_resume() {
+        assert_eq!(parse_event_id("ff-12", 255), Some(12));
+        assert_eq!(parse_event_id(" ff-0 ", 255), Some(0));
+        assert_eq!(parse_event_id("fe-12", 255), None);
+        assert_eq!(parse_event_id("ff-", 255), None);
+        assert_eq!(parse_event_id("ff-x", 255), None);
+        assert_eq!(parse_event_id("12", 255), None);
+        assert_eq!(parse_event_id("", 255), None);
+        assert_eq!(event_id(255, 7), "ff-7");
+    }
+}
