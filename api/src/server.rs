@@ -35,76 +35,161 @@ pub const SIMULATOR_LEDGER_DIR: &str = "payment-sim";
 /// Orders recovered in flight that are settled with the provider at once at most.
 const SETTLE_IN_FLIGHT_MAX: usize = 1024;
 
+/// A node's parts, wired together: what `run` serves, and what an in-process client (a bench) drives through
+/// [`crate::app`] without a socket.
+pub struct Node {
+    pub state: AppState,
+    router: Arc<Router>,
+    desk: Arc<Desk>,
+    users: Arc<UserStore>,
+    durable: Durable,
+    master_keys: Arc<MasterKeys>,
+    ledger: Option<Arc<SimulatorLedger>>,
+    arbiters: Vec<Arbiter>,
+}
+
+impl Node {
+    /// Builds the node from its flags: arbiters, router, payment pool, desk, user store. Nothing is recovered
+    /// yet: the state answers `503 recovering` until [`Node::recover`] has run.
+    pub fn assemble(args: &ServeArgs) -> Result<Node, String> {
+        std::fs::create_dir_all(&args.data_dir).map_err(|error| {
+            format!(
+                "cannot create data dir {}: {error}",
+                args.data_dir.display()
+            )
+        })?;
+        let admin_token = admin_token(&args.data_dir)?;
+        let metrics = metrics_handle()?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let durable = Durable::default();
+
+        let arbiter_count = args
+            .arbiters
+            .map(|n| n as usize)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let arbiters: Vec<Arbiter> = (0..arbiter_count).map(|_| Arbiter::new()).collect();
+        let router = Arc::new(Router::new(
+            arbiters.iter().map(Arbiter::handle).collect(),
+            Arc::new(durable.clone()),
+            clock.clone(),
+        ));
+        let (provider, ledger) = payment_simulator(args)?;
+        let master_keys = Arc::new(MasterKeys::load(&args.data_dir)?);
+        let payments = Arc::new(PaymentPool::new(
+            provider,
+            PaymentPoolConfig {
+                concurrency: args.payment_concurrency as usize,
+                queue_max: args.payment_queue_max as usize,
+                timeout: Duration::from_millis(args.payment_timeout_ms),
+            },
+        ));
+        let desk = Arc::new(Desk::new(
+            router.clone(),
+            payments,
+            clock.clone(),
+            DeskConfig {
+                hold_ttl_ms: args.hold_ttl_s * 1000,
+                tickets_per_order_max: args.max_tickets_per_order,
+                tickets_per_user_max: args.max_tickets_per_user,
+            },
+        ));
+        let users = Arc::new(UserStore::new(
+            args.token_ttl_s * 1000,
+            clock,
+            durable.clone(),
+            master_keys.ring(),
+        ));
+        let state = AppState::new(
+            desk.clone(),
+            users.clone(),
+            metrics,
+            durable.clone(),
+            master_keys.clone(),
+            &admin_token,
+            args.http_limits()?,
+        );
+        Ok(Node {
+            state,
+            router,
+            desk,
+            users,
+            durable,
+            master_keys,
+            ledger,
+            arbiters,
+        })
+    }
+
+    /// Recovers from the data dir (see [`recover`]), finishes an interrupted key rotation, creates the demo
+    /// concerts when asked, and opens the node for orders.
+    pub async fn recover(&self, args: &ServeArgs) -> Result<(), String> {
+        recover(args, &self.desk, &self.users, &self.durable).await?;
+        self.master_keys
+            .finish_interrupted_rotation(&self.users)
+            .await
+            .map_err(|error| format!("cannot finish the master key rotation: {}", error.message))?;
+        if args.demo && self.router.concerts().is_empty() {
+            create_demo_concerts(&self.router, &self.durable).await?;
+        }
+        self.state.recovered.store(true, Ordering::Release);
+        self.state.ready.store(true, Ordering::Release);
+        tracing::info!("ready");
+        Ok(())
+    }
+
+    /// Sweeps old idempotency keys, ended holds and expired tokens, and compacts histograms, until aborted.
+    pub fn spawn_upkeep(&self) -> tokio::task::JoinHandle<()> {
+        let (desk, users, metrics) = (
+            self.desk.clone(),
+            self.users.clone(),
+            self.state.metrics.clone(),
+        );
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                interval.tick().await;
+                desk.sweep();
+                users.sweep();
+                metrics.run_upkeep();
+            }
+        })
+    }
+
+    /// Writes the final snapshots, closes the journal and the simulator's ledger, and stops the arbiters.
+    pub async fn stop(self) {
+        if let Some(storage) = self.durable.storage() {
+            for concert in self.router.concerts() {
+                if let Err(error) = concert.snapshot().await {
+                    tracing::warn!(concert_id = %concert.spec.id, %error, "final snapshot failed; the journal still covers it");
+                }
+            }
+            storage.close();
+            tracing::info!("final snapshots written");
+        }
+        if let Some(ledger) = self.ledger {
+            ledger.close();
+        }
+        for arbiter in self.arbiters {
+            arbiter.stop();
+        }
+    }
+}
+
 pub async fn run(args: ServeArgs) -> Result<(), String> {
-    std::fs::create_dir_all(&args.data_dir).map_err(|error| {
-        format!(
-            "cannot create data dir {}: {error}",
-            args.data_dir.display()
-        )
-    })?;
-    let admin_token = admin_token(&args.data_dir)?;
-    let metrics = metrics_handle()?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let durable = Durable::default();
-
-    let arbiter_count = args
-        .arbiters
-        .map(|n| n as usize)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let arbiters: Vec<Arbiter> = (0..arbiter_count).map(|_| Arbiter::new()).collect();
-    let router = Arc::new(Router::new(
-        arbiters.iter().map(Arbiter::handle).collect(),
-        Arc::new(durable.clone()),
-        clock.clone(),
-    ));
-    let (provider, ledger) = payment_simulator(&args)?;
-    let master_keys = Arc::new(MasterKeys::load(&args.data_dir)?);
-    let payments = Arc::new(PaymentPool::new(
-        provider,
-        PaymentPoolConfig {
-            concurrency: args.payment_concurrency as usize,
-            queue_max: args.payment_queue_max as usize,
-            timeout: Duration::from_millis(args.payment_timeout_ms),
-        },
-    ));
-    let desk = Arc::new(Desk::new(
-        router.clone(),
-        payments,
-        clock.clone(),
-        DeskConfig {
-            hold_ttl_ms: args.hold_ttl_s * 1000,
-            tickets_per_order_max: args.max_tickets_per_order,
-            tickets_per_user_max: args.max_tickets_per_user,
-        },
-    ));
-    let users = Arc::new(UserStore::new(
-        args.token_ttl_s * 1000,
-        clock,
-        durable.clone(),
-        master_keys.ring(),
-    ));
-    let state = AppState::new(
-        desk.clone(),
-        users.clone(),
-        metrics.clone(),
-        durable.clone(),
-        master_keys.clone(),
-        &admin_token,
-        args.http_limits()?,
-    );
-
+    let node = Node::assemble(&args)?;
+    let state = node.state.clone();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let address = listener.local_addr().map_err(|error| error.to_string())?;
     // Tests and scripts read this line to learn the port when started with port 0; /health says when it is ready.
     println!("boxoffice listening on http://{address}");
-    tracing::info!(%address, arbiters = arbiter_count, durability = ?args.durability, "listening; recovering");
+    tracing::info!(%address, arbiters = node.arbiters.len(), durability = ?args.durability, "listening; recovering");
     let ready = state.ready.clone();
     let draining = state.shutdown.clone();
     let server = tokio::spawn(crate::connections::serve(
         crate::connections::ConnectionLimit::new(listener, args.connections_max),
-        crate::app(state.clone()),
+        crate::app(state),
         async move {
             shutdown_signal().await;
             ready.store(false, Ordering::Release);
@@ -113,47 +198,14 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         },
     ));
 
-    recover(&args, &desk, &users, &durable).await?;
-    master_keys
-        .finish_interrupted_rotation(&users)
-        .await
-        .map_err(|error| format!("cannot finish the master key rotation: {}", error.message))?;
-    if args.demo && router.concerts().is_empty() {
-        create_demo_concerts(&router, &durable).await?;
-    }
-    state.recovered.store(true, Ordering::Release);
-    state.ready.store(true, Ordering::Release);
-    tracing::info!("ready");
-
-    let sweeper = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(SWEEP_INTERVAL);
-        loop {
-            interval.tick().await;
-            desk.sweep();
-            users.sweep();
-            metrics.run_upkeep();
-        }
-    });
+    node.recover(&args).await?;
+    let upkeep = node.spawn_upkeep();
     server
         .await
         .map_err(|error| format!("server task failed: {error}"))?
         .map_err(|error| format!("server failed: {error}"))?;
-    sweeper.abort();
-    if let Some(storage) = durable.storage() {
-        for concert in router.concerts() {
-            if let Err(error) = concert.snapshot().await {
-                tracing::warn!(concert_id = %concert.spec.id, %error, "final snapshot failed; the journal still covers it");
-            }
-        }
-        storage.close();
-        tracing::info!("final snapshots written");
-    }
-    if let Some(ledger) = ledger {
-        ledger.close();
-    }
-    for arbiter in arbiters {
-        arbiter.stop();
-    }
+    upkeep.abort();
+    node.stop().await;
     tracing::info!("stopped");
     Ok(())
 }
