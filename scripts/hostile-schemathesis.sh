@@ -70,6 +70,7 @@ hold=$(field '["id"]' <<< "$answer")
 answer=$(setup -XPOST "$base/orders" -H "$json" -H "authorization: Bearer $token" \
   -d "{\"concert_id\":\"$general\",\"quantity\":1}")
 ticket=$(field '["tickets"][0]["token"]' <<< "$answer")
+ticket_id=$(field '["tickets"][0]["id"]' <<< "$answer")
 
 # Buyer routes with the buyer's token, the rest with the admin token. Ids and seat labels in paths and bodies are
 # often live ones, so that requests reach past "not found" into holds, orders and purchases.
@@ -91,6 +92,7 @@ seats = { values = ["A-1-1", "A-1-2", "A-2-3", "A-5-9", "A-5-10"] }
 holds = { values = ["$hold"] }
 users = { values = ["$user"] }
 tickets = { values = ["$ticket"] }
+ticket_ids = { values = ["$ticket_id"] }
 
 [[operations]]
 include-path = ["/holds", "/orders"]
@@ -106,6 +108,11 @@ parameters = { "path.id" = { dictionary = "holds", probability = 0.5 } }
 include-path = ["/users/{id}", "/users/{id}/tickets"]
 headers = { Authorization = "Bearer $admin" }
 parameters = { "path.id" = { dictionary = "users", probability = 0.7 } }
+
+[[operations]]
+include-path = "/users/{id}/tickets/{ticket_id}/qr"
+headers = { Authorization = "Bearer $admin" }
+parameters = { "path.id" = { dictionary = "users", probability = 0.7 }, "path.ticket_id" = { dictionary = "ticket_ids", probability = 0.7 } }
 
 [[operations]]
 include-path = ["/concerts/{id}", "/concerts/{id}/seats"]

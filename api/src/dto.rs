@@ -6,7 +6,8 @@
 use crate::error::{ApiError, ApiResult};
 use crate::users::{
     CardSecret, CardSummary, NewUser, PASSWORD_LENGTH_MAX, PASSWORD_LENGTH_MIN, Profile,
-    StoredCard, TEXT_FIELD_LENGTH_MAX, USERNAME_LENGTH_MAX, USERNAME_LENGTH_MIN, User, UserUpdate,
+    StoredCard, TEXT_FIELD_LENGTH_MAX, USERNAME_LENGTH_MAX, USERNAME_LENGTH_MIN, USERS_BULK_MAX,
+    User, UserUpdate,
 };
 use engine::desk::{Hold, Order, OrderStatus, Ticket};
 use serde::{Deserialize, Serialize};
@@ -212,6 +213,44 @@ impl UserRequest {
             card,
         })
     }
+}
+
+/// `POST /admin/users/bulk`: users `PREFIX0` to `PREFIX{count-1}`, without passwords, each with `card` on file.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkUsersRequest {
+    /// Letters, digits, `.`, `_`, `-` or `@`; with the index appended, 3 to 64 characters.
+    pub prefix: String,
+    /// 1 to 10,000.
+    #[schema(minimum = 1, maximum = 10_000)]
+    pub count: u32,
+    pub card: Option<CardRequest>,
+}
+
+impl BulkUsersRequest {
+    /// The usernames to create, in index order, and the card.
+    pub fn validate(self) -> ApiResult<(Vec<String>, Option<StoredCard>)> {
+        let count = self.count as usize;
+        if !(1..=USERS_BULK_MAX).contains(&count) {
+            return Err(ApiError::invalid(format!(
+                "count must be 1 to {USERS_BULK_MAX}"
+            )));
+        }
+        // Every username has the prefix's characters and a length between the first's and the last's.
+        check_username(&format!("{}0", self.prefix))?;
+        check_username(&format!("{}{}", self.prefix, count - 1))?;
+        let card = self.card.map(CardRequest::validate).transpose()?;
+        let usernames = (0..count)
+            .map(|index| format!("{}{index}", self.prefix))
+            .collect();
+        Ok((usernames, card))
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BulkUsersResponse {
+    /// In index order; each token is shown only here.
+    pub users: Vec<RegisteredResponse>,
 }
 
 /// A change to a user: every field is optional and a missing field stays as it is.

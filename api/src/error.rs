@@ -90,6 +90,7 @@ impl ApiError {
             "order" => "order_not_found",
             "concert" => "concert_not_found",
             "hold" => "hold_not_found",
+            "ticket" => "ticket_not_found",
             _ => "not_found",
         };
         Self::new(StatusCode::NOT_FOUND, code, format!("{what} not found"))

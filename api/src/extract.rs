@@ -463,20 +463,45 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
         let axum::extract::Path(id) =
             axum::extract::Path::<String>::from_request_parts(parts, state)
                 .await
-                .map_err(|_| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_path",
-                        "the id in the path is not valid",
-                    )
-                })?;
-        if id.len() > PATH_ID_LENGTH_MAX {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such resource",
-            ));
-        }
+                .map_err(|_| invalid_path())?;
+        check_path_id(&id)?;
         Ok(Self(id))
     }
+}
+
+/// The two id segments of a path such as `/users/{id}/tickets/{ticket_id}/qr`, each checked like [`ApiPath`].
+pub struct ApiPathPair(pub String, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiPathPair {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path((first, second)) =
+            axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| invalid_path())?;
+        check_path_id(&first)?;
+        check_path_id(&second)?;
+        Ok(Self(first, second))
+    }
+}
+
+fn invalid_path() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_path",
+        "the id in the path is not valid",
+    )
+}
+
+/// An id past [`PATH_ID_LENGTH_MAX`] names nothing: 404 without looking it up.
+fn check_path_id(id: &str) -> Result<(), ApiError> {
+    if id.len() > PATH_ID_LENGTH_MAX {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such resource",
+        ));
+    }
+    Ok(())
 }

@@ -2,8 +2,9 @@
 //!
 //! - [`app`] builds the axum router from an [`AppState`] (tests call it without a socket).
 //! - [`server`] wires a node together: arbiters, router, payment pool, desk, user store; serves; drains on signal.
-//! - [`routes`]: one module per resource; [`dto`]: bodies and their validation; [`extract`]: JSON, query, path
-//!   and bearer-token extractors; [`error`]: the error type and its single mapping to statuses.
+//! - [`routes`]: one module per resource, and [`routes::web`], the web page; [`dto`]: bodies and their
+//!   validation; [`extract`]: JSON, query, path and bearer-token extractors; [`error`]: the error type and its
+//!   single mapping to statuses.
 //! - [`users`]: users, argon2id passwords, hashed bearer tokens, masked cards; [`openapi`]: the generated document.
 //! - [`throttle`]: failed logins limited per username and per address; [`connections`]: the bounded listener
 //!   and the client address of a request.
@@ -37,6 +38,9 @@ pub const BODY_BYTES_MAX: usize = 64 * 1024;
 
 pub fn app(state: AppState) -> axum::Router {
     axum::Router::new()
+        .route("/", get(routes::web::index))
+        .route("/app.js", get(routes::web::script))
+        .route("/app.css", get(routes::web::stylesheet))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
@@ -48,6 +52,10 @@ pub fn app(state: AppState) -> axum::Router {
             get(user_routes::get).put(user_routes::update),
         )
         .route("/users/{id}/tickets", get(user_routes::tickets))
+        .route(
+            "/users/{id}/tickets/{ticket_id}/qr",
+            get(user_routes::ticket_qr),
+        )
         .route("/concerts", post(concerts::create).get(concerts::list))
         .route("/concerts/{id}", get(concerts::get))
         .route("/concerts/{id}/seats", get(concerts::seats))
@@ -58,6 +66,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/orders", post(orders::create))
         .route("/orders/{id}", get(orders::get))
         .route("/tickets/verify", post(tickets::verify))
+        .route("/admin/users/bulk", post(user_routes::create_bulk))
         .route("/admin/snapshot", post(ops::snapshot))
         .route("/admin/rotate-master-key", post(ops::rotate_master_key))
         .fallback(not_found)

@@ -10,6 +10,8 @@ use utoipa::{Modify, OpenApi};
     paths(
         ops::health, ops::metrics, ops::openapi, ops::snapshot, ops::rotate_master_key,
         users::create, users::verify, users::logout, users::get, users::update, users::list, users::tickets,
+        users::create_bulk,
+        users::ticket_qr,
         concerts::create, concerts::list, concerts::get, concerts::seats, events::stream,
         holds::create, holds::cancel, holds::purchase,
         orders::create, orders::get,

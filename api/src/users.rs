@@ -11,6 +11,10 @@
 //! username, the password hash, token hashes and the creation time are stored in the clear. Hashing a password is slow on purpose, so it runs on the blocking
 //! pool behind a semaphore: at most [`HASHING_IN_FLIGHT_MAX`] hash at once, and at most
 //! [`HASHING_WAITING_MAX`] wait; beyond that a login or registration is refused as overloaded.
+//!
+//! [`UserStore::register_bulk`] creates up to [`USERS_BULK_MAX`] users in one call for load tests: they have no
+//! password (a password login for them always fails as for an unknown user) and reach the node only through the
+//! token handed out at creation; their records take the same sealing and journaling path as any other user's.
 
 use crate::durability::Durable;
 use crate::error::{ApiError, ApiResult};
@@ -39,6 +43,9 @@ pub const PASSWORD_LENGTH_MAX: usize = 128;
 pub const TEXT_FIELD_LENGTH_MAX: usize = 100;
 /// Users one node stores at most.
 pub const USERS_MAX: usize = 10_000_000;
+/// Users one bulk call creates at most; more is 422. It bounds the time the users lock is held and the size of
+/// the response (about 110 bytes per user).
+pub const USERS_BULK_MAX: usize = 10_000;
 /// Live tokens per user at most; logging in again beyond that revokes the oldest.
 pub const TOKENS_PER_USER_MAX: usize = 16;
 /// Random bytes in a bearer token.
@@ -242,11 +249,7 @@ impl UserStore {
                 return Err(username_taken());
             }
             if users.by_id.len() >= USERS_MAX {
-                return Err(ApiError::new(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    "users_full",
-                    "this node stores no more users",
-                ));
+                return Err(users_full());
             }
             users
                 .by_username
@@ -260,6 +263,99 @@ impl UserStore {
         Ok((user, token))
     }
 
+    /// Creates users named `usernames` that have no password, each with its own data key, `card` sealed under it,
+    /// and one token; returns them in the order given. All or nothing: if any username is taken, nothing is
+    /// created (`409 username_taken`). Durable before it returns, like [`UserStore::register`].
+    pub async fn register_bulk(
+        &self,
+        usernames: Vec<String>,
+        card: Option<StoredCard>,
+    ) -> ApiResult<Vec<(User, String)>> {
+        assert!(
+            usernames.len() <= USERS_BULK_MAX,
+            "bulk size is checked by the caller"
+        );
+        if self.taken_any(&self.read(), &usernames) {
+            return Err(username_taken());
+        }
+        let card = card.map(|card| {
+            let secret =
+                Zeroizing::new(postcard::to_allocvec(&card.secret).expect("cards always encode"));
+            (card.summary, secret)
+        });
+        let created_at_ms = self.clock.now_ms();
+        let expires_at_ms = created_at_ms + self.token_ttl_ms;
+        // Keys are drawn and records sealed before the lock is taken; under it only maps change and records queue.
+        let mut created = Vec::with_capacity(usernames.len());
+        let mut records = Vec::with_capacity(usernames.len());
+        for username in usernames {
+            let id = UserId::random();
+            let (key, data_key) = self.keys.new_data_key(&id.0);
+            let user = User {
+                card: card
+                    .as_ref()
+                    .map(|(summary, secret)| seal_encoded_card(&key, &id, summary.clone(), secret)),
+                id,
+                username,
+                password_hash: String::new(),
+                profile: Profile::default(),
+                created_at_ms,
+                data_key,
+            };
+            let (token, hash) = new_token();
+            records.push(sealed_record(&key, &user, vec![(hash, expires_at_ms)]));
+            created.push((user, token, hash));
+        }
+        let commits: Vec<Commit> = {
+            let mut users = self.write();
+            let usernames: Vec<String> = created.iter().map(|c| c.0.username.clone()).collect();
+            if self.taken_any(&users, &usernames) {
+                return Err(username_taken());
+            }
+            if users.by_id.len() + created.len() > USERS_MAX {
+                return Err(users_full());
+            }
+            // Users created in one millisecond are recovered in id order: keep that order now as well.
+            let mut ids: Vec<UserId> = created.iter().map(|c| c.0.id.clone()).collect();
+            ids.sort();
+            users.in_creation_order.extend(ids);
+            created
+                .iter()
+                .zip(records)
+                .map(|((user, _, hash), record)| {
+                    users
+                        .by_username
+                        .insert(user.username.clone(), user.id.clone());
+                    users.by_id.insert(user.id.clone(), user.clone());
+                    users.tokens.insert(
+                        *hash,
+                        TokenRecord {
+                            user_id: user.id.clone(),
+                            expires_at_ms,
+                        },
+                    );
+                    users
+                        .tokens_of_user
+                        .insert(user.id.clone(), VecDeque::from([*hash]));
+                    self.durable.append_meta(record)
+                })
+                .collect()
+        };
+        for commit in commits {
+            Durable::wait(commit).await?;
+        }
+        Ok(created
+            .into_iter()
+            .map(|(user, token, _)| (user, token))
+            .collect())
+    }
+
+    fn taken_any(&self, users: &Users, usernames: &[String]) -> bool {
+        usernames
+            .iter()
+            .any(|username| users.by_username.contains_key(username))
+    }
+
     /// Checks a username and password and hands out a fresh token.
     pub async fn verify(&self, username: &str, password: String) -> ApiResult<(UserId, String)> {
         let known = {
@@ -270,9 +366,10 @@ impl UserStore {
                 .and_then(|id| users.by_id.get(id))
                 .map(|user| (user.id.clone(), user.password_hash.clone()))
         };
+        // A user created in bulk has no password: a login for it fails exactly as for an unknown username.
         let (user_id, stored_hash) = match known {
-            Some((id, hash)) => (Some(id), hash),
-            None => (None, self.decoy_hash()?),
+            Some((id, hash)) if !hash.is_empty() => (Some(id), hash),
+            _ => (None, self.decoy_hash()?),
         };
         let matches = self
             .hashing(move || verify_password(&password, &stored_hash))
@@ -302,10 +399,7 @@ impl UserStore {
     }
 
     fn issue_token(&self, users: &mut Users, user_id: &UserId) -> String {
-        let mut raw = [0u8; TOKEN_RANDOM_BYTES];
-        fill_random(&mut raw);
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-        let hash = token_hash(&token);
+        let (token, hash) = new_token();
         users.tokens.insert(
             hash,
             TokenRecord {
@@ -459,25 +553,7 @@ impl UserStore {
                 return Commit::failed(error.to_string());
             }
         };
-        let private = PrivatePart {
-            profile: user.profile.clone(),
-            card: user.card.clone(),
-        };
-        let private = postcard::to_allocvec(&private)
-            .map(Zeroizing::new)
-            .expect("users always encode");
-        let record = StoredUser::V1(StoredUserV1 {
-            username: user.username.clone(),
-            password_hash: user.password_hash.clone(),
-            created_at_ms: user.created_at_ms,
-            tokens,
-            private: key.seal(&id.0, PRIVATE_PURPOSE, &private),
-            data_key: user.data_key.clone(),
-        });
-        self.durable.append_meta(MetaRecord::User {
-            id: id.0.clone(),
-            record: postcard::to_allocvec(&record).expect("users always encode"),
-        })
+        self.durable.append_meta(sealed_record(&key, user, tokens))
     }
 
     /// Loads the users a restarted node recovered, oldest first; tokens that have expired are dropped.
@@ -606,10 +682,60 @@ impl UserStore {
 /// Seals a card's secret part for `user`; the plaintext is dropped (and zeroed) here.
 fn seal_card(key: &DataKey, user: &UserId, card: StoredCard) -> CardOnFile {
     let secret = Zeroizing::new(postcard::to_allocvec(&card.secret).expect("cards always encode"));
+    seal_encoded_card(key, user, card.summary, &secret)
+}
+
+/// Seals a card whose secret part is already encoded (one encoding sealed for many users in a bulk creation).
+fn seal_encoded_card(
+    key: &DataKey,
+    user: &UserId,
+    summary: CardSummary,
+    secret: &[u8],
+) -> CardOnFile {
     CardOnFile {
-        summary: card.summary,
-        secret: key.seal(&user.0, CARD_PURPOSE, &secret),
+        summary,
+        secret: key.seal(&user.0, CARD_PURPOSE, secret),
     }
+}
+
+/// A user's journal record: the profile and card sealed as a whole under the user's data key, with its tokens.
+fn sealed_record(key: &DataKey, user: &User, tokens: Vec<(TokenHash, u64)>) -> MetaRecord {
+    let private = PrivatePart {
+        profile: user.profile.clone(),
+        card: user.card.clone(),
+    };
+    let private = postcard::to_allocvec(&private)
+        .map(Zeroizing::new)
+        .expect("users always encode");
+    let record = StoredUser::V1(StoredUserV1 {
+        username: user.username.clone(),
+        password_hash: user.password_hash.clone(),
+        created_at_ms: user.created_at_ms,
+        tokens,
+        private: key.seal(&user.id.0, PRIVATE_PURPOSE, &private),
+        data_key: user.data_key.clone(),
+    });
+    MetaRecord::User {
+        id: user.id.0.clone(),
+        record: postcard::to_allocvec(&record).expect("users always encode"),
+    }
+}
+
+/// A fresh bearer token (256 random bits, URL-safe base64) and the hash it is stored as.
+fn new_token() -> (String, TokenHash) {
+    let mut raw = [0u8; TOKEN_RANDOM_BYTES];
+    fill_random(&mut raw);
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let hash = token_hash(&token);
+    (token, hash)
+}
+
+fn users_full() -> ApiError {
+    ApiError::new(
+        StatusCode::INSUFFICIENT_STORAGE,
+        "users_full",
+        "this node stores no more users",
+    )
 }
 
 fn username_taken() -> ApiError {

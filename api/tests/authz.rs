@@ -170,6 +170,10 @@ fn new_user(who: Who) -> Value {
     json!({"username": format!("new-{}", who.name()), "password": "long enough password"})
 }
 
+fn bulk_users(who: Who) -> Value {
+    json!({"prefix": format!("bulk-{}-", who.name()), "count": 2})
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_as_anonymous_owner_other_user_and_admin() {
     let server = Server::start(&[]);
@@ -251,6 +255,7 @@ async fn every_endpoint_as_anonymous_owner_other_user_and_admin() {
 
         // The admin's endpoints.
         row(M::GET, "/users", Body::Empty, &[(Anonymous, 401, UNAUTHORIZED), (Other, 403, FORBIDDEN), (Owner, 403, FORBIDDEN), (Admin, 200, OK)]),
+        row(M::POST, "/admin/users/bulk", Body::PerCaller(bulk_users), &[(Anonymous, 401, UNAUTHORIZED), (Other, 403, FORBIDDEN), (Owner, 403, FORBIDDEN), (Admin, 201, OK)]),
         row(M::POST, "/concerts", Body::Same(concert), &[(Anonymous, 401, UNAUTHORIZED), (Other, 403, FORBIDDEN), (Owner, 403, FORBIDDEN), (Admin, 201, OK)]),
         // Not even a ticket's owner checks it in: that is the gate's (the admin's) job.
         row(M::POST, "/tickets/verify", Body::Same(gate), &[(Anonymous, 401, UNAUTHORIZED), (Other, 403, FORBIDDEN), (Owner, 403, FORBIDDEN), (Admin, 200, OK)]),
@@ -316,4 +321,98 @@ async fn every_endpoint_as_anonymous_owner_other_user_and_admin() {
         "cancelled by alice"
     );
     assert_eq!(status_of("A-1-2"), Some(json!("sold")), "bought by alice");
+}
+
+/// `GET /users/{id}/tickets/{ticket_id}/qr` through the same `check`: like the user's tickets, that user and the
+/// admin only; a ticket that is not the user's (someone else's, or none) is `404 ticket_not_found`. The image is
+/// the QR code of the ticket's token, never the token in clear, and is not cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticket_qr_codes_as_anonymous_owner_other_user_and_admin() {
+    let server = Server::start(&[]);
+    let (alice_id, alice) = server.register("alice", GOOD_CARD).await;
+    let (bob_id, bob) = server.register("bob", GOOD_CARD).await;
+    let tokens = Tokens {
+        owner: alice.clone(),
+        other: bob.clone(),
+    };
+    let concert = server.create_general(10, 1, 1_000).await;
+    let claim = json!({"concert_id": concert, "quantity": 1});
+    let alice_ticket = server
+        .post("/orders", Some(&alice), claim.clone())
+        .await
+        .expect(201)["tickets"][0]
+        .clone();
+    let bob_ticket =
+        server.post("/orders", Some(&bob), claim).await.expect(201)["tickets"][0].clone();
+    let ticket_id = alice_ticket["id"].as_str().expect("ticket id");
+    let bob_ticket_id = bob_ticket["id"].as_str().expect("ticket id");
+    let qr = format!("/users/{alice_id}/tickets/{ticket_id}/qr");
+
+    use Method as M;
+    #[rustfmt::skip]
+    let rows = vec![
+        row(M::GET, &qr, Body::Empty, &[(Anonymous, 401, UNAUTHORIZED), (Other, 403, FORBIDDEN), (Admin, 200, OK), (Owner, 200, OK)]),
+        row(M::GET, format!("/users/{alice_id}/tickets/t_missing/qr"), Body::Empty, &[(Anonymous, 401, UNAUTHORIZED), (Other, 403, FORBIDDEN), (Owner, 404, "ticket_not_found"), (Admin, 404, "ticket_not_found")]),
+        // Bob's ticket under alice's id is not alice's: as missing as a ticket that does not exist.
+        row(M::GET, format!("/users/{alice_id}/tickets/{bob_ticket_id}/qr"), Body::Empty, &[(Owner, 404, "ticket_not_found"), (Admin, 404, "ticket_not_found")]),
+        row(M::GET, format!("/users/u_missing/tickets/{ticket_id}/qr"), Body::Empty, &[(Anonymous, 401, UNAUTHORIZED), (Owner, 403, FORBIDDEN), (Admin, 404, "user_not_found")]),
+        row(M::POST, &qr, Body::Same(json!({})), &[(Owner, 405, "method_not_allowed")]),
+    ];
+    check(&server, &tokens, rows).await;
+
+    let token = alice_ticket["token"].as_str().expect("ticket token");
+    let expected = qrcode::QrCode::new(token.as_bytes())
+        .expect("a QR code")
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(
+            api::routes::users::QR_DIMENSION_MIN_PX,
+            api::routes::users::QR_DIMENSION_MIN_PX,
+        )
+        .build();
+    for caller in [alice.as_str(), common::ADMIN_TOKEN] {
+        let response = server
+            .client
+            .get(format!("{}{qr}", server.base))
+            .bearer_auth(caller)
+            .send()
+            .await
+            .expect("request completes");
+        assert_eq!(response.status(), 200);
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(header("content-type").as_deref(), Some("image/svg+xml"));
+        assert_eq!(
+            header("cache-control").as_deref(),
+            Some("no-store"),
+            "a QR code is as secret as its token"
+        );
+        let svg = response.text().await.expect("body");
+        assert!(svg.contains("<svg"), "an SVG image: {svg}");
+        assert_eq!(svg, expected, "the QR code of the ticket's token");
+        assert!(
+            !svg.contains(token),
+            "the token is encoded, not written out"
+        );
+    }
+    let bob_qr = server
+        .client
+        .get(format!(
+            "{}/users/{bob_id}/tickets/{bob_ticket_id}/qr",
+            server.base
+        ))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .expect("request completes");
+    assert_eq!(bob_qr.status(), 200, "bob reads his own ticket's QR code");
+    assert_ne!(
+        bob_qr.text().await.expect("body"),
+        expected,
+        "each ticket has a QR code of its own"
+    );
 }

@@ -8,3 +8,4 @@ pub mod ops;
 pub mod orders;
 pub mod tickets;
 pub mod users;
+pub mod web;

@@ -2,15 +2,17 @@
 
 use crate::connections::ClientIp;
 use crate::dto::{
-    LogoutQuery, PageQuery, RegisteredResponse, TicketList, TicketResponse, TokenResponse,
-    UserPage, UserRequest, UserResponse, UserUpdateRequest, VerifyRequest,
+    BulkUsersRequest, BulkUsersResponse, LogoutQuery, PageQuery, RegisteredResponse, TicketList,
+    TicketResponse, TokenResponse, UserPage, UserRequest, UserResponse, UserUpdateRequest,
+    VerifyRequest,
 };
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{AdminCaller, ApiJson, ApiPath, ApiQuery, Caller, UserSession};
+use crate::extract::{AdminCaller, ApiJson, ApiPath, ApiPathPair, ApiQuery, Caller, UserSession};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use engine::ids::UserId;
 
 /// Users listed per page at most.
@@ -34,6 +36,38 @@ pub async fn create(
             id: user.id.0,
             username: user.username,
             token,
+        }),
+    ))
+}
+
+/// Create up to 10,000 users at once (admin), for load tests: `PREFIX0` to `PREFIX{count-1}`, each with the same
+/// card on file (sealed under its own data key) and a bearer token. They have no password: a password login
+/// for them fails with `invalid_credentials`. All or nothing: one taken username is `409 username_taken` and
+/// nothing is created. Durable before it answers.
+#[utoipa::path(post, path = "/admin/users/bulk", tag = "users", security(("bearer" = [])),
+    request_body = BulkUsersRequest,
+    responses((status = 201, body = BulkUsersResponse), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody),
+              (status = 422, body = crate::error::ErrorBody)))]
+pub async fn create_bulk(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    ApiJson(body): ApiJson<BulkUsersRequest>,
+) -> ApiResult<(StatusCode, Json<BulkUsersResponse>)> {
+    let (usernames, card) = body.validate()?;
+    let created = state.users.register_bulk(usernames, card).await?;
+    tracing::info!(count = created.len(), "users registered in bulk");
+    Ok((
+        StatusCode::CREATED,
+        Json(BulkUsersResponse {
+            users: created
+                .into_iter()
+                .map(|(user, token)| RegisteredResponse {
+                    id: user.id.0,
+                    username: user.username,
+                    token,
+                })
+                .collect(),
         }),
     ))
 }
@@ -154,6 +188,54 @@ pub async fn tickets(
     Ok(Json(TicketList {
         tickets: tickets.iter().map(TicketResponse::from).collect(),
     }))
+}
+
+/// The QR code of one of a user's tickets, as an SVG image: it encodes the ticket's token, what the gate sends to
+/// `POST /tickets/verify`. The token is a secret, so it travels only in the body of a request that carried the
+/// bearer token, never in a URL, and the image is not stored by caches.
+#[utoipa::path(get, path = "/users/{id}/tickets/{ticket_id}/qr", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path), ("ticket_id" = String, Path)),
+    responses((status = 200, content_type = "image/svg+xml", body = String, description = "the QR code of the ticket's token"),
+              (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody, description = "user_not_found or ticket_not_found")))]
+pub async fn ticket_qr(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPathPair(id, ticket_id): ApiPathPair,
+) -> ApiResult<Response> {
+    let id = UserId(id);
+    authorize(&caller, &id)?;
+    if state.users.get(&id).is_none() {
+        return Err(ApiError::not_found("user"));
+    }
+    let ticket = state
+        .desk
+        .tickets_of(&id)
+        .into_iter()
+        .find(|ticket| ticket.id.0 == ticket_id)
+        .ok_or_else(|| ApiError::not_found("ticket"))?;
+    let svg = qr_svg(&ticket.token)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        svg,
+    )
+        .into_response())
+}
+
+/// Pixels of the smallest side of a QR code image, quiet zone included: big enough to scan from a phone screen.
+pub const QR_DIMENSION_MIN_PX: u32 = 240;
+
+/// The SVG of a QR code of `text`, black on white with the standard quiet zone.
+fn qr_svg(text: &str) -> ApiResult<String> {
+    let code = qrcode::QrCode::new(text.as_bytes()).map_err(ApiError::internal)?;
+    Ok(code
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(QR_DIMENSION_MIN_PX, QR_DIMENSION_MIN_PX)
+        .build())
 }
 
 /// Revoke the bearer token presented, or with `?all=true` every token of the user: they answer 401 from now on.

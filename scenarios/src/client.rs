@@ -1,0 +1,328 @@
+//! The HTTP client: HTTP/1.1 over tokio TCP through hyper's connection API, with no pool of its own. A burst runs
+//! `concurrency` lanes, and each lane owns one kept-alive [`Connection`]; how many connections are open is
+//! therefore exactly known, and nothing races to open spare ones (a pooled client did: hyperium/hyper#2312).
+//!
+//! Connections come from one or more source addresses in 127.0.0.0/8: one address can open about 28,000
+//! connections to one server port (the kernel's ephemeral port range), so 100,000 at once need four or more.
+//!
+//! Only loopback targets are accepted: a load generator that can open 100,000 connections is not pointed at
+//! someone else's machine by a typo.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use tokio::net::TcpSocket;
+
+/// Source addresses at most: 127.0.0.1 to 127.0.0.254.
+pub const SOURCE_ADDRESSES_MAX: u32 = 254;
+/// Connections one source address is given at most, below the ephemeral port range (32768-60999 by default).
+pub const CONNECTIONS_PER_SOURCE_ADDRESS_MAX: u64 = 25_000;
+
+/// Where requests go, and from where.
+#[derive(Clone, Debug)]
+pub struct Target {
+    address: SocketAddr,
+    /// `HOST:PORT` as given, for the `Host` header.
+    authority: String,
+    /// Addresses to connect from; empty: the kernel chooses.
+    sources: Vec<IpAddr>,
+    /// A request without its whole answer after this long has failed (`transport timeout`).
+    pub request_timeout: Duration,
+}
+
+/// Why a request got no answer.
+#[derive(Debug)]
+pub enum Failure {
+    Connect(std::io::Error),
+    /// The connection closed (or broke) before the answer was complete.
+    Closed(String),
+    Timeout,
+}
+
+impl Failure {
+    /// The failure in a word, as reports count it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Connect(_) => "transport connect",
+            Failure::Closed(_) => "transport closed",
+            Failure::Timeout => "transport timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(error) => write!(f, "cannot connect: {error}"),
+            Failure::Closed(error) => write!(f, "connection closed: {error}"),
+            Failure::Timeout => f.write_str("no answer in time"),
+        }
+    }
+}
+
+impl Target {
+    /// `base` is `http://HOST:PORT` with a loopback HOST; `source_addresses` above one spreads connections over
+    /// 127.0.0.1 upwards.
+    pub fn new(
+        base: &str,
+        source_addresses: u32,
+        request_timeout: Duration,
+    ) -> Result<Self, String> {
+        let (authority, address) = parse_loopback(base)?;
+        if !(1..=SOURCE_ADDRESSES_MAX).contains(&source_addresses) {
+            return Err(format!(
+                "--source-addresses must be 1 to {SOURCE_ADDRESSES_MAX}"
+            ));
+        }
+        if source_addresses > 1 && !address.is_ipv4() {
+            return Err("--source-addresses above 1 needs an IPv4 target".into());
+        }
+        let sources = if source_addresses > 1 {
+            (1..=source_addresses)
+                .map(|octet| IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet as u8)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            address,
+            authority,
+            sources,
+            request_timeout,
+        })
+    }
+
+    /// Opens a kept-alive connection for lane `lane` (which picks the source address).
+    pub async fn connect(&self, lane: usize) -> Result<Connection, Failure> {
+        let socket = match self.address {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(Failure::Connect)?;
+        if !self.sources.is_empty() {
+            let source = self.sources[lane % self.sources.len()];
+            socket
+                .bind(SocketAddr::new(source, 0))
+                .map_err(Failure::Connect)?;
+        }
+        socket.set_nodelay(true).map_err(Failure::Connect)?;
+        let stream = socket
+            .connect(self.address)
+            .await
+            .map_err(Failure::Connect)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| Failure::Closed(error.to_string()))?;
+        // Drives the connection until the sender is dropped or the server closes it.
+        tokio::spawn(connection);
+        Ok(Connection {
+            sender,
+            authority: self.authority.clone(),
+        })
+    }
+
+    /// One JSON call on a fresh connection, within the request timeout; an answer other than `expected` is an
+    /// error naming its status and the server's error code.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&serde_json::Value>,
+        expected: StatusCode,
+    ) -> Result<T, String> {
+        let what = format!("{method} {path}");
+        let exchange = async {
+            let mut connection = self.connect(0).await?;
+            let request = connection.request(
+                method,
+                path,
+                token,
+                &[],
+                body.map(|b| Bytes::from(b.to_string())),
+            );
+            connection.send(request).await
+        };
+        let (status, answer) = tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .unwrap_or(Err(Failure::Timeout))
+            .map_err(|failure| format!("{what}: {failure}"))?;
+        if status != expected {
+            return Err(format!("{what}: {status} {}", error_code(&answer)));
+        }
+        serde_json::from_slice(&answer).map_err(|error| format!("{what}: unexpected body: {error}"))
+    }
+
+    /// The status of `GET path`, or why there was none.
+    pub async fn status(&self, path: &str) -> Result<StatusCode, Failure> {
+        let exchange = async {
+            let mut connection = self.connect(0).await?;
+            let request = connection.request(Method::GET, path, None, &[], None);
+            connection.send(request).await
+        };
+        let (status, _) = tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .unwrap_or(Err(Failure::Timeout))?;
+        Ok(status)
+    }
+}
+
+/// One kept-alive HTTP/1.1 connection: one request at a time.
+pub struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    authority: String,
+}
+
+impl Connection {
+    /// A request with a bearer token, extra headers and a JSON body.
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        json: Option<Bytes>,
+    ) -> Request<Full<Bytes>> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, &self.authority);
+        if let Some(token) = token {
+            builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let body = match json {
+            Some(json) => {
+                builder = builder.header(CONTENT_TYPE, "application/json");
+                json
+            }
+            None => Bytes::new(),
+        };
+        builder.body(Full::new(body)).expect("a valid request")
+    }
+
+    /// Sends `request` and reads the whole answer.
+    pub async fn send(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), Failure> {
+        let closed = |error: hyper::Error| Failure::Closed(error.to_string());
+        self.sender.ready().await.map_err(closed)?;
+        let response = self.sender.send_request(request).await.map_err(closed)?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(closed)?
+            .to_bytes();
+        Ok((status, body))
+    }
+}
+
+/// The `error.code` of an error body, or `-` when there is none.
+pub fn error_code(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|value| value["error"]["code"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Accepts `http://HOST[:PORT][/]` whose host is a loopback address or `localhost`; returns the authority and the
+/// socket address.
+pub fn parse_loopback(base: &str) -> Result<(String, SocketAddr), String> {
+    let refused = || format!("--target must be http://127.x.y.z:PORT (loopback only), not {base}");
+    let rest = base.strip_prefix("http://").ok_or_else(refused)?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') {
+        return Err(refused());
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => {
+            (host, port.parse::<u16>().map_err(|_| refused())?)
+        }
+        _ => (authority, 80),
+    };
+    let ip = match host.trim_start_matches('[').trim_end_matches(']') {
+        "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        literal => literal.parse::<IpAddr>().map_err(|_| refused())?,
+    };
+    if !ip.is_loopback() {
+        return Err(refused());
+    }
+    Ok((authority.to_owned(), SocketAddr::new(ip, port)))
+}
+
+/// Source addresses needed for `connections` at once, at [`CONNECTIONS_PER_SOURCE_ADDRESS_MAX`] each.
+pub fn source_addresses_for(connections: u64) -> u32 {
+    let needed = connections
+        .div_ceil(CONNECTIONS_PER_SOURCE_ADDRESS_MAX)
+        .max(1);
+    u32::try_from(needed)
+        .unwrap_or(u32::MAX)
+        .min(SOURCE_ADDRESSES_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets_are_accepted() {
+        let check = |base: &str, expected: Option<&str>| {
+            let parsed = parse_loopback(base)
+                .ok()
+                .map(|(_, address)| address.to_string());
+            assert_eq!(parsed.as_deref(), expected, "{base}");
+        };
+        check("http://127.0.0.1:8080", Some("127.0.0.1:8080"));
+        check("http://127.0.0.1:8080/", Some("127.0.0.1:8080"));
+        check("http://localhost:1", Some("127.0.0.1:1"));
+        check("http://127.3.2.1", Some("127.3.2.1:80"));
+        check("http://[::1]:81", Some("[::1]:81"));
+        check("http://[::1]", Some("[::1]:80"));
+        check("http://10.0.0.1:8080", None);
+        check("https://127.0.0.1:8080", None);
+        check("127.0.0.1:8080", None);
+        check("http://example.com", None);
+        check("http://127.0.0.1.example.com:80", None);
+        check("http://127.0.0.1:8080/path", None);
+        check("http://127.0.0.1:port", None);
+    }
+
+    #[test]
+    fn enough_source_addresses_for_the_connections() {
+        assert_eq!(source_addresses_for(0), 1);
+        assert_eq!(source_addresses_for(10_000), 1);
+        assert_eq!(source_addresses_for(25_000), 1);
+        assert_eq!(source_addresses_for(25_001), 2);
+        assert_eq!(source_addresses_for(100_000), 4);
+        assert_eq!(source_addresses_for(u64::MAX), SOURCE_ADDRESSES_MAX);
+    }
+
+    #[test]
+    fn error_codes_come_from_the_body() {
+        assert_eq!(
+            error_code(br#"{"error":{"code":"sold_out","message":"m"}}"#),
+            "sold_out"
+        );
+        assert_eq!(error_code(b"Bad Request"), "-");
+    }
+
+    #[test]
+    fn source_addresses_need_an_ipv4_target() {
+        let timeout = Duration::from_secs(1);
+        assert!(Target::new("http://127.0.0.1:1", 4, timeout).is_ok());
+        assert!(Target::new("http://[::1]:1", 4, timeout).is_err());
+        assert!(Target::new("http://127.0.0.1:1", 0, timeout).is_err());
+        assert!(Target::new("http://127.0.0.1:1", 255, timeout).is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! The `boxoffice-load` binary: exit 0 when every burst's counts added up, 1 when one did not, 2 when the run
+//! could not be carried out.
+
+use clap::Parser;
+use scenarios::cli::Cli;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match scenarios::scenario::run(cli).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("invariants broken: see the report");
+            ExitCode::from(1)
+        }
+        Err(error) => {
+            eprintln!("boxoffice-load: {error}");
+            ExitCode::from(2)
+        }
+    }
+}

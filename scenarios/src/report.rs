@@ -1,0 +1,375 @@
+//! What a run measured, as `report.json` carries it: one [`BurstReport`] per burst (at the top level for
+//! `burst`, under `points` for sweeps and peak searches), built from the raw [`Sample`]s by [`summarize`]; and
+//! writing the report's files (`report.json`, `report.html`, `samples.csv`).
+
+use crate::netstat::TcpCounters;
+use crate::peak::Peak;
+use crate::stats::{Summary, round_to};
+use crate::study;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// How one order ended, as the client saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// 201 with a confirmed order of one ticket.
+    Ok,
+    /// 409 `sold_out`.
+    SoldOut,
+    /// Anything else: `"<status> <code>"` for an HTTP answer, `"transport <kind>"` when none came.
+    Error(String),
+}
+
+/// One order of a burst; times in milliseconds since the burst started.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// When the request was sent: later than 0 when it waited for one of the `--concurrency` slots.
+    pub sent_ms: f64,
+    /// When its response had been read.
+    pub done_ms: f64,
+    pub outcome: Outcome,
+}
+
+impl Sample {
+    /// From the start of the burst: the time a buyer who clicked at that moment waited, queueing included.
+    pub fn latency_ms(&self) -> f64 {
+        self.done_ms
+    }
+
+    /// From sending the request: what the server (and the connection) took.
+    pub fn service_ms(&self) -> f64 {
+        self.done_ms - self.sent_ms
+    }
+}
+
+/// The counts read back through the API after a burst, and whether they add up.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Invariants {
+    pub capacity: u64,
+    pub remaining: u64,
+    pub held: u64,
+    pub sold: u64,
+    /// `remaining + held + sold == capacity` and `sold == ok`.
+    pub hold: bool,
+    pub problems: Vec<String>,
+}
+
+impl Invariants {
+    /// Checks the counts a concert reports against each other and against the orders that succeeded.
+    pub fn check(capacity: u64, remaining: u64, held: u64, sold: u64, ok: u64) -> Self {
+        let mut problems = Vec::new();
+        if remaining + held + sold != capacity {
+            problems.push(format!(
+                "remaining {remaining} + held {held} + sold {sold} != capacity {capacity}"
+            ));
+        }
+        if sold != ok {
+            problems.push(format!(
+                "sold {sold} != {ok} orders answered 201 (one ticket each)"
+            ));
+        }
+        Self {
+            capacity,
+            remaining,
+            held,
+            sold,
+            hold: problems.is_empty(),
+            problems,
+        }
+    }
+}
+
+/// What the run was asked to do, for the report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BurstParameters {
+    pub users: u64,
+    pub concurrency: u64,
+    pub capacity: u64,
+    /// The server's simulated provider latency, when known (always with `--spawn`).
+    pub payment_latency_ms: Option<u64>,
+}
+
+/// The figures of one burst. Latencies are in milliseconds from the start of the burst.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BurstReport {
+    #[serde(flatten)]
+    pub parameters: BurstParameters,
+    pub orders: u64,
+    pub ok: u64,
+    pub sold_out: u64,
+    pub errors: u64,
+    /// Errors by `"<status> <code>"` or `"transport <kind>"`.
+    pub errors_by_kind: BTreeMap<String, u64>,
+    pub latency_ms: Summary,
+    /// From sending each request rather than from the start of the burst; equal to `latency_ms` give or take
+    /// the client's own scheduling when `concurrency == users`.
+    pub service_ms: Summary,
+    /// From the start of the burst to the last response.
+    pub duration_s: f64,
+    /// Responses per second over `duration_s`.
+    pub throughput_per_s: f64,
+    /// Orders answered 201 per second over `duration_s`.
+    pub ok_per_s: f64,
+    /// Creating and fetching the users and creating the concert, before the clock started.
+    pub setup_s: f64,
+    pub invariants: Invariants,
+    /// The machine's TCP counters over the burst (Linux), when known.
+    pub kernel_tcp: Option<TcpCounters>,
+}
+
+impl BurstReport {
+    /// Whether the burst held an objective: every order answered (201 or sold out) within `slo_ms`, and the
+    /// counts add up.
+    pub fn holds(&self, slo_ms: f64) -> bool {
+        self.errors == 0 && self.latency_ms.max <= slo_ms && self.invariants.hold
+    }
+}
+
+/// Condenses the samples of one burst. `samples` is not empty.
+pub fn summarize(
+    parameters: BurstParameters,
+    samples: &[Sample],
+    setup_s: f64,
+    invariants: Invariants,
+) -> BurstReport {
+    assert!(!samples.is_empty(), "a burst has orders");
+    let mut ok = 0;
+    let mut sold_out = 0;
+    let mut errors_by_kind = BTreeMap::new();
+    for sample in samples {
+        match &sample.outcome {
+            Outcome::Ok => ok += 1,
+            Outcome::SoldOut => sold_out += 1,
+            Outcome::Error(kind) => *errors_by_kind.entry(kind.clone()).or_insert(0) += 1,
+        }
+    }
+    let errors: u64 = errors_by_kind.values().sum();
+    let orders = samples.len() as u64;
+    assert_eq!(ok + sold_out + errors, orders);
+    let latencies: Vec<f64> = samples.iter().map(Sample::latency_ms).collect();
+    let services: Vec<f64> = samples.iter().map(Sample::service_ms).collect();
+    let latency_ms = Summary::of(&latencies).expect("samples");
+    let duration_s = latency_ms.max / 1000.0;
+    let per_s = |count: u64| {
+        if duration_s > 0.0 {
+            round_to(count as f64 / duration_s, 1)
+        } else {
+            0.0
+        }
+    };
+    BurstReport {
+        parameters,
+        orders,
+        ok,
+        sold_out,
+        errors,
+        errors_by_kind,
+        latency_ms: latency_ms.rounded(3),
+        service_ms: Summary::of(&services).expect("samples").rounded(3),
+        duration_s: round_to(duration_s, 3),
+        throughput_per_s: per_s(orders),
+        ok_per_s: per_s(ok),
+        setup_s: round_to(setup_s, 3),
+        invariants,
+        kernel_tcp: None,
+    }
+}
+
+/// The servers a run started itself (`--spawn`), one per burst.
+#[derive(Clone, Debug, Serialize)]
+pub struct SpawnedServers {
+    pub binary: String,
+    pub runs: Vec<ServerRun>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerRun {
+    /// The flags of `boxoffice serve` besides `--listen` and `--data-dir`.
+    pub flags: Vec<String>,
+    /// How it ended after SIGTERM (`exit status: 0` when all went well).
+    pub exit: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    /// The open-files limit the run had (soft = hard after raising it); the server inherits it with `--spawn`.
+    pub open_files_max: u64,
+    pub source_addresses: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PeakReport {
+    pub slo_s: f64,
+    #[serde(flatten)]
+    pub peak: Peak,
+}
+
+/// `report.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    /// The command line, for running it again.
+    pub command: String,
+    pub started_at: String,
+    pub target: String,
+    pub spawned: Option<SpawnedServers>,
+    pub machine: Machine,
+    /// `burst`: its figures, at the top level.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<BurstReport>,
+    /// `sweep-payment` and `peak`: one entry per burst, in the order they ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub points: Vec<BurstReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak: Option<PeakReport>,
+    pub study: study::Figures,
+}
+
+/// Writes `report.json`, `report.html` and (for a single burst) `samples.csv` into `dir`.
+pub fn write(
+    dir: &Path,
+    report: &Report,
+    html: &str,
+    samples: Option<&[Sample]>,
+) -> Result<(), String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+    let json = serde_json::to_string_pretty(report).map_err(|error| error.to_string())?;
+    let write = |name: &str, contents: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, contents)
+            .map_err(|error| format!("cannot write {}: {error}", path.display()))
+    };
+    write("report.json", json.as_bytes())?;
+    write("report.html", html.as_bytes())?;
+    if let Some(samples) = samples {
+        write("samples.csv", samples_csv(samples).as_bytes())?;
+    }
+    Ok(())
+}
+
+/// One line per order: when it was sent and answered (ms from the start of the burst) and how it ended.
+pub fn samples_csv(samples: &[Sample]) -> String {
+    let mut csv = String::from("sent_ms,done_ms,outcome\n");
+    for sample in samples {
+        let outcome = match &sample.outcome {
+            Outcome::Ok => "ok",
+            Outcome::SoldOut => "sold_out",
+            Outcome::Error(kind) => kind,
+        };
+        csv.push_str(&format!(
+            "{:.3},{:.3},{outcome}\n",
+            sample.sent_ms, sample.done_ms
+        ));
+    }
+    csv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(sent_ms: f64, done_ms: f64, outcome: Outcome) -> Sample {
+        Sample {
+            sent_ms,
+            done_ms,
+            outcome,
+        }
+    }
+
+    fn parameters() -> BurstParameters {
+        BurstParameters {
+            users: 4,
+            concurrency: 2,
+            capacity: 3,
+            payment_latency_ms: Some(1400),
+        }
+    }
+
+    #[test]
+    fn a_burst_is_counted_by_outcome_and_timed_from_its_start() {
+        let samples = [
+            sample(0.0, 1500.0, Outcome::Ok),
+            sample(0.0, 1600.0, Outcome::Ok),
+            sample(1500.0, 3000.0, Outcome::SoldOut),
+            sample(1600.0, 4000.0, Outcome::Error("503 overloaded".into())),
+        ];
+        let invariants = Invariants::check(3, 1, 0, 2, 2);
+        let report = summarize(parameters(), &samples, 0.25, invariants);
+        assert_eq!(
+            (report.orders, report.ok, report.sold_out, report.errors),
+            (4, 2, 1, 1)
+        );
+        assert_eq!(report.errors_by_kind["503 overloaded"], 1);
+        assert_eq!(report.latency_ms.min, 1500.0);
+        assert_eq!(report.latency_ms.max, 4000.0);
+        assert_eq!(report.latency_ms.mean, 2525.0);
+        assert_eq!(report.service_ms.max, 2400.0);
+        assert_eq!(report.duration_s, 4.0);
+        assert_eq!(report.throughput_per_s, 1.0);
+        assert_eq!(report.ok_per_s, 0.5);
+        assert!(report.invariants.hold);
+        assert!(!report.holds(60_000.0), "an error fails the objective");
+
+        let json = serde_json::to_value(&report).expect("json");
+        for field in [
+            "orders",
+            "ok",
+            "sold_out",
+            "errors",
+            "duration_s",
+            "throughput_per_s",
+            "users",
+        ] {
+            assert!(json.get(field).is_some(), "{field} in {json}");
+        }
+        for field in ["min", "mean", "p50", "p90", "p99", "max"] {
+            assert!(
+                json["latency_ms"].get(field).is_some(),
+                "latency_ms.{field}"
+            );
+        }
+    }
+
+    #[test]
+    fn broken_counts_are_named() {
+        let check = |counts: (u64, u64, u64, u64, u64), problems: usize| {
+            let (capacity, remaining, held, sold, ok) = counts;
+            let invariants = Invariants::check(capacity, remaining, held, sold, ok);
+            assert_eq!(
+                invariants.problems.len(),
+                problems,
+                "{counts:?}: {:?}",
+                invariants.problems
+            );
+            assert_eq!(invariants.hold, problems == 0);
+        };
+        check((10, 0, 0, 10, 10), 0);
+        check((10, 1, 0, 10, 10), 1);
+        check((10, 0, 0, 10, 9), 1);
+        check((10, 5, 0, 4, 5), 2);
+    }
+
+    #[test]
+    fn an_objective_holds_only_without_errors_and_within_the_limit() {
+        let samples = [
+            sample(0.0, 900.0, Outcome::Ok),
+            sample(0.0, 1000.0, Outcome::SoldOut),
+        ];
+        let report = summarize(
+            parameters(),
+            &samples,
+            0.0,
+            Invariants::check(1, 0, 0, 1, 1),
+        );
+        assert!(report.holds(1000.0));
+        assert!(!report.holds(999.0));
+        let csv = samples_csv(&samples);
+        assert_eq!(
+            csv,
+            "sent_ms,done_ms,outcome\n0.000,900.000,ok\n0.000,1000.000,sold_out\n"
+        );
+    }
+}

@@ -1,0 +1,343 @@
+//! Runs a scenario end to end: raises the open-files limit, starts a server per burst with `--spawn` (or uses
+//! `--target`), runs the bursts, and rewrites the report after each one, so that a long run that fails half way
+//! keeps what it measured.
+
+use crate::burst::{self, Plan};
+use crate::cli::{BurstArgs, Cli, Global, PeakArgs, Scenario, SweepArgs};
+use crate::client::{Target, source_addresses_for};
+use crate::html;
+use crate::limits::{DESCRIPTORS_SPARE, raise_open_files};
+use crate::peak::PeakSearch;
+use crate::report::{
+    self, BurstReport, Machine, PeakReport, Report, Sample, ServerRun, SpawnedServers,
+};
+use crate::server::{Spawned, Tuning, admin_token, serve_flags};
+use crate::study;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Runs the scenario; `Ok(true)` when every burst's counts added up.
+pub async fn run(cli: Cli) -> Result<bool, String> {
+    let concurrency_max = match &cli.command {
+        Scenario::Burst(args) => args.concurrency.unwrap_or(args.users),
+        Scenario::SweepPayment(args) => args.concurrency.unwrap_or(args.users),
+        Scenario::Peak(args) => args
+            .concurrency
+            .unwrap_or(args.max_users)
+            .min(args.max_users),
+    };
+    let mut runner = Runner::new(cli.global, scenario_name(&cli.command), concurrency_max)?;
+    match cli.command {
+        Scenario::Burst(args) => runner.burst(args).await,
+        Scenario::SweepPayment(args) => runner.sweep(args).await,
+        Scenario::Peak(args) => runner.peak(args).await,
+    }
+}
+
+fn scenario_name(scenario: &Scenario) -> &'static str {
+    match scenario {
+        Scenario::Burst(_) => "burst",
+        Scenario::SweepPayment(_) => "sweep-payment",
+        Scenario::Peak(_) => "peak",
+    }
+}
+
+struct Runner {
+    global: Global,
+    admin_token: String,
+    report: Report,
+    out: PathBuf,
+    source_addresses: u32,
+    bursts_run: u64,
+    run_id: String,
+}
+
+impl Runner {
+    fn new(global: Global, scenario: &str, concurrency_max: u64) -> Result<Self, String> {
+        let open_files_max = raise_open_files(concurrency_max + DESCRIPTORS_SPARE);
+        if open_files_max < concurrency_max + DESCRIPTORS_SPARE {
+            eprintln!(
+                "warning: {open_files_max} open files allowed, fewer than {} requests in flight need; \
+                 connections beyond it fail (raise the hard limit: ulimit -Hn)",
+                concurrency_max
+            );
+        }
+        let admin_token = match (&global.spawn, &global.admin_token) {
+            (Some(_), _) => admin_token(),
+            (None, Some(token)) => token.clone(),
+            (None, None) => {
+                return Err("give --admin-token (or BOXOFFICE_ADMIN_TOKEN), or --spawn".into());
+            }
+        };
+        let started_at = time::OffsetDateTime::now_utc();
+        let out = global.out.clone().unwrap_or_else(|| {
+            let stamp = started_at
+                .format(time::macros::format_description!(
+                    "[year][month][day]T[hour][minute][second]Z"
+                ))
+                .unwrap_or_default();
+            PathBuf::from("target/load").join(format!("{scenario}-{stamp}"))
+        });
+        std::fs::create_dir_all(&out)
+            .map_err(|error| format!("cannot create {}: {error}", out.display()))?;
+        let source_addresses = global
+            .source_addresses
+            .unwrap_or_else(|| source_addresses_for(concurrency_max));
+        let report = Report {
+            scenario: scenario.to_owned(),
+            command: command_line(),
+            started_at: started_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            target: if global.spawn.is_some() {
+                "spawned".into()
+            } else {
+                global.target.clone()
+            },
+            spawned: global.spawn.as_ref().map(|binary| SpawnedServers {
+                binary: binary.display().to_string(),
+                runs: Vec::new(),
+            }),
+            machine: Machine {
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                open_files_max,
+                source_addresses,
+            },
+            burst: None,
+            points: Vec::new(),
+            peak: None,
+            study: study::FIGURES,
+        };
+        Ok(Self {
+            global,
+            admin_token,
+            report,
+            out,
+            source_addresses,
+            bursts_run: 0,
+            run_id: format!("{:08x}", rand::random::<u32>()),
+        })
+    }
+
+    /// Runs one burst of `users` orders, `concurrency` at once, on a fresh server with `--spawn`.
+    async fn one_burst(
+        &mut self,
+        users: u64,
+        concurrency: u64,
+        capacity: u64,
+        payment_latency_ms: Option<u64>,
+    ) -> Result<(BurstReport, Vec<Sample>), String> {
+        let plan = Plan {
+            users,
+            concurrency,
+            capacity,
+            payment_latency_ms,
+            shards: self.global.shards,
+            prefix: format!("load-{}-{}-", self.run_id, self.bursts_run),
+        };
+        self.bursts_run += 1;
+        eprintln!(
+            "burst {}: {users} orders, {concurrency} at once, provider latency {}",
+            self.bursts_run,
+            payment_latency_ms.map_or("as the target runs".into(), |ms| format!("{ms} ms"))
+        );
+        let timeout = Duration::from_secs(self.global.request_timeout_s);
+        let Some(binary) = self.global.spawn.clone() else {
+            let target = Target::new(&self.global.target, self.source_addresses, timeout)?;
+            return burst::run(&target, &self.admin_token, &plan).await;
+        };
+        let tuning = Tuning {
+            durability: self.global.durability.clone(),
+            payment_concurrency: self.global.payment_concurrency,
+            extra: self.global.server_args.clone(),
+        };
+        let flags = serve_flags(&tuning, users, concurrency, payment_latency_ms.unwrap_or(0));
+        let log = self.out.join("server.log");
+        let server = Spawned::start(&binary, flags.clone(), &self.admin_token, &log).await?;
+        let measured = match Target::new(&server.base, self.source_addresses, timeout) {
+            Ok(target) => burst::run(&target, &self.admin_token, &plan).await,
+            Err(error) => Err(error),
+        };
+        let exit = server.stop().await;
+        if let Some(spawned) = &mut self.report.spawned {
+            spawned.runs.push(ServerRun { flags, exit });
+        }
+        measured
+    }
+
+    async fn burst(&mut self, args: BurstArgs) -> Result<bool, String> {
+        let concurrency = args.concurrency.unwrap_or(args.users).min(args.users);
+        let capacity = args.capacity.unwrap_or(args.users);
+        let (burst, samples) = self
+            .one_burst(args.users, concurrency, capacity, args.payment_latency_ms)
+            .await?;
+        print_burst(&burst);
+        let title = burst_title(&burst);
+        let section = html::burst_section(&title, &burst, &samples);
+        let holds = burst.invariants.hold;
+        self.report.burst = Some(burst);
+        self.write(&[section], Some(&samples))?;
+        Ok(holds)
+    }
+
+    async fn sweep(&mut self, args: SweepArgs) -> Result<bool, String> {
+        if self.global.spawn.is_none() {
+            return Err(
+                "sweep-payment needs --spawn: the provider latency is a flag of the server".into(),
+            );
+        }
+        let concurrency = args.concurrency.unwrap_or(args.users).min(args.users);
+        let mut sections = Vec::new();
+        for latency_ms in args.latencies_ms {
+            let (burst, samples) = self
+                .one_burst(args.users, concurrency, args.users, Some(latency_ms))
+                .await?;
+            print_burst(&burst);
+            sections.push(html::burst_section(&burst_title(&burst), &burst, &samples));
+            self.report.points.push(burst);
+            let mut page = vec![
+                html::figures_table(&self.report.points),
+                html::sweep_chart(&self.report.points).render(),
+            ];
+            page.extend(sections.iter().cloned());
+            self.write(&page, None)?;
+        }
+        Ok(self.report.points.iter().all(|p| p.invariants.hold))
+    }
+
+    async fn peak(&mut self, args: PeakArgs) -> Result<bool, String> {
+        if !(args.precision > 0.0 && args.precision < 1.0) {
+            return Err("--precision must be between 0 and 1".into());
+        }
+        if args.start_users > args.max_users {
+            return Err("--start-users must not exceed --max-users".into());
+        }
+        let mut search = PeakSearch::new(args.start_users, args.max_users, args.precision);
+        let slo_ms = args.slo_s * 1000.0;
+        let mut sections = Vec::new();
+        while let Some(users) = search.next() {
+            let concurrency = args.concurrency.unwrap_or(users).min(users);
+            let (burst, samples) = self
+                .one_burst(users, concurrency, users, Some(args.payment_latency_ms))
+                .await?;
+            let held = burst.holds(slo_ms);
+            print_burst(&burst);
+            eprintln!(
+                "{} orders {} the objective of {} s",
+                users,
+                if held { "hold" } else { "miss" },
+                args.slo_s
+            );
+            search.record(users, held);
+            sections.push(html::burst_section(&burst_title(&burst), &burst, &samples));
+            self.report.points.push(burst);
+            self.report.peak = Some(PeakReport {
+                slo_s: args.slo_s,
+                peak: search.result(),
+            });
+            let mut page = vec![
+                peak_summary(&search, args.slo_s),
+                html::figures_table(&self.report.points),
+                html::peak_chart(&self.report.points, args.slo_s).render(),
+            ];
+            page.extend(sections.iter().cloned());
+            self.write(&page, None)?;
+        }
+        println!("{}", peak_line(&search, args.slo_s));
+        Ok(self.report.points.iter().all(|p| p.invariants.hold))
+    }
+
+    fn write(&self, sections: &[String], samples: Option<&[Sample]>) -> Result<(), String> {
+        let page = html::page(&self.report, sections);
+        report::write(&self.out, &self.report, &page, samples)?;
+        println!("report: {}", self.out.join("report.html").display());
+        Ok(())
+    }
+}
+
+fn burst_title(burst: &BurstReport) -> String {
+    format!(
+        "Burst: {} orders, {} at once, provider {}",
+        burst.orders,
+        burst.parameters.concurrency,
+        burst
+            .parameters
+            .payment_latency_ms
+            .map_or("latency unknown".into(), |ms| format!("{ms} ms"))
+    )
+}
+
+fn peak_line(search: &PeakSearch, slo_s: f64) -> String {
+    let peak = search.result();
+    match (peak.largest_held, peak.bounded_by_max) {
+        (Some(users), true) => format!(
+            "peak: every burst up to --max-users ({users}) held {slo_s} s; the peak is higher"
+        ),
+        (Some(users), false) => format!(
+            "peak: {users} simultaneous orders held {slo_s} s; {} did not",
+            peak.smallest_failed.unwrap_or_default()
+        ),
+        (None, _) => format!("peak: no burst held {slo_s} s"),
+    }
+}
+
+fn peak_summary(search: &PeakSearch, slo_s: f64) -> String {
+    format!(
+        "<h2>Peak</h2><p>{} (the study: {} within {} s).</p>",
+        crate::svg::escape(&peak_line(search, slo_s)),
+        study::PEAK_ORDERS,
+        study::PEAK_SLO_S
+    )
+}
+
+fn print_burst(burst: &BurstReport) {
+    let l = &burst.latency_ms;
+    println!(
+        "{} orders ({} at once): ok {}, sold_out {}, errors {} {:?}; latency s min {:.3} mean {:.3} p50 {:.3} \
+         p90 {:.3} p99 {:.3} max {:.3}; {:.1} orders/s; counts {}",
+        burst.orders,
+        burst.parameters.concurrency,
+        burst.ok,
+        burst.sold_out,
+        burst.errors,
+        burst.errors_by_kind,
+        l.min / 1000.0,
+        l.mean / 1000.0,
+        l.p50 / 1000.0,
+        l.p90 / 1000.0,
+        l.p99 / 1000.0,
+        l.max / 1000.0,
+        burst.throughput_per_s,
+        if burst.invariants.hold {
+            "add up".to_owned()
+        } else {
+            format!("BROKEN: {}", burst.invariants.problems.join("; "))
+        }
+    );
+    if let Some(tcp) = burst.kernel_tcp {
+        println!(
+            "  kernel (whole machine): {} accept queue overflows, {} SYN retransmits, {} SYN cookies",
+            tcp.listen_overflows, tcp.syn_retransmits, tcp.syncookies_sent
+        );
+    }
+}
+
+/// The command line as typed, for the report, with an admin token given on it masked.
+fn command_line() -> String {
+    let mut words = Vec::new();
+    let mut hide_next = false;
+    for word in std::env::args() {
+        if hide_next {
+            words.push("***".to_owned());
+            hide_next = false;
+        } else if word == "--admin-token" {
+            words.push(word);
+            hide_next = true;
+        } else if word.starts_with("--admin-token=") {
+            words.push("--admin-token=***".to_owned());
+        } else {
+            words.push(word);
+        }
+    }
+    words.join(" ")
+}

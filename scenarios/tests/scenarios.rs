@@ -1,0 +1,177 @@
+//! `boxoffice-load` end to end against the `boxoffice` debug binary of this workspace (started with `--spawn`): a
+//! burst of 200 simultaneous orders, a two-point payment sweep and a short peak search, each checked through the
+//! report it writes; and the runs it refuses.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The server binary beside this test's directory: `target/debug/deps/<test>` → `target/debug/boxoffice`.
+fn boxoffice_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let binary = profile_dir.join("boxoffice");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build the server first (cargo build -p api), or run cargo test --workspace",
+        binary.display()
+    );
+    binary
+}
+
+fn load(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_boxoffice-load"))
+        .args(args)
+        .env_remove("BOXOFFICE_ADMIN_TOKEN")
+        .output()
+        .expect("run boxoffice-load")
+}
+
+/// Runs a scenario with `--spawn` into a temporary directory; returns `report.json` and `report.html`.
+fn run_spawned(args: &[&str]) -> (Value, String, tempfile::TempDir) {
+    let out = tempfile::tempdir().expect("temp dir");
+    let binary = boxoffice_binary();
+    let mut all = args.to_vec();
+    all.extend([
+        "--spawn",
+        binary.to_str().expect("utf-8 path"),
+        "--out",
+        out.path().to_str().expect("utf-8 path"),
+    ]);
+    let output = load(&all);
+    assert!(
+        output.status.success(),
+        "boxoffice-load {all:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json = std::fs::read_to_string(out.path().join("report.json")).expect("report.json");
+    let html = std::fs::read_to_string(out.path().join("report.html")).expect("report.html");
+    (serde_json::from_str(&json).expect("JSON"), html, out)
+}
+
+fn count(value: &Value, field: &str) -> u64 {
+    value[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} in {value}"))
+}
+
+#[test]
+fn a_burst_of_200_simultaneous_orders_sells_200_tickets() {
+    let (report, html, out) = run_spawned(&["burst", "--users", "200", "--concurrency", "200"]);
+    assert_eq!(count(&report, "orders"), 200);
+    assert_eq!(count(&report, "ok"), 200, "{report}");
+    assert_eq!(count(&report, "errors"), 0, "{report}");
+    assert_eq!(count(&report, "sold_out"), 0);
+    let latency = &report["latency_ms"];
+    for field in ["min", "mean", "p50", "p90", "p99", "max"] {
+        assert!(latency[field].as_f64().is_some(), "latency_ms.{field}");
+    }
+    assert!(latency["min"].as_f64() <= latency["max"].as_f64());
+    assert!(report["duration_s"].as_f64().is_some_and(|s| s > 0.0));
+    assert!(report["throughput_per_s"].as_f64().is_some_and(|n| n > 0.0));
+    assert_eq!(report["invariants"]["hold"], true);
+    assert_eq!(count(&report["invariants"], "sold"), 200);
+    assert_eq!(
+        report["spawned"]["runs"][0]["exit"], "exit status: 0",
+        "the server stopped cleanly on SIGTERM"
+    );
+    assert!(html.contains("<svg"), "charts in the page");
+    assert!(!html.contains("<script"), "no script in the page");
+    let samples = std::fs::read_to_string(out.path().join("samples.csv")).expect("samples.csv");
+    assert_eq!(samples.lines().count(), 1 + 200);
+}
+
+#[test]
+fn a_payment_sweep_runs_one_burst_per_latency() {
+    let (report, html, _out) =
+        run_spawned(&["sweep-payment", "--latencies-ms", "0,100", "--users", "50"]);
+    let points = report["points"].as_array().expect("points");
+    assert_eq!(points.len(), 2);
+    for (point, latency_ms) in points.iter().zip([0, 100]) {
+        assert_eq!(count(point, "payment_latency_ms"), latency_ms);
+        assert_eq!(
+            (count(point, "ok"), count(point, "errors")),
+            (50, 0),
+            "{point}"
+        );
+    }
+    // No order is answered before its charge is: the provider's latency is a floor.
+    assert!(points[1]["latency_ms"]["min"].as_f64().expect("min") >= 100.0);
+    let sweep_chart = 1;
+    let charts_per_burst = 4;
+    assert_eq!(
+        html.matches("<svg").count(),
+        sweep_chart + 2 * charts_per_burst
+    );
+}
+
+#[test]
+fn a_peak_search_that_always_holds_stops_at_the_bound() {
+    let (report, _html, _out) = run_spawned(&[
+        "peak",
+        "--slo-s",
+        "600",
+        "--start-users",
+        "10",
+        "--max-users",
+        "40",
+        "--payment-latency-ms",
+        "0",
+    ]);
+    let sizes: Vec<u64> = report["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|point| count(point, "orders"))
+        .collect();
+    assert_eq!(sizes, [10, 20, 40]);
+    assert_eq!(count(&report["peak"], "largest_held"), 40);
+    assert_eq!(report["peak"]["bounded_by_max"], true);
+}
+
+#[test]
+fn runs_that_cannot_be_carried_out_are_refused() {
+    let check = |args: &[&str], message: &str| {
+        let output = load(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    };
+    let out = tempfile::tempdir().expect("temp dir");
+    let out = out.path().to_str().expect("utf-8 path");
+    check(
+        &["sweep-payment", "--out", out, "--admin-token", "t"],
+        "needs --spawn",
+    );
+    check(
+        &[
+            "burst",
+            "--users",
+            "1",
+            "--out",
+            out,
+            "--admin-token",
+            "t",
+            "--target",
+            "http://10.1.2.3:80",
+        ],
+        "loopback only",
+    );
+    check(&["burst", "--users", "1", "--out", out], "--admin-token");
+    check(
+        &[
+            "burst",
+            "--users",
+            "1",
+            "--out",
+            out,
+            "--spawn",
+            "/nonexistent/boxoffice",
+        ],
+        "no such file",
+    );
+}
