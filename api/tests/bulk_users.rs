@@ -169,6 +169,20 @@ async fn bulk_users_have_a_card_and_a_token_but_no_password() {
     }
 }
 
+/// Whether any file under `dir` contains `needle` (api/tests/secrets.rs scans every encoding; the bulk path seals
+/// with the same code, so the plain bytes suffice here).
+fn contains_in_files(dir: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).expect("data dir").any(|entry| {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            contains_in_files(&path, needle)
+        } else {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            bytes.windows(needle.len()).any(|window| window == needle)
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_users_still_order_after_the_node_is_killed() {
     const BUYERS: u64 = 20;
@@ -184,6 +198,12 @@ async fn bulk_users_still_order_after_the_node_is_killed() {
         .expect(201);
     let users = created(&body);
     let data_dir = server.kill();
+    for secret in [GOOD_CARD, "Load Buyer", users[0].2.as_str()] {
+        assert!(
+            !contains_in_files(data_dir.path(), secret.as_bytes()),
+            "{secret:?} is on disk in plaintext"
+        );
+    }
 
     let server = Server::start_in(data_dir, &[]);
     for (_, _, token) in &users {

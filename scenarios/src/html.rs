@@ -19,7 +19,7 @@ pub fn page(report: &Report, sections: &[String]) -> String {
     let mut html = String::from(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>boxoffice-load report</title><style>\
          body{font-family:sans-serif;max-width:820px;margin:2em auto;color:#222}\
-         table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\
+         table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\
          th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}code{background:#f4f4f4;padding:1px 4px}\
          svg{display:block;margin:1em 0;max-width:100%;height:auto}.bad{color:#b00;font-weight:bold}</style></head><body>",
     );

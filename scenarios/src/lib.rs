@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod html;
 pub mod limits;
+pub mod model;
 pub mod netstat;
 pub mod peak;
 pub mod report;
