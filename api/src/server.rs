@@ -178,8 +178,7 @@ impl Node {
 pub async fn run(args: ServeArgs) -> Result<(), String> {
     let node = Node::assemble(&args)?;
     let state = node.state.clone();
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = listen(args.listen)
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let address = listener.local_addr().map_err(|error| error.to_string())?;
     // Tests and scripts read this line to learn the port when started with port 0; /health says when it is ready.
@@ -208,6 +207,23 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     node.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connections the kernel completes and queues for `accept` before it drops new ones (capped by
+/// `net.core.somaxconn`, 4096 on Debian 12). A burst of simultaneous buyers arrives as that many connections at
+/// once: with a short queue (tokio's `TcpListener::bind` asks for 1024) the rest are dropped, and their clients retry the
+/// handshake after 1, 3, 7, 15... seconds, which becomes the tail of the burst's latency.
+pub const LISTEN_BACKLOG: u32 = 65_535;
+
+fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// The in-process payment simulator; with durability, its ledger lives in `DIR/payment-sim`.
