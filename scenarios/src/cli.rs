@@ -70,6 +70,10 @@ pub enum Scenario {
     SweepPayment(SweepArgs),
     /// The largest burst whose longest response stays within an objective: doubling, then bisection.
     Peak(PeakArgs),
+    /// The capacity planner: from service rates measured by a short calibration burst (or given), predicts the
+    /// longest and mean response of a burst and the cores, shards, nodes and payment slots an objective needs;
+    /// with --verify it runs that burst and reports the model's error.
+    Plan(PlanArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -121,4 +125,40 @@ pub struct PeakArgs {
     pub precision: f64,
     #[arg(long, default_value_t = 1_400)]
     pub payment_latency_ms: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlanArgs {
+    /// Simultaneous orders of the sale.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub orders: u64,
+    /// The payment provider's latency per charge.
+    #[arg(long, default_value_t = 1_400)]
+    pub payment_latency_ms: u64,
+    /// The objective: every order answered within this many seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub slo_s: f64,
+    /// Skip the calibration: the orders per second the node completes with a 0 ms provider.
+    #[arg(long, requires = "base_latency_ms")]
+    pub service_rate: Option<f64>,
+    /// Skip the calibration: one order's latency on an idle node, in milliseconds.
+    #[arg(long, requires = "service_rate")]
+    pub base_latency_ms: Option<f64>,
+    /// With --service-rate: the share of an order's CPU work in the longer of its two phases (before and after
+    /// the payment).
+    #[arg(long, default_value_t = 0.5, requires = "service_rate")]
+    pub phase_share: f64,
+    /// The cores the service rate is for; default: this machine's.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4_096))]
+    pub cores: Option<u32>,
+    /// Orders of each of the two calibration bursts (provider at 0 ms, then slow enough to separate the phases;
+    /// all at once unless --concurrency).
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
+    pub calibration_orders: u64,
+    /// Then run the planned burst and compare the prediction with the measurement.
+    #[arg(long)]
+    pub verify: bool,
+    /// Orders in flight at most in the calibration and verification bursts; default: all at once.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub concurrency: Option<u64>,
 }

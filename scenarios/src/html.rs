@@ -1,7 +1,7 @@
 //! `report.html`: the figures as tables and the charts as inline SVG, with the study's figures beside ours. One
 //! file, no script, nothing fetched.
 
-use crate::report::{BurstReport, Outcome, Report, Sample};
+use crate::report::{BurstReport, Outcome, PlanReport, Report, Sample};
 use crate::stats::{bands, histogram};
 use crate::study;
 use crate::svg::{
@@ -360,6 +360,89 @@ pub fn peak_chart(points: &[BurstReport], slo_s: f64) -> Chart {
         format!("objective: {} s", format_number(slo_s)),
         VERMILLION,
     )
+}
+
+/// The planner's calibration, prediction, sizing and, when verified, its error.
+pub fn plan_section(plan: &PlanReport) -> String {
+    let c = &plan.calibration;
+    let q = &plan.question;
+    let p = &plan.prediction;
+    let or_none = |value: Option<u64>| value.map_or("none answers".to_owned(), |v| v.to_string());
+    let mut rows = vec![
+        (
+            "calibration".to_owned(),
+            format!(
+                "{:.0} orders/s on {} cores, {:.0} ms for one order, {:.0} us per order in the longer phase ({})",
+                c.service_rate_per_s,
+                c.cores,
+                c.base_latency_s * 1000.0,
+                c.phase_s * 1e6,
+                if plan.calibrated {
+                    "measured: the first two bursts below"
+                } else {
+                    "given"
+                }
+            ),
+        ),
+        (
+            "question".to_owned(),
+            format!(
+                "{} orders at once, provider {:.0} ms, {} payment slots, objective {} s",
+                q.orders,
+                q.payment_latency_s * 1000.0,
+                q.payment_concurrency,
+                q.slo_s
+            ),
+        ),
+        (
+            "predicted".to_owned(),
+            format!(
+                "{:.0} orders/s (bound by {}), longest {:.2} s, mean {:.2} s: objective {}",
+                p.throughput_per_s,
+                p.bottleneck,
+                p.max_latency_s,
+                p.mean_latency_s,
+                if p.meets_slo { "met" } else { "missed" }
+            ),
+        ),
+        (
+            "needed for the objective".to_owned(),
+            format!(
+                "{} cores, {} shards or more, {} nodes of {} cores, {} payment calls in flight",
+                or_none(p.required_cores),
+                or_none(p.required_shards),
+                or_none(p.required_nodes),
+                c.cores,
+                or_none(p.required_payment_concurrency)
+            ),
+        ),
+    ];
+    if let Some(v) = &plan.verification {
+        rows.push((
+            "measured".to_owned(),
+            format!(
+                "longest {:.2} s, mean {:.2} s, {:.0} orders/s",
+                v.measured_max_s, v.measured_mean_s, v.measured_throughput_per_s
+            ),
+        ));
+        rows.push((
+            "model error, (measured - predicted) / measured".to_owned(),
+            format!(
+                "longest {:+.1}%, mean {:+.1}%, throughput {:+.1}%",
+                v.max_error_percent, v.mean_error_percent, v.throughput_error_percent
+            ),
+        ));
+    }
+    let mut html = String::from("<h2>Capacity plan</h2><table>");
+    for (name, value) in rows {
+        html.push_str(&format!(
+            "<tr><th>{}</th><td>{}</td></tr>",
+            crate::svg::escape(&name),
+            crate::svg::escape(&value)
+        ));
+    }
+    html.push_str("</table>");
+    html
 }
 
 #[cfg(test)]

@@ -224,7 +224,32 @@ pub struct Report {
     pub points: Vec<BurstReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak: Option<PeakReport>,
+    /// `plan`: the calibration, the question, the model's answer and, with `--verify`, its error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanReport>,
     pub study: study::Figures,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanReport {
+    /// Measured by a calibration burst, or given.
+    pub calibration: crate::model::Calibration,
+    pub calibrated: bool,
+    pub question: crate::model::Question,
+    pub prediction: crate::model::Prediction,
+    pub verification: Option<Verification>,
+}
+
+/// The planned burst, measured, against the prediction.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Verification {
+    pub measured_max_s: f64,
+    pub measured_mean_s: f64,
+    pub measured_throughput_per_s: f64,
+    /// `(measured - predicted) / measured`, percent: positive when the model was optimistic.
+    pub max_error_percent: f64,
+    pub mean_error_percent: f64,
+    pub throughput_error_percent: f64,
 }
 
 /// Writes `report.json`, `report.html` and (for a single burst) `samples.csv` into `dir`.

@@ -3,13 +3,15 @@
 //! keeps what it measured.
 
 use crate::burst::{self, Plan};
-use crate::cli::{BurstArgs, Cli, Global, PeakArgs, Scenario, SweepArgs};
+use crate::cli::{BurstArgs, Cli, Global, PeakArgs, PlanArgs, Scenario, SweepArgs};
 use crate::client::{Target, source_addresses_for};
 use crate::html;
 use crate::limits::{DESCRIPTORS_SPARE, raise_open_files};
+use crate::model::{self, Calibration, Question};
 use crate::peak::PeakSearch;
 use crate::report::{
-    self, BurstReport, Machine, PeakReport, Report, Sample, ServerRun, SpawnedServers,
+    self, BurstReport, Machine, PeakReport, PlanReport, Report, Sample, ServerRun, SpawnedServers,
+    Verification,
 };
 use crate::server::{Spawned, Tuning, admin_token, serve_flags};
 use crate::study;
@@ -25,12 +27,20 @@ pub async fn run(cli: Cli) -> Result<bool, String> {
             .concurrency
             .unwrap_or(args.max_users)
             .min(args.max_users),
+        Scenario::Plan(args) => {
+            if args.service_rate.is_some() && !args.verify {
+                return plan_offline(args, &cli.global);
+            }
+            args.concurrency
+                .unwrap_or(args.orders.max(args.calibration_orders))
+        }
     };
     let mut runner = Runner::new(cli.global, scenario_name(&cli.command), concurrency_max)?;
     match cli.command {
         Scenario::Burst(args) => runner.burst(args).await,
         Scenario::SweepPayment(args) => runner.sweep(args).await,
         Scenario::Peak(args) => runner.peak(args).await,
+        Scenario::Plan(args) => runner.plan(args).await,
     }
 }
 
@@ -39,6 +49,7 @@ fn scenario_name(scenario: &Scenario) -> &'static str {
         Scenario::Burst(_) => "burst",
         Scenario::SweepPayment(_) => "sweep-payment",
         Scenario::Peak(_) => "peak",
+        Scenario::Plan(_) => "plan",
     }
 }
 
@@ -106,6 +117,7 @@ impl Runner {
             burst: None,
             points: Vec::new(),
             peak: None,
+            plan: None,
             study: study::FIGURES,
         };
         Ok(Self {
@@ -247,6 +259,98 @@ impl Runner {
         Ok(self.report.points.iter().all(|p| p.invariants.hold))
     }
 
+    async fn plan(&mut self, args: PlanArgs) -> Result<bool, String> {
+        let question = question_of(&args, &self.global);
+        if !question.slo_s.is_finite() || question.slo_s <= 0.0 {
+            return Err("--slo-s must be positive".into());
+        }
+        let cores = args.cores.unwrap_or(self.report.machine.cores as u32);
+        let mut sections = Vec::new();
+        let (calibration, calibrated) = match (args.service_rate, args.base_latency_ms) {
+            (Some(rate), Some(base_ms)) => (given(rate, base_ms, args.phase_share, cores)?, false),
+            _ => {
+                let orders = args.calibration_orders;
+                let concurrency = args.concurrency.unwrap_or(orders).min(orders);
+                let (fast, samples) = self.one_burst(orders, concurrency, orders, Some(0)).await?;
+                print_burst(&fast);
+                sections.push(html::burst_section(
+                    &format!("Calibration 1: {}", burst_title(&fast)),
+                    &fast,
+                    &samples,
+                ));
+                check_calibration(&fast)?;
+                // Twice the time the whole burst took without a provider: every order has had its first phase
+                // before the first payment returns, so they come back together and queue for the second.
+                let drain_ms = fast.latency_ms.max - fast.latency_ms.min;
+                let slow_ms = ((2.0 * drain_ms).ceil() as u64).max(200);
+                let (slow, samples) = self
+                    .one_burst(orders, concurrency, orders, Some(slow_ms))
+                    .await?;
+                print_burst(&slow);
+                sections.push(html::burst_section(
+                    &format!("Calibration 2: {}", burst_title(&slow)),
+                    &slow,
+                    &samples,
+                ));
+                check_calibration(&slow)?;
+                let calibration = calibrate(&fast, &slow, slow_ms, cores);
+                self.report.points.push(fast);
+                self.report.points.push(slow);
+                (calibration, true)
+            }
+        };
+        let prediction = model::predict(&calibration, &question);
+        println!("{}", plan_lines(&calibration, &question, &prediction));
+        self.report.plan = Some(PlanReport {
+            calibration,
+            calibrated,
+            question,
+            prediction,
+            verification: None,
+        });
+        self.write_plan(&sections)?;
+        if !args.verify {
+            return Ok(self.report.points.iter().all(|p| p.invariants.hold));
+        }
+        let concurrency = args.concurrency.unwrap_or(args.orders).min(args.orders);
+        let (burst, samples) = self
+            .one_burst(
+                args.orders,
+                concurrency,
+                args.orders,
+                Some(args.payment_latency_ms),
+            )
+            .await?;
+        print_burst(&burst);
+        let verification = verify(&prediction, &burst);
+        println!(
+            "model error (measured - predicted) / measured: longest {:+.1}%, mean {:+.1}%, throughput {:+.1}%",
+            verification.max_error_percent,
+            verification.mean_error_percent,
+            verification.throughput_error_percent
+        );
+        sections.push(html::burst_section(
+            &format!("Verification: {}", burst_title(&burst)),
+            &burst,
+            &samples,
+        ));
+        self.report.points.push(burst);
+        if let Some(plan) = &mut self.report.plan {
+            plan.verification = Some(verification);
+        }
+        self.write_plan(&sections)?;
+        Ok(self.report.points.iter().all(|p| p.invariants.hold))
+    }
+
+    fn write_plan(&self, sections: &[String]) -> Result<(), String> {
+        let mut page = Vec::new();
+        if let Some(plan) = &self.report.plan {
+            page.push(html::plan_section(plan));
+        }
+        page.extend(sections.iter().cloned());
+        self.write(&page, None)
+    }
+
     fn write(&self, sections: &[String], samples: Option<&[Sample]>) -> Result<(), String> {
         let page = html::page(&self.report, sections);
         report::write(&self.out, &self.report, &page, samples)?;
@@ -340,4 +444,148 @@ fn command_line() -> String {
         }
     }
     words.join(" ")
+}
+
+fn question_of(args: &PlanArgs, global: &Global) -> Question {
+    Question {
+        orders: args.orders,
+        payment_latency_s: args.payment_latency_ms as f64 / 1000.0,
+        payment_concurrency: global
+            .payment_concurrency
+            .map_or(PAYMENT_CONCURRENCY_DEFAULT, u64::from),
+        slo_s: args.slo_s,
+    }
+}
+
+/// `boxoffice serve --payment-concurrency`'s default, what a node runs with unless told.
+const PAYMENT_CONCURRENCY_DEFAULT: u64 = 16_384;
+
+fn given(rate: f64, base_ms: f64, phase_share: f64, cores: u32) -> Result<Calibration, String> {
+    if !(rate > 0.0 && rate.is_finite() && base_ms >= 0.0 && base_ms.is_finite()) {
+        return Err("--service-rate must be positive and --base-latency-ms not negative".into());
+    }
+    if !(0.5..=1.0).contains(&phase_share) {
+        return Err("--phase-share is the longer phase's share: 0.5 to 1".into());
+    }
+    Ok(Calibration {
+        service_rate_per_s: rate,
+        cores,
+        base_latency_s: base_ms / 1000.0,
+        phase_s: phase_share / rate,
+    })
+}
+
+fn check_calibration(burst: &BurstReport) -> Result<(), String> {
+    if !burst.invariants.hold || burst.errors > 0 || burst.ok == 0 {
+        return Err("a calibration burst failed (errors or broken counts): see the report".into());
+    }
+    Ok(())
+}
+
+/// The model's parameters from two bursts of the same size: with a 0 ms provider (`fast`) one order alone takes
+/// about the shortest response and the node drained `ok / (longest - shortest)` orders per second; with a provider
+/// of `slow_ms` the tail after it is the longer phase, `(longest - shortest - slow) / ok` per order.
+fn calibrate(fast: &BurstReport, slow: &BurstReport, slow_ms: u64, cores: u32) -> Calibration {
+    let base_s = fast.latency_ms.min / 1000.0;
+    let drain_s = (fast.latency_ms.max - fast.latency_ms.min) / 1000.0;
+    let rate = fast.ok as f64 / drain_s.max(0.001);
+    let tail_s = (slow.latency_ms.max - slow.latency_ms.min - slow_ms as f64).max(0.0) / 1000.0;
+    Calibration {
+        service_rate_per_s: rate,
+        cores,
+        base_latency_s: base_s,
+        // At least half an order's work is in its longer phase, and at most all of it.
+        phase_s: (tail_s / slow.ok as f64).clamp(0.5 / rate, 1.0 / rate),
+    }
+}
+
+fn verify(prediction: &model::Prediction, burst: &BurstReport) -> Verification {
+    let measured_max_s = burst.latency_ms.max / 1000.0;
+    let measured_mean_s = burst.latency_ms.mean / 1000.0;
+    Verification {
+        measured_max_s,
+        measured_mean_s,
+        measured_throughput_per_s: burst.ok_per_s,
+        max_error_percent: model::error_percent(prediction.max_latency_s, measured_max_s),
+        mean_error_percent: model::error_percent(prediction.mean_latency_s, measured_mean_s),
+        throughput_error_percent: model::error_percent(prediction.throughput_per_s, burst.ok_per_s),
+    }
+}
+
+fn plan_lines(
+    calibration: &Calibration,
+    question: &Question,
+    prediction: &model::Prediction,
+) -> String {
+    let sizing = match (
+        prediction.required_cores,
+        prediction.required_payment_concurrency,
+        prediction.required_nodes,
+    ) {
+        (Some(cores), Some(slots), Some(nodes)) => format!(
+            "to answer every order within {} s: {:.0} orders/s, {cores} cores ({nodes} node(s) of {} cores), \
+             {cores} shards or more, {slots} payment calls in flight",
+            question.slo_s,
+            prediction.required_throughput_per_s.unwrap_or_default(),
+            calibration.cores
+        ),
+        _ => format!(
+            "no size answers within {} s: one order alone takes {:.2} s",
+            question.slo_s,
+            calibration.base_latency_s + question.payment_latency_s
+        ),
+    };
+    format!(
+        "calibration: {:.0} orders/s on {} cores, {:.0} ms for one order, {:.0} us per order in the longer phase\n\
+         prediction for {} orders at once, provider {:.0} ms, {} payment slots: {:.0} orders/s (bound by {}), \
+         longest {:.2} s, mean {:.2} s, objective {} s {}\n{sizing}",
+        calibration.service_rate_per_s,
+        calibration.cores,
+        calibration.base_latency_s * 1000.0,
+        calibration.phase_s * 1e6,
+        question.orders,
+        question.payment_latency_s * 1000.0,
+        question.payment_concurrency,
+        prediction.throughput_per_s,
+        prediction.bottleneck,
+        prediction.max_latency_s,
+        prediction.mean_latency_s,
+        question.slo_s,
+        if prediction.meets_slo {
+            "met"
+        } else {
+            "missed"
+        },
+    )
+}
+
+/// `plan` with the service rates given and no verification: no server, no burst, only the model.
+fn plan_offline(args: &PlanArgs, global: &Global) -> Result<bool, String> {
+    let question = question_of(args, global);
+    if !question.slo_s.is_finite() || question.slo_s <= 0.0 {
+        return Err("--slo-s must be positive".into());
+    }
+    let cores = args
+        .cores
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let calibration = given(
+        args.service_rate.unwrap_or_default(),
+        args.base_latency_ms.unwrap_or_default(),
+        args.phase_share,
+        cores,
+    )?;
+    let prediction = model::predict(&calibration, &question);
+    println!("{}", plan_lines(&calibration, &question, &prediction));
+    let plan = PlanReport {
+        calibration,
+        calibrated: false,
+        question,
+        prediction,
+        verification: None,
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&plan).map_err(|error| error.to_string())?
+    );
+    Ok(true)
 }

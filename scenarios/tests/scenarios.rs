@@ -175,3 +175,81 @@ fn runs_that_cannot_be_carried_out_are_refused() {
         "no such file",
     );
 }
+
+#[test]
+fn the_planner_calibrates_predicts_and_measures_its_error() {
+    let (report, html, _out) = run_spawned(&[
+        "plan",
+        "--orders",
+        "200",
+        "--payment-latency-ms",
+        "300",
+        "--slo-s",
+        "600",
+        "--calibration-orders",
+        "200",
+        "--verify",
+    ]);
+    let plan = &report["plan"];
+    assert_eq!(plan["calibrated"], true);
+    let rate = plan["calibration"]["service_rate_per_s"].as_f64().unwrap();
+    let phase = plan["calibration"]["phase_s"].as_f64().unwrap();
+    assert!(rate > 0.0 && rate.is_finite(), "{plan}");
+    assert!(
+        phase >= 0.5 / rate - 1e-12 && phase <= 1.0 / rate + 1e-12,
+        "{plan}"
+    );
+    let predicted = plan["prediction"]["max_latency_s"].as_f64().unwrap();
+    // No prediction can beat the provider itself.
+    assert!(predicted >= 0.3, "{plan}");
+    assert_eq!(plan["prediction"]["meets_slo"], true);
+    let verification = &plan["verification"];
+    let measured = verification["measured_max_s"].as_f64().unwrap();
+    assert!(measured >= 0.3, "{plan}");
+    let error = verification["max_error_percent"].as_f64().unwrap();
+    assert!(
+        (error - (measured - predicted) / measured * 100.0).abs() < 1e-6,
+        "{plan}"
+    );
+    // Two calibration bursts and the verification, each with its counts checked.
+    let points = report["points"].as_array().expect("points");
+    assert_eq!(points.len(), 3);
+    assert_eq!(points[0]["payment_latency_ms"], 0);
+    assert_eq!(points[2]["payment_latency_ms"], 300);
+    for point in points {
+        assert_eq!(count(point, "ok"), 200);
+        assert_eq!(point["invariants"]["hold"], true);
+    }
+    assert!(html.contains("Capacity plan"));
+}
+
+#[test]
+fn the_planner_answers_from_given_rates_without_a_server() {
+    let output = load(&[
+        "plan",
+        "--orders",
+        "10000",
+        "--payment-latency-ms",
+        "1400",
+        "--slo-s",
+        "3",
+        "--service-rate",
+        "2000",
+        "--base-latency-ms",
+        "50",
+        "--phase-share",
+        "0.6",
+        "--cores",
+        "2",
+    ]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json: Value =
+        serde_json::from_str(&stdout[stdout.find('{').expect("the plan as JSON")..]).expect("JSON");
+    // 10,000 / 2,000 = 5 s of CPU beats 1.4 + 10,000 x 0.3 ms: the longest is 5.05 s.
+    let max = json["prediction"]["max_latency_s"].as_f64().unwrap();
+    assert!((max - 5.05).abs() < 1e-9, "{json}");
+    assert_eq!(json["prediction"]["meets_slo"], false);
+    assert_eq!(json["calibrated"], false);
+    assert!(json["prediction"]["required_cores"].as_u64().unwrap() >= 4);
+}
