@@ -1,9 +1,11 @@
 //! The search for the largest burst that holds a service-level objective: double the number of simultaneous
 //! orders from a start until a burst fails or the bound is reached, then bisect between the largest size that
 //! held and the smallest that failed until they are within the precision. It assumes that a larger burst never
-//! does better than a smaller one; a run that contradicts that is still recorded, as the nearer bound.
+//! does better than a smaller one; a larger size that holds after a smaller one failed is noise, and the failure is
+//! trusted.
 
 use serde::Serialize;
+use std::collections::BTreeSet;
 
 /// Where the search stands; [`PeakSearch::next`] says what to try, [`PeakSearch::record`] what happened.
 #[derive(Clone, Debug)]
@@ -12,7 +14,8 @@ pub struct PeakSearch {
     users_max: u64,
     /// Stop when the bounds are within this share of the lower one (and at least one user apart).
     precision: f64,
-    largest_held: Option<u64>,
+    /// Every size that held (one per burst run, so a few dozen at most).
+    held: BTreeSet<u64>,
     smallest_failed: Option<u64>,
 }
 
@@ -39,14 +42,23 @@ impl PeakSearch {
             start,
             users_max,
             precision,
-            largest_held: None,
+            held: BTreeSet::new(),
             smallest_failed: None,
         }
     }
 
+    /// The largest size that held below the smallest that failed: a larger burst that held after a smaller one
+    /// failed is noise, and the failure is trusted.
+    fn largest_held(&self) -> Option<u64> {
+        self.held
+            .range(..self.smallest_failed.unwrap_or(u64::MAX))
+            .next_back()
+            .copied()
+    }
+
     /// The next burst size to run, or `None` when the search is over.
     pub fn next(&self) -> Option<u64> {
-        match (self.largest_held, self.smallest_failed) {
+        match (self.largest_held(), self.smallest_failed) {
             (None, None) => Some(self.start),
             (Some(held), None) if held >= self.users_max => None,
             (Some(held), None) => Some(held.saturating_mul(2).min(self.users_max)),
@@ -66,24 +78,18 @@ impl PeakSearch {
     /// Records the outcome of a burst of `users`.
     pub fn record(&mut self, users: u64, held: bool) {
         if held {
-            self.largest_held = Some(self.largest_held.map_or(users, |n| n.max(users)));
+            self.held.insert(users);
         } else {
             self.smallest_failed = Some(self.smallest_failed.map_or(users, |n| n.min(users)));
-        }
-        if let (Some(held), Some(failed)) = (self.largest_held, self.smallest_failed)
-            && held >= failed
-        {
-            // A larger burst held after a smaller one failed: noise. Keep the bounds ordered, trusting the failure.
-            self.largest_held = Some(failed - 1).filter(|n| *n > 0);
         }
     }
 
     pub fn result(&self) -> Peak {
+        let largest_held = self.largest_held();
         Peak {
-            largest_held: self.largest_held,
+            largest_held,
             smallest_failed: self.smallest_failed,
-            bounded_by_max: self.smallest_failed.is_none()
-                && self.largest_held == Some(self.users_max),
+            bounded_by_max: self.smallest_failed.is_none() && largest_held == Some(self.users_max),
         }
     }
 }
@@ -169,8 +175,14 @@ mod tests {
         search.record(40, false);
         search.record(60, true);
         let peak = search.result();
-        assert_eq!(peak.largest_held, Some(39));
+        // 60 held after 40 failed: noise. No size below 40 has run, so none is reported as held, and the search
+        // goes on below the failure.
+        assert_eq!(peak.largest_held, None);
         assert_eq!(peak.smallest_failed, Some(40));
-        assert_eq!(search.next(), None);
+        assert_eq!(search.next(), Some(20));
+        search.record(20, true);
+        search.record(80, true);
+        assert_eq!(search.result().largest_held, Some(20));
+        assert_eq!(search.next(), Some(30));
     }
 }

@@ -23,14 +23,16 @@ impl Summary {
         }
         let mut sorted = values.to_vec();
         sorted.sort_by(f64::total_cmp);
-        let mean = sorted.iter().sum::<f64>() / sorted.len() as f64;
+        let last = sorted[sorted.len() - 1];
+        // Summing can round the mean of equal values just past them.
+        let mean = (sorted.iter().sum::<f64>() / sorted.len() as f64).clamp(sorted[0], last);
         let summary = Summary {
             min: sorted[0],
             mean,
             p50: percentile(&sorted, 0.50),
             p90: percentile(&sorted, 0.90),
             p99: percentile(&sorted, 0.99),
-            max: sorted[sorted.len() - 1],
+            max: last,
         };
         assert!(summary.min <= summary.p50 && summary.p50 <= summary.p90);
         assert!(summary.p90 <= summary.p99 && summary.p99 <= summary.max);
@@ -144,6 +146,13 @@ pub fn bands(samples: &[(f64, f64)], low: f64, high: f64, slices: usize) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mean_of_equal_values_is_that_value() {
+        // 0.1 + 0.1 + 0.1 sums to a hair over 0.3: the mean would land past the maximum.
+        let summary = Summary::of(&[0.1, 0.1, 0.1]).expect("values");
+        assert_eq!((summary.min, summary.mean, summary.max), (0.1, 0.1, 0.1));
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {
