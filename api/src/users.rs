@@ -156,6 +156,37 @@ struct Users {
     tokens_of_user: HashMap<UserId, VecDeque<TokenHash>>,
 }
 
+impl Users {
+    /// Adds a user after the others in creation order; the caller has checked that its username is free.
+    fn insert(&mut self, user: User) {
+        self.by_username
+            .insert(user.username.clone(), user.id.clone());
+        self.in_creation_order.push(user.id.clone());
+        self.by_id.insert(user.id.clone(), user);
+    }
+
+    fn any_taken<'a>(&self, mut usernames: impl Iterator<Item = &'a str>) -> bool {
+        usernames.any(|username| self.by_username.contains_key(username))
+    }
+
+    /// Records a live token of `user_id`, revoking its oldest beyond [`TOKENS_PER_USER_MAX`].
+    fn add_token(&mut self, user_id: &UserId, hash: TokenHash, expires_at_ms: u64) {
+        self.tokens.insert(
+            hash,
+            TokenRecord {
+                user_id: user_id.clone(),
+                expires_at_ms,
+            },
+        );
+        let live = self.tokens_of_user.entry(user_id.clone()).or_default();
+        live.push_back(hash);
+        let excess = live.len().saturating_sub(TOKENS_PER_USER_MAX);
+        for revoked in live.drain(..excess).collect::<Vec<_>>() {
+            self.tokens.remove(&revoked);
+        }
+    }
+}
+
 pub struct UserStore {
     users: RwLock<Users>,
     durable: Durable,
@@ -251,11 +282,7 @@ impl UserStore {
             if users.by_id.len() >= USERS_MAX {
                 return Err(users_full());
             }
-            users
-                .by_username
-                .insert(user.username.clone(), user.id.clone());
-            users.in_creation_order.push(user.id.clone());
-            users.by_id.insert(user.id.clone(), user.clone());
+            users.insert(user.clone());
             let token = self.issue_token(&mut users, &user.id);
             (token, self.persist(&users, &user.id))
         };
@@ -264,30 +291,25 @@ impl UserStore {
     }
 
     /// Creates users named `usernames` that have no password, each with its own data key, `card` sealed under it,
-    /// and one token; returns them in the order given. All or nothing: if any username is taken, nothing is
-    /// created (`409 username_taken`). Durable before it returns, like [`UserStore::register`].
+    /// and one token; returns their ids, usernames and tokens in the order given. All or nothing: if any username is taken,
+    /// nothing is created (`409 username_taken`). Durable before it returns, like [`UserStore::register`].
     pub async fn register_bulk(
         &self,
         usernames: Vec<String>,
         card: Option<StoredCard>,
-    ) -> ApiResult<Vec<(User, String)>> {
+    ) -> ApiResult<Vec<(UserId, String, String)>> {
         assert!(
             usernames.len() <= USERS_BULK_MAX,
             "bulk size is checked by the caller"
         );
-        if self.taken_any(&self.read(), &usernames) {
+        if self.read().any_taken(usernames.iter().map(String::as_str)) {
             return Err(username_taken());
         }
-        let card = card.map(|card| {
-            let secret =
-                Zeroizing::new(postcard::to_allocvec(&card.secret).expect("cards always encode"));
-            (card.summary, secret)
-        });
+        let card = card.map(|card| (card.summary, encode_card_secret(&card.secret)));
         let created_at_ms = self.clock.now_ms();
         let expires_at_ms = created_at_ms + self.token_ttl_ms;
         // Keys are drawn and records sealed before the lock is taken; under it only maps change and records queue.
         let mut created = Vec::with_capacity(usernames.len());
-        let mut records = Vec::with_capacity(usernames.len());
         for username in usernames {
             let id = UserId::random();
             let (key, data_key) = self.keys.new_data_key(&id.0);
@@ -303,40 +325,28 @@ impl UserStore {
                 data_key,
             };
             let (token, hash) = new_token();
-            records.push(sealed_record(&key, &user, vec![(hash, expires_at_ms)]));
-            created.push((user, token, hash));
+            let record = sealed_record(&key, &user, vec![(hash, expires_at_ms)]);
+            created.push((user, token, hash, record));
         }
+        let answers: Vec<(UserId, String, String)> = created
+            .iter()
+            .map(|(user, token, ..)| (user.id.clone(), user.username.clone(), token.clone()))
+            .collect();
+        // Users created in one millisecond are recovered in id order: keep that order now as well.
+        created.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         let commits: Vec<Commit> = {
             let mut users = self.write();
-            let usernames: Vec<String> = created.iter().map(|c| c.0.username.clone()).collect();
-            if self.taken_any(&users, &usernames) {
+            if users.any_taken(created.iter().map(|c| c.0.username.as_str())) {
                 return Err(username_taken());
             }
             if users.by_id.len() + created.len() > USERS_MAX {
                 return Err(users_full());
             }
-            // Users created in one millisecond are recovered in id order: keep that order now as well.
-            let mut ids: Vec<UserId> = created.iter().map(|c| c.0.id.clone()).collect();
-            ids.sort();
-            users.in_creation_order.extend(ids);
             created
-                .iter()
-                .zip(records)
-                .map(|((user, _, hash), record)| {
-                    users
-                        .by_username
-                        .insert(user.username.clone(), user.id.clone());
-                    users.by_id.insert(user.id.clone(), user.clone());
-                    users.tokens.insert(
-                        *hash,
-                        TokenRecord {
-                            user_id: user.id.clone(),
-                            expires_at_ms,
-                        },
-                    );
-                    users
-                        .tokens_of_user
-                        .insert(user.id.clone(), VecDeque::from([*hash]));
+                .into_iter()
+                .map(|(user, _, hash, record)| {
+                    users.add_token(&user.id, hash, expires_at_ms);
+                    users.insert(user);
                     self.durable.append_meta(record)
                 })
                 .collect()
@@ -344,16 +354,7 @@ impl UserStore {
         for commit in commits {
             Durable::wait(commit).await?;
         }
-        Ok(created
-            .into_iter()
-            .map(|(user, token, _)| (user, token))
-            .collect())
-    }
-
-    fn taken_any(&self, users: &Users, usernames: &[String]) -> bool {
-        usernames
-            .iter()
-            .any(|username| users.by_username.contains_key(username))
+        Ok(answers)
     }
 
     /// Checks a username and password and hands out a fresh token.
@@ -400,23 +401,7 @@ impl UserStore {
 
     fn issue_token(&self, users: &mut Users, user_id: &UserId) -> String {
         let (token, hash) = new_token();
-        users.tokens.insert(
-            hash,
-            TokenRecord {
-                user_id: user_id.clone(),
-                expires_at_ms: self.clock.now_ms() + self.token_ttl_ms,
-            },
-        );
-        let live = users.tokens_of_user.entry(user_id.clone()).or_default();
-        live.push_back(hash);
-        let revoked: Vec<TokenHash> = if live.len() > TOKENS_PER_USER_MAX {
-            live.drain(..live.len() - TOKENS_PER_USER_MAX).collect()
-        } else {
-            Vec::new()
-        };
-        for hash in revoked {
-            users.tokens.remove(&hash);
-        }
+        users.add_token(user_id, hash, self.clock.now_ms() + self.token_ttl_ms);
         token
     }
 
@@ -471,6 +456,10 @@ impl UserStore {
             live.retain(|hash| tokens.contains_key(hash));
             !live.is_empty()
         });
+    }
+
+    pub fn exists(&self, id: &UserId) -> bool {
+        self.read().by_id.contains_key(id)
     }
 
     pub fn get(&self, id: &UserId) -> Option<User> {
@@ -576,42 +565,20 @@ impl UserStore {
         let mut users = self.write();
         let count = decoded.len();
         for (id, stored, private) in decoded {
-            let live: VecDeque<TokenHash> = stored
-                .tokens
-                .iter()
-                .filter(|(_, expires_at_ms)| *expires_at_ms > now_ms)
-                .map(|(hash, _)| *hash)
-                .collect();
             for (hash, expires_at_ms) in stored.tokens {
                 if expires_at_ms > now_ms {
-                    users.tokens.insert(
-                        hash,
-                        TokenRecord {
-                            user_id: id.clone(),
-                            expires_at_ms,
-                        },
-                    );
+                    users.add_token(&id, hash, expires_at_ms);
                 }
             }
-            if !live.is_empty() {
-                users.tokens_of_user.insert(id.clone(), live);
-            }
-            users
-                .by_username
-                .insert(stored.username.clone(), id.clone());
-            users.in_creation_order.push(id.clone());
-            users.by_id.insert(
-                id.clone(),
-                User {
-                    id,
-                    username: stored.username,
-                    password_hash: stored.password_hash,
-                    profile: private.profile,
-                    card: private.card,
-                    created_at_ms: stored.created_at_ms,
-                    data_key: stored.data_key,
-                },
-            );
+            users.insert(User {
+                id,
+                username: stored.username,
+                password_hash: stored.password_hash,
+                profile: private.profile,
+                card: private.card,
+                created_at_ms: stored.created_at_ms,
+                data_key: stored.data_key,
+            });
         }
         Ok(count)
     }
@@ -681,8 +648,13 @@ impl UserStore {
 
 /// Seals a card's secret part for `user`; the plaintext is dropped (and zeroed) here.
 fn seal_card(key: &DataKey, user: &UserId, card: StoredCard) -> CardOnFile {
-    let secret = Zeroizing::new(postcard::to_allocvec(&card.secret).expect("cards always encode"));
+    let secret = encode_card_secret(&card.secret);
     seal_encoded_card(key, user, card.summary, &secret)
+}
+
+/// A card's secret part encoded for sealing; zeroed when dropped.
+fn encode_card_secret(secret: &CardSecret) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(postcard::to_allocvec(secret).expect("cards always encode"))
 }
 
 /// Seals a card whose secret part is already encoded (one encoding sealed for many users in a bulk creation).

@@ -81,6 +81,26 @@ function bearer() {
   return `Bearer ${state.session.token}`;
 }
 
+/** Sends a request; resolves to a 2xx response or rejects with an ApiError carrying the error body's code. */
+async function send(path, options) {
+  let response;
+  try {
+    response = await fetch(path, { ...options, cache: 'no-store' });
+  } catch {
+    throw new ApiError(0, 'network', 'The box office could not be reached. Check your connection and try again.');
+  }
+  if (!response.ok) {
+    const body = await response.json().catch(() => null);
+    const error = body && body.error;
+    throw new ApiError(
+      response.status,
+      (error && error.code) || `http_${response.status}`,
+      (error && error.message) || `The box office answered ${response.status}.`,
+    );
+  }
+  return response;
+}
+
 /** A JSON request; resolves to {response, data} or rejects with an ApiError carrying the error body's code. */
 async function api(method, path, { body, auth = false, idempotent = false } = {}) {
   const headers = {};
@@ -88,31 +108,17 @@ async function api(method, path, { body, auth = false, idempotent = false } = {}
   if (auth) headers.authorization = bearer();
   // A fresh key per attempt: the server answers a repeat of the same key with the first outcome.
   if (idempotent) headers['idempotency-key'] = uuid();
-  let response;
-  try {
-    response = await fetch(path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      cache: 'no-store',
-    });
-  } catch {
-    throw new ApiError(0, 'network', 'The box office could not be reached. Check your connection and try again.');
-  }
+  const response = await send(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
   const text = await response.text();
   let data = null;
   try {
     data = text ? JSON.parse(text) : null;
   } catch {
     data = null;
-  }
-  if (!response.ok) {
-    const error = data && data.error;
-    throw new ApiError(
-      response.status,
-      (error && error.code) || `http_${response.status}`,
-      (error && error.message) || `The box office answered ${response.status}.`,
-    );
   }
   return { response, data };
 }
@@ -805,9 +811,14 @@ function refreshAfterOrder() {
 
 // ---- Tickets ----
 
+/** Bumped by every loadTickets call: an older call that is still fetching QR codes stops. */
+let ticketsGeneration = 0;
+
 async function loadTickets() {
   if (!state.session) return;
+  const generation = ++ticketsGeneration;
   const user = state.session.id;
+  const current = () => generation === ticketsGeneration && state.session && state.session.id === user;
   let tickets;
   try {
     ({ data: { tickets } } = await api('GET', `/users/${segment(user)}/tickets`, { auth: true }));
@@ -815,7 +826,7 @@ async function loadTickets() {
     sayError(error);
     return;
   }
-  if (!state.session || state.session.id !== user) return;
+  if (!current()) return;
   const items = tickets.map((ticket) => {
     const item = document.createElement('li');
     item.className = 'ticket';
@@ -843,6 +854,8 @@ async function loadTickets() {
   $('tickets').replaceChildren(...items);
   // One at a time: a user with many tickets does not open many requests at once.
   for (const ticket of tickets) {
+    // Stops once another call has started, or the user logged out or changed.
+    if (!current()) return;
     if (state.qrUrls.has(ticket.id)) continue;
     try {
       const url = await fetchQr(user, ticket.id);
@@ -857,21 +870,12 @@ async function loadTickets() {
 
 /** The ticket's QR code, fetched with the bearer header and shown from a blob: URL: the token is in no URL. */
 async function fetchQr(user, ticketId) {
-  let response;
-  try {
-    response = await fetch(`/users/${segment(user)}/tickets/${segment(ticketId)}/qr`, {
-      headers: { authorization: bearer() },
-      cache: 'no-store',
-    });
-  } catch {
-    throw new ApiError(0, 'network', 'The box office could not be reached. Check your connection and try again.');
-  }
-  if (!response.ok) {
-    const body = await response.json().catch(() => null);
-    const error = body && body.error;
-    throw new ApiError(response.status, (error && error.code) || `http_${response.status}`, (error && error.message) || 'No QR code.');
-  }
+  const response = await send(`/users/${segment(user)}/tickets/${segment(ticketId)}/qr`, {
+    headers: { authorization: bearer() },
+  });
   const url = URL.createObjectURL(await response.blob());
+  const replaced = state.qrUrls.get(ticketId);
+  if (replaced) URL.revokeObjectURL(replaced);
   state.qrUrls.set(ticketId, url);
   return url;
 }

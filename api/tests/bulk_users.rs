@@ -172,15 +172,9 @@ async fn bulk_users_have_a_card_and_a_token_but_no_password() {
 /// Whether any file under `dir` contains `needle` (api/tests/secrets.rs scans every encoding; the bulk path seals
 /// with the same code, so the plain bytes suffice here).
 fn contains_in_files(dir: &std::path::Path, needle: &[u8]) -> bool {
-    std::fs::read_dir(dir).expect("data dir").any(|entry| {
-        let path = entry.expect("entry").path();
-        if path.is_dir() {
-            contains_in_files(&path, needle)
-        } else {
-            let bytes = std::fs::read(&path).unwrap_or_default();
-            bytes.windows(needle.len()).any(|window| window == needle)
-        }
-    })
+    common::files(dir)
+        .iter()
+        .any(|(_, bytes)| bytes.windows(needle.len()).any(|window| window == needle))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,6 @@ mod common;
 use base64::Engine as _;
 use common::{ADMIN_TOKEN, Server};
 use serde_json::{Value, json};
-use std::path::Path;
 
 struct Buyer {
     username: &'static str,
@@ -63,21 +62,6 @@ fn encodings(secret: &str) -> Vec<String> {
         }
     }
     forms
-}
-
-/// Every file under `dir`, recursively, with its contents.
-fn files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read dir") {
-        let path = entry.expect("entry").path();
-        if path.is_dir() {
-            found.extend(files(&path));
-        } else {
-            let bytes = std::fs::read(&path).expect("read file");
-            found.push((path, bytes));
-        }
-    }
-    found
 }
 
 /// Secrets shorter than this (cvvs) turn up by chance inside longer runs of digits and letters (timestamps, ids,
@@ -247,7 +231,7 @@ async fn no_secret_reaches_the_disk_or_the_log() {
         );
     }
     secrets.extend([NEW_NUMBER.to_owned(), NEW_CVV.to_owned()]);
-    let stored = files(data_dir.path());
+    let stored = common::files(data_dir.path());
     assert!(
         stored.iter().any(|(path, _)| path.ends_with("master.key")),
         "the generated master key lives in the data dir"

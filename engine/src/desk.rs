@@ -799,6 +799,18 @@ impl Desk {
             .collect()
     }
 
+    /// One ticket of `user`'s confirmed orders.
+    pub fn ticket_of(&self, user: &UserId, ticket_id: &TicketId) -> Option<Ticket> {
+        let book = self.book();
+        book.orders_by_user
+            .get(user)?
+            .iter()
+            .filter_map(|id| book.orders.get(id))
+            .filter(|order| order.status == OrderStatus::Confirmed)
+            .find_map(|order| order.tickets.iter().find(|ticket| &ticket.id == ticket_id))
+            .cloned()
+    }
+
     /// Marks the ticket with this token as used, once.
     pub async fn check_in(self: &Arc<Self>, token: &str) -> Result<Ticket, EngineError> {
         let ticket = {

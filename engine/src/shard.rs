@@ -85,7 +85,9 @@ impl ShardActor {
     /// Applies `event`, journals it, and publishes the new remaining count and the seats it changed.
     fn commit(&mut self, event: ShardEvent) -> Commit {
         let before = self.state.availability();
-        let seat_change = self.seat_change(&event);
+        // Before applying: a confirmation or a release names only its reservation, whose seats are gone after.
+        // Nothing can read the shard in between, so subscribers still see the changes in the order applied.
+        self.publish_seats(&event);
         self.state.apply(&event);
         let after = self.state.availability();
         if before.remaining != after.remaining {
@@ -95,9 +97,6 @@ impl ShardActor {
             self.gauges
                 .concert_remaining
                 .increment(after.remaining as f64 - before.remaining as f64);
-        }
-        if let Some((seats, kind)) = seat_change {
-            self.feed.publish_seats(self.shard, &seats, kind);
         }
         if before != after {
             self.feed.set_counts(self.shard, after);
@@ -117,21 +116,20 @@ impl ShardActor {
         commit
     }
 
-    /// The seats `event` is about to change and how, read before it is applied (a confirm or a release names only
-    /// its reservation, whose seats are gone afterwards).
-    fn seat_change(&self, event: &ShardEvent) -> Option<(Vec<u32>, SeatChangeKind)> {
+    /// Publishes the seats `event` is about to change, and how, to the concert's feed.
+    fn publish_seats(&self, event: &ShardEvent) {
         if !self.state.is_seated() {
-            return None;
+            return;
         }
         let of_reservation = |reservation_id: &ReservationId| {
             self.state
                 .reservation(*reservation_id)
-                .map(|reservation| reservation.seats.clone())
+                .map(|reservation| reservation.seats.as_slice())
         };
-        match event {
-            ShardEvent::Reserved { seats, .. } => Some((seats.clone(), SeatChangeKind::Held)),
+        let change = match event {
+            ShardEvent::Reserved { seats, .. } => Some((seats.as_slice(), SeatChangeKind::Held)),
             ShardEvent::Confirmed { reservation_id, .. } => {
-                Some((of_reservation(reservation_id)?, SeatChangeKind::Sold))
+                of_reservation(reservation_id).map(|seats| (seats, SeatChangeKind::Sold))
             }
             ShardEvent::Released {
                 reservation_id,
@@ -141,9 +139,12 @@ impl ShardActor {
                     ReleaseReason::Expired => SeatChangeKind::Expired,
                     _ => SeatChangeKind::Released,
                 };
-                Some((of_reservation(reservation_id)?, kind))
+                of_reservation(reservation_id).map(|seats| (seats, kind))
             }
             ShardEvent::PurchaseStarted { .. } | ShardEvent::CheckedIn { .. } => None,
+        };
+        if let Some((seats, kind)) = change {
+            self.feed.publish_seats(self.shard, seats, kind);
         }
     }
 

@@ -108,7 +108,7 @@ pub struct SweepArgs {
 #[derive(Args, Debug, Clone)]
 pub struct PeakArgs {
     /// The objective: every order answered within this many seconds (the study: 600).
-    #[arg(long, default_value_t = 600.0)]
+    #[arg(long, default_value_t = 600.0, value_parser = positive_seconds)]
     pub slo_s: f64,
     /// The first burst size.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
@@ -136,7 +136,7 @@ pub struct PlanArgs {
     #[arg(long, default_value_t = 1_400)]
     pub payment_latency_ms: u64,
     /// The objective: every order answered within this many seconds.
-    #[arg(long, default_value_t = 600.0)]
+    #[arg(long, default_value_t = 600.0, value_parser = positive_seconds)]
     pub slo_s: f64,
     /// Skip the calibration: the orders per second the node completes with a 0 ms provider.
     #[arg(long, requires = "base_latency_ms")]
@@ -161,4 +161,12 @@ pub struct PlanArgs {
     /// Orders in flight at most in the calibration and verification bursts; default: all at once.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub concurrency: Option<u64>,
+}
+
+/// A number of seconds that is finite and above zero.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Ok(seconds),
+        _ => Err(format!("{text} is not a positive number of seconds")),
+    }
 }

@@ -1,12 +1,14 @@
 //! `boxoffice-load`: load scenarios against a boxoffice node, over HTTP only, as any client would.
 //!
-//! - [`cli`]: the flags; [`scenario`]: runs `burst`, `sweep-payment` and `peak` end to end (servers, reports).
+//! - [`cli`]: the flags; [`scenario`]: runs `burst`, `sweep-payment`, `peak` and `plan` end to end
+//!   (servers, reports).
 //! - [`burst`]: the study's experiment: set up buyers and a concert off the clock, then every buyer orders one
 //!   ticket at the same moment; the counts are checked through the API afterwards.
 //! - [`client`]: the HTTP client (kept-alive connections from one or more loopback source addresses);
 //!   [`server`]: `--spawn`, a server of our own per burst; [`limits`]: the open-files limit; [`netstat`]: the
 //!   kernel's TCP counters around a burst.
-//! - Pure, unit-tested: [`stats`] (percentiles, histogram bins, bands over time), [`peak`] (the search),
+//! - Pure, unit-tested: [`stats`] (percentiles, histogram bins, bands over time), [`peak`] (the search), [`model`] (the
+//!   planner's model of a burst),
 //!   [`report`] (the figures of a burst, `report.json`), [`svg`] (charts), [`html`] (`report.html`), [`study`]
 //!   (the figures we compare with).
 

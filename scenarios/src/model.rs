@@ -49,7 +49,7 @@ pub struct Question {
 pub struct Prediction {
     /// Orders per second through the burst on the calibrated machine.
     pub throughput_per_s: f64,
-    /// Which station limits it: `cpu` or `payment`.
+    /// Which station limits it: `cpu`, `cpu after the payment` or `payment`.
     pub bottleneck: &'static str,
     pub max_latency_s: f64,
     pub mean_latency_s: f64,

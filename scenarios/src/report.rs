@@ -219,7 +219,7 @@ pub struct Report {
     /// `burst`: its figures, at the top level.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub burst: Option<BurstReport>,
-    /// `sweep-payment` and `peak`: one entry per burst, in the order they ran.
+    /// `sweep-payment`, `peak` and `plan`: one entry per burst, in the order they ran.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub points: Vec<BurstReport>,
     #[serde(skip_serializing_if = "Option::is_none")]

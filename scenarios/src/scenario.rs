@@ -21,18 +21,14 @@ use std::time::Duration;
 /// Runs the scenario; `Ok(true)` when every burst's counts added up.
 pub async fn run(cli: Cli) -> Result<bool, String> {
     let concurrency_max = match &cli.command {
-        Scenario::Burst(args) => args.concurrency.unwrap_or(args.users),
-        Scenario::SweepPayment(args) => args.concurrency.unwrap_or(args.users),
-        Scenario::Peak(args) => args
-            .concurrency
-            .unwrap_or(args.max_users)
-            .min(args.max_users),
+        Scenario::Burst(args) => in_flight(args.concurrency, args.users),
+        Scenario::SweepPayment(args) => in_flight(args.concurrency, args.users),
+        Scenario::Peak(args) => in_flight(args.concurrency, args.max_users),
         Scenario::Plan(args) => {
             if args.service_rate.is_some() && !args.verify {
                 return plan_offline(args, &cli.global);
             }
-            args.concurrency
-                .unwrap_or(args.orders.max(args.calibration_orders))
+            in_flight(args.concurrency, args.orders.max(args.calibration_orders))
         }
     };
     let mut runner = Runner::new(cli.global, scenario_name(&cli.command), concurrency_max)?;
@@ -110,7 +106,7 @@ impl Runner {
                 runs: Vec::new(),
             }),
             machine: Machine {
-                cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                cores: machine_cores(),
                 open_files_max,
                 source_addresses,
             },
@@ -165,7 +161,7 @@ impl Runner {
         };
         let flags = serve_flags(&tuning, users, concurrency, payment_latency_ms.unwrap_or(0));
         let log = self.out.join("server.log");
-        let server = Spawned::start(&binary, flags.clone(), &self.admin_token, &log).await?;
+        let server = Spawned::start(&binary, &flags, &self.admin_token, &log).await?;
         let measured = match Target::new(&server.base, self.source_addresses, timeout) {
             Ok(target) => burst::run(&target, &self.admin_token, &plan).await,
             Err(error) => Err(error),
@@ -178,7 +174,7 @@ impl Runner {
     }
 
     async fn burst(&mut self, args: BurstArgs) -> Result<bool, String> {
-        let concurrency = args.concurrency.unwrap_or(args.users).min(args.users);
+        let concurrency = in_flight(args.concurrency, args.users);
         let capacity = args.capacity.unwrap_or(args.users);
         let (burst, samples) = self
             .one_burst(args.users, concurrency, capacity, args.payment_latency_ms)
@@ -198,7 +194,7 @@ impl Runner {
                 "sweep-payment needs --spawn: the provider latency is a flag of the server".into(),
             );
         }
-        let concurrency = args.concurrency.unwrap_or(args.users).min(args.users);
+        let concurrency = in_flight(args.concurrency, args.users);
         let mut sections = Vec::new();
         for latency_ms in args.latencies_ms {
             let (burst, samples) = self
@@ -228,7 +224,7 @@ impl Runner {
         let slo_ms = args.slo_s * 1000.0;
         let mut sections = Vec::new();
         while let Some(users) = search.next() {
-            let concurrency = args.concurrency.unwrap_or(users).min(users);
+            let concurrency = in_flight(args.concurrency, users);
             let (burst, samples) = self
                 .one_burst(users, concurrency, users, Some(args.payment_latency_ms))
                 .await?;
@@ -261,16 +257,13 @@ impl Runner {
 
     async fn plan(&mut self, args: PlanArgs) -> Result<bool, String> {
         let question = question_of(&args, &self.global);
-        if !question.slo_s.is_finite() || question.slo_s <= 0.0 {
-            return Err("--slo-s must be positive".into());
-        }
         let cores = args.cores.unwrap_or(self.report.machine.cores as u32);
         let mut sections = Vec::new();
         let (calibration, calibrated) = match (args.service_rate, args.base_latency_ms) {
             (Some(rate), Some(base_ms)) => (given(rate, base_ms, args.phase_share, cores)?, false),
             _ => {
                 let orders = args.calibration_orders;
-                let concurrency = args.concurrency.unwrap_or(orders).min(orders);
+                let concurrency = in_flight(args.concurrency, orders);
                 let (fast, samples) = self.one_burst(orders, concurrency, orders, Some(0)).await?;
                 print_burst(&fast);
                 sections.push(html::burst_section(
@@ -299,20 +292,14 @@ impl Runner {
                 (calibration, true)
             }
         };
-        let prediction = model::predict(&calibration, &question);
-        println!("{}", plan_lines(&calibration, &question, &prediction));
-        self.report.plan = Some(PlanReport {
-            calibration,
-            calibrated,
-            question,
-            prediction,
-            verification: None,
-        });
+        let plan = plan_report(calibration, calibrated, question);
+        let prediction = plan.prediction;
+        self.report.plan = Some(plan);
         self.write_plan(&sections)?;
         if !args.verify {
             return Ok(self.report.points.iter().all(|p| p.invariants.hold));
         }
-        let concurrency = args.concurrency.unwrap_or(args.orders).min(args.orders);
+        let concurrency = in_flight(args.concurrency, args.orders);
         let (burst, samples) = self
             .one_burst(
                 args.orders,
@@ -559,30 +546,37 @@ fn plan_lines(
     )
 }
 
+/// The model's answer for `question`, printed, as the report records it (unverified yet).
+fn plan_report(calibration: Calibration, calibrated: bool, question: Question) -> PlanReport {
+    let prediction = model::predict(&calibration, &question);
+    println!("{}", plan_lines(&calibration, &question, &prediction));
+    PlanReport {
+        calibration,
+        calibrated,
+        question,
+        prediction,
+        verification: None,
+    }
+}
+
+fn machine_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Orders in flight at most in a burst of `orders`: `--concurrency`, or all at once.
+fn in_flight(concurrency: Option<u64>, orders: u64) -> u64 {
+    concurrency.unwrap_or(orders).min(orders)
+}
+
 /// `plan` with the service rates given and no verification: no server, no burst, only the model.
 fn plan_offline(args: &PlanArgs, global: &Global) -> Result<bool, String> {
-    let question = question_of(args, global);
-    if !question.slo_s.is_finite() || question.slo_s <= 0.0 {
-        return Err("--slo-s must be positive".into());
-    }
-    let cores = args
-        .cores
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
     let calibration = given(
         args.service_rate.unwrap_or_default(),
         args.base_latency_ms.unwrap_or_default(),
         args.phase_share,
-        cores,
+        args.cores.unwrap_or(machine_cores() as u32),
     )?;
-    let prediction = model::predict(&calibration, &question);
-    println!("{}", plan_lines(&calibration, &question, &prediction));
-    let plan = PlanReport {
-        calibration,
-        calibrated: false,
-        question,
-        prediction,
-        verification: None,
-    };
+    let plan = plan_report(calibration, false, question_of(args, global));
     println!(
         "{}",
         serde_json::to_string_pretty(&plan).map_err(|error| error.to_string())?

@@ -64,7 +64,6 @@ pub fn serve_flags(
 pub struct Spawned {
     child: Child,
     pub base: String,
-    pub flags: Vec<String>,
     /// Removed when the server is dropped.
     _data_dir: tempfile::TempDir,
 }
@@ -74,7 +73,7 @@ impl Spawned {
     /// `log` (appended).
     pub async fn start(
         binary: &Path,
-        flags: Vec<String>,
+        flags: &[String],
         admin_token: &str,
         log: &Path,
     ) -> Result<Spawned, String> {
@@ -93,7 +92,7 @@ impl Spawned {
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir.path())
-            .args(&flags)
+            .args(flags)
             .env("BOXOFFICE_ADMIN_TOKEN", admin_token)
             .env(
                 "RUST_LOG",
@@ -122,7 +121,6 @@ impl Spawned {
         let mut server = Spawned {
             child,
             base: String::new(),
-            flags,
             _data_dir: data_dir,
         };
         let line = tokio::task::spawn_blocking(move || lines.recv_timeout(READY_TIMEOUT))

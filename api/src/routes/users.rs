@@ -13,7 +13,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use engine::ids::UserId;
+use engine::ids::{TicketId, UserId};
 
 /// Users listed per page at most.
 pub const PAGE_LIMIT_MAX: usize = 1000;
@@ -62,9 +62,9 @@ pub async fn create_bulk(
         Json(BulkUsersResponse {
             users: created
                 .into_iter()
-                .map(|(user, token)| RegisteredResponse {
-                    id: user.id.0,
-                    username: user.username,
+                .map(|(id, username, token)| RegisteredResponse {
+                    id: id.0,
+                    username,
                     token,
                 })
                 .collect(),
@@ -105,6 +105,16 @@ fn authorize(caller: &Caller, id: &UserId) -> ApiResult<()> {
         Ok(())
     } else {
         Err(ApiError::forbidden())
+    }
+}
+
+/// [`authorize`], then `404` for a user that does not exist.
+fn authorize_existing(state: &AppState, caller: &Caller, id: &UserId) -> ApiResult<()> {
+    authorize(caller, id)?;
+    if state.users.exists(id) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("user"))
     }
 }
 
@@ -180,10 +190,7 @@ pub async fn tickets(
     ApiPath(id): ApiPath,
 ) -> ApiResult<Json<TicketList>> {
     let id = UserId(id);
-    authorize(&caller, &id)?;
-    if state.users.get(&id).is_none() {
-        return Err(ApiError::not_found("user"));
-    }
+    authorize_existing(&state, &caller, &id)?;
     let tickets = state.desk.tickets_of(&id);
     Ok(Json(TicketList {
         tickets: tickets.iter().map(TicketResponse::from).collect(),
@@ -204,15 +211,10 @@ pub async fn ticket_qr(
     ApiPathPair(id, ticket_id): ApiPathPair,
 ) -> ApiResult<Response> {
     let id = UserId(id);
-    authorize(&caller, &id)?;
-    if state.users.get(&id).is_none() {
-        return Err(ApiError::not_found("user"));
-    }
+    authorize_existing(&state, &caller, &id)?;
     let ticket = state
         .desk
-        .tickets_of(&id)
-        .into_iter()
-        .find(|ticket| ticket.id.0 == ticket_id)
+        .ticket_of(&id, &TicketId(ticket_id))
         .ok_or_else(|| ApiError::not_found("ticket"))?;
     let svg = qr_svg(&ticket.token)?;
     Ok((

@@ -390,3 +390,18 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Every file under `dir`, recursively, with its contents: what a scan for leaked secrets reads.
+pub fn files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            found.extend(files(&path));
+        } else {
+            let bytes = std::fs::read(&path).expect("read file");
+            found.push((path, bytes));
+        }
+    }
+    found
+}
