@@ -67,6 +67,11 @@ impl Listener for ConnectionLimit {
             }
         };
         let (stream, address) = Listener::accept(&mut self.listener).await;
+        // Each event of a stream is a small write of its own: without it Nagle's algorithm holds every event back
+        // until the previous one is acknowledged (up to the client's delayed-ack timer).
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "cannot turn Nagle's algorithm off");
+        }
         if let Err(error) = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_BYTES_MAX)
         {
             tracing::warn!(%error, "cannot bound the connection's unsent bytes");

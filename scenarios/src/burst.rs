@@ -4,7 +4,7 @@
 //! requests in flight, and each order's latency is taken from the start of the burst, so that an order waiting for
 //! a slot counts its wait. Afterwards the concert's counts are read back and checked against the answers.
 
-use crate::client::{Connection, Failure, Target, error_code};
+use crate::client::{Connection, Failure, Resend, Target, error_code};
 use crate::netstat::TcpCounters;
 use crate::report::{BurstParameters, BurstReport, Invariants, Outcome, Sample, summarize};
 use bytes::Bytes;
@@ -22,7 +22,9 @@ pub const USERS_PER_BULK_CALL_MAX: u64 = 10_000;
 /// Users one `GET /users` page lists at most (the server's `PAGE_LIMIT_MAX`).
 const USERS_PER_PAGE_MAX: u64 = 1_000;
 /// The card every buyer has on file: the simulator approves it.
-const APPROVED_CARD: &str = "4242424242424242";
+pub const APPROVED_CARD: &str = "4242424242424242";
+/// A card the simulator always declines (its number ends in the simulator's declining suffix, `0002`).
+pub const DECLINED_CARD: &str = "4000000000000002";
 
 /// One burst to run.
 #[derive(Clone, Debug)]
@@ -86,7 +88,7 @@ pub async fn run(
     assert!(plan.users >= 1 && plan.concurrency >= 1);
     let setup_started = Instant::now();
     eprintln!("creating {} users", plan.users);
-    let tokens = create_users(target, admin_token, &plan.prefix, plan.users).await?;
+    let tokens = create_users(target, admin_token, &plan.prefix, plan.users, APPROVED_CARD).await?;
     let concert_id = create_concert(target, admin_token, plan.capacity, plan.shards).await?;
     let listed = count_users(target, admin_token, &plan.prefix).await?;
     if listed != plan.users {
@@ -118,12 +120,14 @@ pub async fn run(
     Ok((report, samples))
 }
 
-/// Creates the buyers, [`USERS_PER_BULK_CALL_MAX`] per call; returns their tokens in index order.
-async fn create_users(
+/// Creates `users` buyers whose usernames start with `prefix`, each with the card `card_number` on file,
+/// [`USERS_PER_BULK_CALL_MAX`] per call; returns their tokens in index order.
+pub async fn create_users(
     target: &Target,
     admin_token: &str,
     prefix: &str,
     users: u64,
+    card_number: &str,
 ) -> Result<Vec<String>, String> {
     let mut tokens = Vec::with_capacity(users as usize);
     let mut created = 0;
@@ -133,7 +137,7 @@ async fn create_users(
         let body = json!({
             "prefix": format!("{prefix}{}-", created / USERS_PER_BULK_CALL_MAX),
             "count": count,
-            "card": {"type": "visa", "holder_name": "Load Buyer", "number": APPROVED_CARD,
+            "card": {"type": "visa", "holder_name": "Load Buyer", "number": card_number,
                      "exp_month": 12, "exp_year": 2035, "cvv": "123"},
         });
         let batch: Registrations = target
@@ -159,7 +163,7 @@ async fn create_users(
     Ok(tokens)
 }
 
-async fn create_concert(
+pub async fn create_concert(
     target: &Target,
     admin_token: &str,
     capacity: u64,
@@ -205,13 +209,62 @@ async fn count_users(target: &Target, admin_token: &str, prefix: &str) -> Result
     Ok(count)
 }
 
-/// What every order of a burst shares.
-struct Burst {
+/// What every order of a burst shares (and of `throughput`'s closed loop): one-ticket orders of one concert,
+/// numbered as they are taken; order `i` is placed by buyer `i` (in turn when there are fewer buyers than orders)
+/// with an `Idempotency-Key` of its own.
+pub struct Burst {
     target: Target,
     tokens: Vec<String>,
     body: Bytes,
     prefix: String,
     next: AtomicUsize,
+}
+
+impl Burst {
+    /// Orders of `concert_id` by the buyers whose bearer `tokens` are given; the keys are `prefix` and a number.
+    pub fn new(target: &Target, concert_id: &str, tokens: Vec<String>, prefix: &str) -> Self {
+        assert!(!tokens.is_empty(), "orders have buyers");
+        Self {
+            target: target.clone(),
+            tokens,
+            body: json!({"concert_id": concert_id, "quantity": 1})
+                .to_string()
+                .into(),
+            prefix: prefix.to_owned(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next order's number, from 0.
+    pub fn take(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Places order `index` over a lane's kept-alive `connection` (see [`Target::exchange`]).
+    pub async fn order(
+        &self,
+        lane: usize,
+        connection: &mut Option<Connection>,
+        index: usize,
+    ) -> Result<Outcome, Failure> {
+        let token = &self.tokens[index % self.tokens.len()];
+        let key = format!("{}{index}", self.prefix);
+        let (status, body) = self
+            .target
+            .exchange(
+                lane,
+                connection,
+                Method::POST,
+                "/orders",
+                Some(token),
+                &[("idempotency-key", &key)],
+                Some(self.body.clone()),
+                // The same Idempotency-Key: an order sent again is never placed twice.
+                Resend::Safe,
+            )
+            .await?;
+        Ok(outcome_of(status, &body))
+    }
 }
 
 /// Every buyer orders one ticket. `concurrency` lanes, each with a kept-alive connection of its own, wait behind
@@ -225,17 +278,9 @@ async fn fire(
 ) -> Vec<Sample> {
     let orders = tokens.len();
     let lanes = usize::try_from(concurrency).expect("fits").min(orders);
-    let burst = Arc::new(Burst {
-        target: target.clone(),
-        tokens,
-        body: json!({"concert_id": concert_id, "quantity": 1})
-            .to_string()
-            .into(),
-        prefix: prefix.to_owned(),
-        next: AtomicUsize::new(0),
-    });
+    let burst = Arc::new(Burst::new(target, concert_id, tokens, prefix));
     let gate = Arc::new(Semaphore::new(0));
-    let progress = progress_bar(orders as u64);
+    let progress = progress_bar(orders as u64, "answered");
     let mut tasks = tokio::task::JoinSet::new();
     for lane in 0..lanes {
         let (burst, gate, progress) = (burst.clone(), gate.clone(), progress.clone());
@@ -272,65 +317,21 @@ async fn run_lane(
     let mut connection = None;
     let mut answered = Vec::new();
     loop {
-        let index = burst.next.fetch_add(1, Ordering::Relaxed);
-        let Some(token) = burst.tokens.get(index) else {
+        let index = burst.take();
+        if index >= burst.tokens.len() {
             return answered;
-        };
-        let key = format!("{}{index}", burst.prefix);
+        }
         let sent = Instant::now();
-        let outcome = tokio::time::timeout(
-            burst.target.request_timeout,
-            order(burst, lane, &mut connection, token, &key),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            // The connection is mid-request: it cannot carry the next one.
-            connection = None;
-            Outcome::Error(Failure::Timeout.kind().into())
-        });
+        let outcome = burst
+            .order(lane, &mut connection, index)
+            .await
+            .unwrap_or_else(|failure| Outcome::Error(failure.kind().into()));
         answered.push((sent, Instant::now(), outcome));
         progress.inc(1);
     }
 }
 
-/// One order. A kept-alive connection the server closed before answering is replaced and the order sent again
-/// once, with the same `Idempotency-Key`, so it can never be placed twice.
-async fn order(
-    burst: &Burst,
-    lane: usize,
-    connection: &mut Option<Connection>,
-    token: &str,
-    key: &str,
-) -> Outcome {
-    loop {
-        let reused = connection.is_some();
-        let open = match connection {
-            Some(open) => open,
-            None => match burst.target.connect(lane).await {
-                Ok(fresh) => connection.insert(fresh),
-                Err(failure) => return Outcome::Error(failure.kind().into()),
-            },
-        };
-        let request = open.request(
-            Method::POST,
-            "/orders",
-            Some(token),
-            &[("idempotency-key", key)],
-            Some(burst.body.clone()),
-        );
-        match open.send(request).await {
-            Ok((status, body)) => return outcome_of(status, &body),
-            Err(failure) => {
-                *connection = None;
-                if !(reused && matches!(failure, Failure::Closed(_))) {
-                    return Outcome::Error(failure.kind().into());
-                }
-            }
-        }
-    }
-}
-
-fn outcome_of(status: StatusCode, body: &[u8]) -> Outcome {
+pub fn outcome_of(status: StatusCode, body: &[u8]) -> Outcome {
     match status {
         StatusCode::CREATED => match serde_json::from_slice::<Order>(body) {
             Ok(order) if order.status == "confirmed" && order.tickets.len() == 1 => Outcome::Ok,
@@ -342,7 +343,7 @@ fn outcome_of(status: StatusCode, body: &[u8]) -> Outcome {
 }
 
 /// Reads the concert back and checks its counts.
-async fn check(target: &Target, concert_id: &str, ok: u64) -> Result<Invariants, String> {
+pub async fn check(target: &Target, concert_id: &str, ok: u64) -> Result<Invariants, String> {
     let concert: Concert = target
         .call(
             Method::GET,
@@ -361,13 +362,13 @@ async fn check(target: &Target, concert_id: &str, ok: u64) -> Result<Invariants,
     ))
 }
 
-/// A bar on stderr while orders are answered; drawn only on a terminal.
-fn progress_bar(orders: u64) -> ProgressBar {
-    let progress = ProgressBar::new(orders);
+/// A bar on stderr counting `total` things `what` (e.g. "answered"); drawn only on a terminal.
+pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
+    let progress = ProgressBar::new(total);
     progress.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40}] {pos}/{len} answered ({per_sec})",
-        )
+        ProgressStyle::with_template(&format!(
+            "{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {what} ({{per_sec}})"
+        ))
         .expect("a valid template")
         .progress_chars("=> "),
     );

@@ -74,6 +74,40 @@ pub enum Scenario {
     /// longest and mean response of a burst and the cores, shards, nodes and payment slots an objective needs;
     /// with --verify it runs that burst and reports the model's error.
     Plan(PlanArgs),
+    /// A seated sale: buyers pick seats from the live feed, hold them, then buy, get declined, cancel, walk away or
+    /// come back too late, while subscribers watch; the counts, the seats and every subscriber's events are checked.
+    FlashSale(FlashSaleArgs),
+    /// Orders per second of a durable node with a 0 ms provider, of the same node without durability and of a
+    /// bare axum endpoint, each a closed loop of the same kept-alive connections, and their ratios (needs
+    /// --spawn).
+    Throughput(ThroughputArgs),
+    /// The bare axum endpoint `throughput` measures, started by it. Its alias `serve` lets it be started exactly
+    /// as `boxoffice serve` is.
+    #[command(name = "serve-bare", alias = "serve", hide = true)]
+    ServeBare(BareArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ThroughputArgs {
+    /// Kept-alive connections, each sending orders back to back.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub connections: u64,
+    /// The measured window of each run, after the warm-up.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub seconds: u64,
+    /// Orders sent before the measured window, not counted in the rate.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub warmup_s: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BareArgs {
+    /// Address to listen on; port 0 picks a free port (the chosen address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Accepted as `boxoffice serve` accepts it, and unused: the bare endpoint keeps nothing.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -161,6 +195,55 @@ pub struct PlanArgs {
     /// Orders in flight at most in the calibration and verification bursts; default: all at once.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub concurrency: Option<u64>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FlashSaleArgs {
+    /// Sections of the hall, named A, B, C...
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::flash::SECTIONS_MAX)))]
+    pub sections: u32,
+    /// Rows per section (sections × rows × seats per row is at most 100,000, the server's limit).
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub rows: u32,
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub seats_per_row: u32,
+    /// People who come to buy when the sale opens.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub buyers: u64,
+    /// Buyers in the hall at once; default: all of them.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub concurrency: Option<u64>,
+    /// Clients watching the sale's live feed (each keeps everything it saw until the run is checked).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=crate::flash::SUBSCRIBERS_MAX))]
+    pub subscribers: u64,
+    /// Each buyer wants 1 to this many seats side by side.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub group_max: u32,
+    /// Holds a buyer tries when the seats it picked were taken before it gives up.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub attempts: u32,
+    /// Share of buyers whose card the provider declines.
+    #[arg(long, default_value_t = 0.05)]
+    pub decline_share: f64,
+    /// Share of buyers who cancel their hold.
+    #[arg(long, default_value_t = 0.10)]
+    pub cancel_share: f64,
+    /// Share of buyers who walk away and let their hold expire.
+    #[arg(long, default_value_t = 0.10)]
+    pub abandon_share: f64,
+    /// Share of buyers who come back to pay after their hold expired.
+    #[arg(long, default_value_t = 0.02)]
+    pub late_share: f64,
+    /// A buyer thinks up to this long between its hold and what it does next.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub think_ms: u64,
+    /// With --spawn: how long a hold lasts (the server's --hold-ttl-s); against --target, the target's applies
+    /// and the run lasts at least that long.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub hold_ttl_s: u64,
+    /// With --spawn: the provider's latency per charge.
+    #[arg(long, default_value_t = 0)]
+    pub payment_latency_ms: u64,
 }
 
 /// A number of seconds that is finite and above zero.

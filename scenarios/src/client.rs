@@ -173,6 +173,62 @@ impl Target {
     }
 }
 
+/// Whether a request may be sent a second time when its kept-alive connection turns out to have been closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resend {
+    /// Reads, and writes the server recognises when they come again (an `Idempotency-Key`).
+    Safe,
+    /// A write that would be done twice.
+    Never,
+}
+
+impl Target {
+    /// One request over a lane's kept-alive `connection`, opened when there is none. A kept-alive connection the
+    /// server had closed before the answer is replaced and the request sent once more when `resend` allows; a
+    /// request without an answer within the request timeout is [`Failure::Timeout`] and its connection (mid
+    /// request, so useless) is dropped.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn exchange(
+        &self,
+        lane: usize,
+        connection: &mut Option<Connection>,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+        resend: Resend,
+    ) -> Result<(StatusCode, Bytes), Failure> {
+        let attempt = async {
+            loop {
+                let reused = connection.is_some();
+                let open = match connection {
+                    Some(open) => open,
+                    None => connection.insert(self.connect(lane).await?),
+                };
+                let request = open.request(method.clone(), path, token, headers, body.clone());
+                match open.send(request).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(failure) => {
+                        *connection = None;
+                        let stale = reused && matches!(failure, Failure::Closed(_));
+                        if !(stale && resend == Resend::Safe) {
+                            return Err(failure);
+                        }
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(self.request_timeout, attempt).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                *connection = None;
+                Err(Failure::Timeout)
+            }
+        }
+    }
+}
+
 /// One kept-alive HTTP/1.1 connection: one request at a time.
 pub struct Connection {
     sender: SendRequest<Full<Bytes>>,
@@ -225,6 +281,20 @@ impl Connection {
             .map_err(closed)?
             .to_bytes();
         Ok((status, body))
+    }
+}
+
+impl Connection {
+    /// Sends `request` and returns as soon as the answer's head has come: the body is read by the caller, frame by
+    /// frame, as it arrives (a stream of server-sent events).
+    pub async fn open(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, hyper::body::Incoming), Failure> {
+        let closed = |error: hyper::Error| Failure::Closed(error.to_string());
+        self.sender.ready().await.map_err(closed)?;
+        let response = self.sender.send_request(request).await.map_err(closed)?;
+        Ok((response.status(), response.into_body()))
     }
 }
 

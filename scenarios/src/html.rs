@@ -1,7 +1,7 @@
 //! `report.html`: the figures as tables and the charts as inline SVG, with the study's figures beside ours. One
 //! file, no script, nothing fetched.
 
-use crate::report::{BurstReport, Outcome, PlanReport, Report, Sample};
+use crate::report::{BurstReport, Outcome, PlanReport, Report, Sample, ThroughputReport};
 use crate::stats::{bands, histogram};
 use crate::study;
 use crate::svg::{
@@ -104,16 +104,7 @@ pub fn figures_table(bursts: &[BurstReport]) -> String {
     for burst in bursts {
         let seconds = |ms: f64| format_number(ms / 1000.0);
         let latency = &burst.latency_ms;
-        let errors = if burst.errors_by_kind.is_empty() {
-            "0".to_owned()
-        } else {
-            burst
-                .errors_by_kind
-                .iter()
-                .map(|(kind, count)| format!("{count} {kind}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let errors = errors_text(&burst.errors_by_kind);
         html.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -138,6 +129,18 @@ pub fn figures_table(bursts: &[BurstReport]) -> String {
     }
     html.push_str("</table>");
     html
+}
+
+/// Errors by kind as `"<count> <kind>, ..."`, or `0`.
+fn errors_text(errors_by_kind: &std::collections::BTreeMap<String, u64>) -> String {
+    if errors_by_kind.is_empty() {
+        return "0".to_owned();
+    }
+    errors_by_kind
+        .iter()
+        .map(|(kind, count)| format!("{count} {kind}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Mean and longest response time, ours beside the study's at 10,000 orders.
@@ -439,6 +442,69 @@ pub fn plan_section(plan: &PlanReport) -> String {
             "<tr><th>{}</th><td>{}</td></tr>",
             crate::svg::escape(&name),
             crate::svg::escape(&value)
+        ));
+    }
+    html.push_str("</table>");
+    html
+}
+
+/// `throughput`: the ratios, the three rates as bars, and a row per run.
+pub fn throughput_section(report: &ThroughputReport) -> String {
+    let ratio =
+        |ratio: Option<f64>| ratio.map_or("not measured yet".to_owned(), |r| format!("{r:.3}"));
+    let mut html = format!(
+        "<h2>Throughput</h2><p>{} kept-alive connections, each sending orders back to back: {} s of warm-up, then \
+         {} s measured; the rate counts the 201s answered within the measured window. Durable / bare: <b>{}</b>; \
+         durable / durability none: <b>{}</b>.</p>",
+        report.connections,
+        report.warmup_s,
+        report.seconds,
+        ratio(report.ratio_durable_to_bare),
+        ratio(report.ratio_durable_to_none),
+    );
+    let colors = [BLUE, ORANGE, GREY];
+    html.push_str(
+        &BarChart {
+            title: "Orders answered 201 per second, measured window".into(),
+            unit: "orders/s".into(),
+            bars: report
+                .runs()
+                .zip(colors)
+                .map(|(run, color)| (run.endpoint.clone(), run.created_per_s, color))
+                .collect(),
+        }
+        .render(),
+    );
+    html.push_str(
+        "<table><tr><th>endpoint</th><th>orders/s</th><th>201s in window</th><th>orders sent</th><th>201s</th>\
+         <th>errors</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>counts add up</th>\
+         <th>server exit</th></tr>",
+    );
+    for run in report.runs() {
+        let latency = |pick: fn(&crate::stats::Summary) -> f64| {
+            run.latency_ms
+                .as_ref()
+                .map_or("-".to_owned(), |l| format_number(pick(l)))
+        };
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&run.endpoint),
+            format_number(run.created_per_s),
+            format_number(run.measured_created as f64),
+            format_number(run.orders as f64),
+            format_number(run.created as f64),
+            escape(&errors_text(&run.errors_by_kind)),
+            latency(|l| l.p50),
+            latency(|l| l.p90),
+            latency(|l| l.p99),
+            latency(|l| l.max),
+            match &run.invariants {
+                None => "-",
+                Some(counts) if counts.hold => "yes",
+                Some(_) => "NO",
+            },
+            escape(&run.exit),
         ));
     }
     html.push_str("</table>");

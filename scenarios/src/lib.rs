@@ -1,7 +1,9 @@
 //! `boxoffice-load`: load scenarios against a boxoffice node, over HTTP only, as any client would.
 //!
-//! - [`cli`]: the flags; [`scenario`]: runs `burst`, `sweep-payment`, `peak` and `plan` end to end
+//! - [`cli`]: the flags; [`scenario`]: runs `burst`, `sweep-payment`, `peak`, `plan` and `throughput` end to end
 //!   (servers, reports).
+//! - [`throughput`]: closed loops of kept-alive connections sending orders back to back, against boxoffice with
+//!   and without durability and against [`bare`], a bare axum endpoint in a process of its own.
 //! - [`burst`]: the study's experiment: set up buyers and a concert off the clock, then every buyer orders one
 //!   ticket at the same moment; the counts are checked through the API afterwards.
 //! - [`client`]: the HTTP client (kept-alive connections from one or more loopback source addresses);
@@ -12,9 +14,12 @@
 //!   [`report`] (the figures of a burst, `report.json`), [`svg`] (charts), [`html`] (`report.html`), [`study`]
 //!   (the figures we compare with).
 
+pub mod bare;
 pub mod burst;
 pub mod cli;
 pub mod client;
+pub mod flash;
+pub mod flash_page;
 pub mod html;
 pub mod limits;
 pub mod model;
@@ -22,7 +27,10 @@ pub mod netstat;
 pub mod peak;
 pub mod report;
 pub mod scenario;
+pub mod seat_feed;
 pub mod server;
+pub mod sse;
 pub mod stats;
 pub mod study;
 pub mod svg;
+pub mod throughput;

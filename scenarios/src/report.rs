@@ -227,6 +227,12 @@ pub struct Report {
     /// `plan`: the calibration, the question, the model's answer and, with `--verify`, its error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanReport>,
+    /// `throughput`: durable orders per second against the same node without durability and a bare endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<ThroughputReport>,
+    /// `flash-sale`: the buyers' outcomes, the requests, the feed and the checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flash_sale: Option<crate::flash::FlashReport>,
     pub study: study::Figures,
 }
 
@@ -250,6 +256,76 @@ pub struct Verification {
     pub max_error_percent: f64,
     pub mean_error_percent: f64,
     pub throughput_error_percent: f64,
+}
+
+/// `throughput`: three closed loops of the same `connections`, one after the other, each on a server of its own;
+/// a run is filled in when it has been measured, the ratios when both of their runs have.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ThroughputReport {
+    pub connections: u64,
+    pub warmup_s: u64,
+    /// The length of each measured window.
+    pub seconds: u64,
+    /// boxoffice with `--durability fsync`: every 201 on disk first.
+    pub durable: Option<ThroughputRun>,
+    /// boxoffice with `--durability none`.
+    pub durability_none: Option<ThroughputRun>,
+    /// The bare axum endpoint (`boxoffice-load serve-bare`).
+    pub bare: Option<ThroughputRun>,
+    /// Durable orders per second over the bare endpoint's 201s per second.
+    pub ratio_durable_to_bare: Option<f64>,
+    /// Durable orders per second over those without durability: what durability leaves of the rate.
+    pub ratio_durable_to_none: Option<f64>,
+}
+
+impl ThroughputReport {
+    /// Fills in the ratios of the runs measured so far.
+    pub fn compare(&mut self) {
+        let ratio = |of: &Option<ThroughputRun>, to: &Option<ThroughputRun>| match (of, to) {
+            (Some(of), Some(to)) if to.created_per_s > 0.0 => {
+                Some(round_to(of.created_per_s / to.created_per_s, 3))
+            }
+            _ => None,
+        };
+        self.ratio_durable_to_bare = ratio(&self.durable, &self.bare);
+        self.ratio_durable_to_none = ratio(&self.durable, &self.durability_none);
+    }
+
+    /// The runs measured so far, in the order they run.
+    pub fn runs(&self) -> impl Iterator<Item = &ThroughputRun> {
+        [&self.durable, &self.durability_none, &self.bare]
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// One closed loop: every connection sends orders back to back through the warm-up and the measured window; the
+/// rate and the latencies are of the answers that came within the window, the counts of the whole run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ThroughputRun {
+    /// What answered, e.g. `boxoffice serve --durability fsync`.
+    pub endpoint: String,
+    /// The server's flags besides `--listen` and `--data-dir`.
+    pub flags: Vec<String>,
+    /// Orders sent, warm-up and the answers after the window included.
+    pub orders: u64,
+    /// Of them answered 201 with one ticket.
+    pub created: u64,
+    /// Answers other than a 201 by `"<status> <code>"`, and requests without one by `"transport <kind>"`.
+    pub errors_by_kind: BTreeMap<String, u64>,
+    /// Requests that got no answer at all (the `transport` kinds).
+    pub transport_errors: u64,
+    pub measured_s: f64,
+    /// 201s answered within the measured window.
+    pub measured_created: u64,
+    /// `measured_created / measured_s`.
+    pub created_per_s: f64,
+    /// Every answer within the window, from sending its request.
+    pub latency_ms: Option<Summary>,
+    /// The concert's counts afterwards against `created`; none for the bare endpoint.
+    pub invariants: Option<Invariants>,
+    /// How the server ended after SIGTERM.
+    pub exit: String,
 }
 
 /// Writes `report.json`, `report.html` and (for a single burst) `samples.csv` into `dir`.

@@ -3,18 +3,23 @@
 //! keeps what it measured.
 
 use crate::burst::{self, Plan};
-use crate::cli::{BurstArgs, Cli, Global, PeakArgs, PlanArgs, Scenario, SweepArgs};
+use crate::cli::{
+    BurstArgs, Cli, FlashSaleArgs, Global, PeakArgs, PlanArgs, Scenario, SweepArgs, ThroughputArgs,
+};
 use crate::client::{Target, source_addresses_for};
+use crate::flash::{self, SEATED_CAPACITY_MAX};
+use crate::flash_page;
 use crate::html;
 use crate::limits::{DESCRIPTORS_SPARE, raise_open_files};
 use crate::model::{self, Calibration, Question};
 use crate::peak::PeakSearch;
 use crate::report::{
     self, BurstReport, Machine, PeakReport, PlanReport, Report, Sample, ServerRun, SpawnedServers,
-    Verification,
+    ThroughputReport, ThroughputRun, Verification,
 };
 use crate::server::{Spawned, Tuning, admin_token, serve_flags};
 use crate::study;
+use crate::throughput;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,6 +35,12 @@ pub async fn run(cli: Cli) -> Result<bool, String> {
             }
             in_flight(args.concurrency, args.orders.max(args.calibration_orders))
         }
+        Scenario::FlashSale(args) => in_flight(args.concurrency, args.buyers) + args.subscribers,
+        Scenario::Throughput(args) => {
+            check_throughput(&cli.global)?;
+            args.connections
+        }
+        Scenario::ServeBare(args) => return crate::bare::serve(args).await.map(|()| true),
     };
     let mut runner = Runner::new(cli.global, scenario_name(&cli.command), concurrency_max)?;
     match cli.command {
@@ -37,6 +48,9 @@ pub async fn run(cli: Cli) -> Result<bool, String> {
         Scenario::SweepPayment(args) => runner.sweep(args).await,
         Scenario::Peak(args) => runner.peak(args).await,
         Scenario::Plan(args) => runner.plan(args).await,
+        Scenario::FlashSale(args) => runner.flash_sale(args).await,
+        Scenario::Throughput(args) => runner.throughput(args).await,
+        Scenario::ServeBare(_) => unreachable!("served above"),
     }
 }
 
@@ -46,6 +60,9 @@ fn scenario_name(scenario: &Scenario) -> &'static str {
         Scenario::SweepPayment(_) => "sweep-payment",
         Scenario::Peak(_) => "peak",
         Scenario::Plan(_) => "plan",
+        Scenario::FlashSale(_) => "flash-sale",
+        Scenario::Throughput(_) => "throughput",
+        Scenario::ServeBare(_) => "serve-bare",
     }
 }
 
@@ -114,6 +131,8 @@ impl Runner {
             points: Vec::new(),
             peak: None,
             plan: None,
+            throughput: None,
+            flash_sale: None,
             study: study::FIGURES,
         };
         Ok(Self {
@@ -344,6 +363,157 @@ impl Runner {
         println!("report: {}", self.out.join("report.html").display());
         Ok(())
     }
+}
+
+/// `throughput`: the durable node, the node without durability, the bare endpoint, one after the other so that they
+/// never share the cores.
+impl Runner {
+    async fn throughput(&mut self, args: ThroughputArgs) -> Result<bool, String> {
+        let shape = throughput::Shape {
+            connections: args.connections,
+            warmup: Duration::from_secs(args.warmup_s),
+            measured: Duration::from_secs(args.seconds),
+        };
+        let mut section = ThroughputReport {
+            connections: args.connections,
+            warmup_s: args.warmup_s,
+            seconds: args.seconds,
+            ..ThroughputReport::default()
+        };
+        section.durable = Some(self.throughput_node("fsync", &shape).await?);
+        self.record_throughput(&mut section)?;
+        section.durability_none = Some(self.throughput_node("none", &shape).await?);
+        self.record_throughput(&mut section)?;
+        section.bare = Some(self.throughput_bare(&shape).await?);
+        self.record_throughput(&mut section)?;
+        println!("{}", throughput::summary_line(&section));
+        Ok(section
+            .runs()
+            .all(|run| run.invariants.as_ref().is_none_or(|counts| counts.hold)))
+    }
+
+    /// Prints the run measured last and rewrites the report with every run so far.
+    fn record_throughput(&mut self, section: &mut ThroughputReport) -> Result<(), String> {
+        section.compare();
+        if let Some(run) = section.runs().last() {
+            println!("{}", throughput::run_line(run));
+        }
+        self.report.throughput = Some(section.clone());
+        self.write(&[html::throughput_section(section)], None)
+    }
+
+    /// boxoffice with `--durability DURABILITY` and a 0 ms provider.
+    async fn throughput_node(
+        &mut self,
+        durability: &str,
+        shape: &throughput::Shape,
+    ) -> Result<ThroughputRun, String> {
+        let binary = self.global.spawn.clone().ok_or(THROUGHPUT_NEEDS_SPAWN)?;
+        let mut extra = self.global.server_args.clone();
+        extra.extend([
+            THROUGHPUT_TICKETS_FLAG.to_owned(),
+            throughput::TICKETS_PER_BUYER_MAX.to_string(),
+        ]);
+        let tuning = Tuning {
+            durability: durability.to_owned(),
+            payment_concurrency: self.global.payment_concurrency,
+            extra,
+        };
+        let flags = serve_flags(&tuning, shape.connections, shape.connections, 0);
+        let endpoint = format!("boxoffice serve --durability {durability}");
+        let prefix = format!("load-{}-{}-", self.run_id, self.bursts_run);
+        self.bursts_run += 1;
+        let (measured, exit) = self
+            .on_server(&binary, &flags, &endpoint, shape, async |target| {
+                throughput::boxoffice(
+                    &target,
+                    &self.admin_token,
+                    &prefix,
+                    self.global.shards,
+                    shape,
+                )
+                .await
+            })
+            .await?;
+        if let Some(spawned) = &mut self.report.spawned {
+            spawned.runs.push(ServerRun {
+                flags: flags.clone(),
+                exit: exit.clone(),
+            });
+        }
+        let (tally, invariants) = measured?;
+        let measured_s = shape.measured.as_secs_f64();
+        Ok(tally.into_run(endpoint, flags, measured_s, Some(invariants), exit))
+    }
+
+    /// The bare axum endpoint: this binary's `serve-bare`.
+    async fn throughput_bare(
+        &mut self,
+        shape: &throughput::Shape,
+    ) -> Result<ThroughputRun, String> {
+        let binary = std::env::current_exe().map_err(|error| {
+            format!("cannot find this program to start the bare endpoint: {error}")
+        })?;
+        let endpoint = "boxoffice-load serve-bare (bare axum)".to_owned();
+        let prefix = format!("bare-{}-", self.run_id);
+        let (measured, exit) = self
+            .on_server(&binary, &[], &endpoint, shape, async |target| {
+                throughput::bare(&target, &prefix, shape).await
+            })
+            .await?;
+        let measured_s = shape.measured.as_secs_f64();
+        Ok(measured?.into_run(endpoint, Vec::new(), measured_s, None, exit))
+    }
+
+    /// Starts `binary serve` with `flags`, runs `measure` against it and stops it: what was measured, and how the
+    /// server ended.
+    async fn on_server<T>(
+        &self,
+        binary: &std::path::Path,
+        flags: &[String],
+        endpoint: &str,
+        shape: &throughput::Shape,
+        measure: impl AsyncFnOnce(Target) -> Result<T, String>,
+    ) -> Result<(Result<T, String>, String), String> {
+        eprintln!(
+            "throughput: {endpoint}, {} connections, {} s warm-up, {} s measured",
+            shape.connections,
+            shape.warmup.as_secs(),
+            shape.measured.as_secs()
+        );
+        let log = self.out.join("server.log");
+        let server = Spawned::start(binary, flags, &self.admin_token, &log).await?;
+        let timeout = Duration::from_secs(self.global.request_timeout_s);
+        let measured = match Target::new(&server.base, self.source_addresses, timeout) {
+            Ok(target) => measure(target).await,
+            Err(error) => Err(error),
+        };
+        Ok((measured, server.stop().await))
+    }
+}
+
+const THROUGHPUT_NEEDS_SPAWN: &str = "throughput needs --spawn PATH_TO_BOXOFFICE: it starts the servers it compares, one after the other";
+/// The server flag `throughput` sets itself, so that no order is refused for the per-user limit.
+const THROUGHPUT_TICKETS_FLAG: &str = "--max-tickets-per-user";
+
+/// Refuses a `throughput` run it cannot carry out: without --spawn, or with a --server-arg it sets itself.
+fn check_throughput(global: &Global) -> Result<(), String> {
+    if global.spawn.is_none() {
+        return Err(THROUGHPUT_NEEDS_SPAWN.into());
+    }
+    if global
+        .server_args
+        .iter()
+        .any(|arg| arg.split('=').next() == Some(THROUGHPUT_TICKETS_FLAG))
+    {
+        return Err(format!(
+            "throughput sets {THROUGHPUT_TICKETS_FLAG} itself ({} per buyer, {} buyers): leave it out of \
+             --server-arg",
+            throughput::TICKETS_PER_BUYER_MAX,
+            throughput::BUYERS
+        ));
+    }
+    Ok(())
 }
 
 fn burst_title(burst: &BurstReport) -> String {
@@ -582,4 +752,79 @@ fn plan_offline(args: &PlanArgs, global: &Global) -> Result<bool, String> {
         serde_json::to_string_pretty(&plan).map_err(|error| error.to_string())?
     );
     Ok(true)
+}
+
+/// `flash-sale`: one sale, on a server of its own with --spawn.
+impl Runner {
+    async fn flash_sale(&mut self, args: FlashSaleArgs) -> Result<bool, String> {
+        let layout = flash::Layout {
+            sections: args.sections,
+            rows: args.rows,
+            seats_per_row: args.seats_per_row,
+        };
+        if u64::from(layout.seats()) > SEATED_CAPACITY_MAX {
+            return Err(format!(
+                "{} seats: a seated concert has at most {SEATED_CAPACITY_MAX}",
+                layout.seats()
+            ));
+        }
+        let concurrency = in_flight(args.concurrency, args.buyers);
+        let plan = flash::Plan {
+            layout,
+            buyers: args.buyers,
+            concurrency,
+            subscribers: args.subscribers,
+            group_max: args.group_max,
+            attempts: args.attempts,
+            shares: flash::Shares {
+                decline: args.decline_share,
+                cancel: args.cancel_share,
+                abandon: args.abandon_share,
+                late: args.late_share,
+            },
+            think_ms: args.think_ms,
+            shards: self.global.shards,
+            payment_latency_ms: self.global.spawn.as_ref().map(|_| args.payment_latency_ms),
+            prefix: format!("flash-{}-", self.run_id),
+        };
+        plan.shares.intents(0)?;
+        let timeout = Duration::from_secs(self.global.request_timeout_s);
+        let run = match self.global.spawn.clone() {
+            None => {
+                let target = Target::new(&self.global.target, self.source_addresses, timeout)?;
+                flash::run(&target, &self.admin_token, &plan).await?
+            }
+            Some(binary) => {
+                let tuning = Tuning {
+                    durability: self.global.durability.clone(),
+                    payment_concurrency: self.global.payment_concurrency,
+                    extra: self.global.server_args.clone(),
+                };
+                let mut flags = serve_flags(
+                    &tuning,
+                    args.buyers,
+                    concurrency + args.subscribers,
+                    args.payment_latency_ms,
+                );
+                flags.extend(["--hold-ttl-s".to_owned(), args.hold_ttl_s.to_string()]);
+                let log = self.out.join("server.log");
+                let server = Spawned::start(&binary, &flags, &self.admin_token, &log).await?;
+                let measured = match Target::new(&server.base, self.source_addresses, timeout) {
+                    Ok(target) => flash::run(&target, &self.admin_token, &plan).await,
+                    Err(error) => Err(error),
+                };
+                let exit = server.stop().await;
+                if let Some(spawned) = &mut self.report.spawned {
+                    spawned.runs.push(ServerRun { flags, exit });
+                }
+                measured?
+            }
+        };
+        println!("{}", flash_page::summary(&run.report));
+        let holds = run.report.invariants.hold;
+        let section = flash_page::html_section(&run);
+        self.report.flash_sale = Some(run.report);
+        self.write(&[section], None)?;
+        Ok(holds)
+    }
 }

@@ -253,3 +253,191 @@ fn the_planner_answers_from_given_rates_without_a_server() {
     assert_eq!(json["calibrated"], false);
     assert!(json["prediction"]["required_cores"].as_u64().unwrap() >= 4);
 }
+
+#[test]
+fn throughput_measures_the_durable_node_the_volatile_one_and_a_bare_endpoint() {
+    let (report, html, _out) = run_spawned(&[
+        "throughput",
+        "--connections",
+        "8",
+        "--seconds",
+        "1",
+        "--warmup-s",
+        "0",
+    ]);
+    let section = &report["throughput"];
+    assert_eq!(count(section, "connections"), 8);
+    for run in ["durable", "durability_none", "bare"] {
+        let run = &section[run];
+        // A rate above zero, never a limit: the machine is shared and noisy.
+        assert!(
+            run["created_per_s"].as_f64().is_some_and(|rate| rate > 0.0),
+            "{run}"
+        );
+        assert_eq!(count(run, "transport_errors"), 0, "{run}");
+        assert_eq!(count(run, "orders"), count(run, "created"), "{run}");
+        assert!(run["latency_ms"]["p99"].as_f64().is_some(), "{run}");
+        assert_eq!(run["exit"], "exit status: 0", "{run}");
+    }
+    for run in ["durable", "durability_none"] {
+        let invariants = &section[run]["invariants"];
+        assert_eq!(invariants["hold"], true, "{invariants}");
+        assert_eq!(
+            count(invariants, "sold"),
+            count(&section[run], "created"),
+            "{invariants}"
+        );
+    }
+    assert!(section["bare"]["invariants"].is_null());
+    let rate = |run: &str| section[run]["created_per_s"].as_f64().expect("a rate");
+    let ratio = section["ratio_durable_to_bare"]
+        .as_f64()
+        .expect("the ratio");
+    assert!(
+        (ratio - rate("durable") / rate("bare")).abs() < 1e-3,
+        "{section}"
+    );
+    assert!(section["ratio_durable_to_none"].as_f64().is_some());
+    assert!(html.contains("Throughput") && html.contains("<svg"));
+}
+
+#[test]
+fn throughput_needs_spawn() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let output = load(&[
+        "throughput",
+        "--out",
+        out.path().to_str().expect("utf-8 path"),
+        "--admin-token",
+        "t",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("throughput needs --spawn"));
+}
+
+#[test]
+fn a_flash_sale_sells_each_seat_once_and_every_subscriber_sees_every_change() {
+    let (report, html, _out) = run_spawned(&[
+        "flash-sale",
+        "--sections",
+        "1",
+        "--rows",
+        "20",
+        "--seats-per-row",
+        "30",
+        "--buyers",
+        "150",
+        "--subscribers",
+        "8",
+        "--group-max",
+        "2",
+        "--decline-share",
+        "0.1",
+        "--cancel-share",
+        "0.1",
+        "--abandon-share",
+        "0.1",
+        "--late-share",
+        "0.1",
+        "--think-ms",
+        "100",
+        "--hold-ttl-s",
+        "1",
+    ]);
+    let sale = &report["flash_sale"];
+    assert_eq!(sale["invariants"]["hold"], true, "{sale}");
+    assert_eq!(count(&sale["invariants"], "capacity"), 600);
+    assert_eq!(count(&sale["invariants"], "held"), 0, "every hold ended");
+    let sold = count(&sale["invariants"], "sold");
+    assert_eq!(count(sale, "seats_sold"), sold);
+    let buyers = sale["buyers"].as_object().expect("buyers by ending");
+    let total: u64 = buyers.values().map(|n| n.as_u64().expect("a count")).sum();
+    assert_eq!(total, 150, "every buyer's visit ended once: {buyers:?}");
+    // Every intent happened, and nothing ended in an unexpected answer.
+    for ending in [
+        "bought",
+        "card declined",
+        "cancelled",
+        "walked away (hold expired)",
+        "came back late (410 hold_expired)",
+    ] {
+        assert!(
+            buyers.get(ending).and_then(Value::as_u64).unwrap_or(0) > 0,
+            "{ending} in {buyers:?}"
+        );
+    }
+    let expected_endings = [
+        "bought",
+        "card declined",
+        "cancelled",
+        "walked away (hold expired)",
+        "came back late (410 hold_expired)",
+        "gave up: seats taken",
+        "gave up: nothing free",
+    ];
+    for ending in buyers.keys() {
+        assert!(
+            expected_endings.contains(&ending.as_str()),
+            "ended: {ending}"
+        );
+    }
+    let bought = buyers["bought"].as_u64().expect("a count");
+    assert!(sold >= bought, "one seat or more per purchase");
+    let holds = &sale["requests"]["hold"]["answers"];
+    assert!(count(holds, "201") > 0, "{holds}");
+    let feed = &sale["feed"];
+    let changes = count(feed, "changes_expected");
+    assert!(
+        changes >= 2 * sold,
+        "each sold seat was held, then sold: {feed}"
+    );
+    assert_eq!(count(feed, "changes_seen_min"), changes, "{feed}");
+    assert_eq!(count(feed, "changes_seen_max"), changes, "{feed}");
+    assert!(feed["delivery_ms"]["p50"].as_f64().is_some(), "{feed}");
+    assert_eq!(report["spawned"]["runs"][0]["exit"], "exit status: 0");
+    assert!(html.contains("Flash sale: 600 seats"), "the HTML report");
+    assert!(html.contains("<svg"), "with charts");
+}
+
+#[test]
+fn a_flash_sale_with_impossible_shares_or_too_many_seats_is_refused() {
+    let binary = boxoffice_binary();
+    let spawn = binary.to_str().expect("utf-8 path");
+    for (args, complaint) in [
+        (
+            vec![
+                "flash-sale",
+                "--decline-share",
+                "0.6",
+                "--cancel-share",
+                "0.6",
+            ],
+            "add up to 1",
+        ),
+        (
+            vec![
+                "flash-sale",
+                "--sections",
+                "26",
+                "--rows",
+                "100",
+                "--seats-per-row",
+                "100",
+            ],
+            "at most 100000",
+        ),
+    ] {
+        let out = tempfile::tempdir().expect("temp dir");
+        let mut all = args.clone();
+        all.extend([
+            "--spawn",
+            spawn,
+            "--out",
+            out.path().to_str().expect("utf-8"),
+        ]);
+        let output = load(&all);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(complaint), "{args:?}: {stderr}");
+    }
+}
