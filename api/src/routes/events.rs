@@ -32,7 +32,7 @@ use serde::Serialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::watch;
 use utoipa::ToSchema;
 
@@ -40,6 +40,9 @@ use utoipa::ToSchema;
 pub const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(15);
 /// What `retry:` tells a browser to wait before it reconnects.
 pub const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+/// Bytes of events already waiting that one write carries at most: events that arrived together leave together,
+/// in one write and (TCP_NODELAY being on) as few segments as their size needs, rather than one segment each.
+pub const CHUNK_BYTES_MAX: usize = 64 * 1024;
 
 /// `data` of an `availability` event.
 #[derive(Serialize, ToSchema)]
@@ -129,6 +132,7 @@ pub async fn stream(
     }
     let subscriber = Subscriber {
         subscription,
+        lagged: false,
         spec: concert.spec.clone(),
         feed,
         shutdown: state.shutdown.subscribe(),
@@ -159,6 +163,9 @@ pub async fn stream(
 
 struct Subscriber {
     subscription: Subscription,
+    /// Set when the subscriber fell behind while a chunk was being gathered: the chunk goes out, then the stream
+    /// ends.
+    lagged: bool,
     spec: Arc<ConcertSpec>,
     feed: Arc<ConcertFeed>,
     shutdown: watch::Receiver<bool>,
@@ -168,24 +175,49 @@ struct Subscriber {
 
 impl Subscriber {
     /// The next bytes to send, or `None` when the stream ends: the node drains, or the subscriber fell behind.
+    /// Waits for one item, then takes every item already waiting behind it, up to [`CHUNK_BYTES_MAX`].
     async fn next_chunk(&mut self) -> Option<Bytes> {
-        if *self.shutdown.borrow_and_update() {
+        if *self.shutdown.borrow_and_update() || self.lagged {
             return None;
         }
-        tokio::select! {
+        let first = tokio::select! {
             // A closed channel means the node is going away as well.
-            _ = self.shutdown.changed() => None,
+            _ = self.shutdown.changed() => return None,
             item = self.subscription.receiver.recv() => match item {
-                Ok(item) => Some(item.encoded(|item| encode(item, &self.spec, self.feed.epoch()))),
+                Ok(item) => self.encode(&item),
                 Err(RecvError::Lagged(missed)) => {
-                    metrics::counter!("boxoffice_event_subscribers_dropped_total").increment(1);
-                    tracing::debug!(concert_id = %self.spec.id, missed, "event subscriber fell behind; disconnecting");
-                    None
+                    self.fell_behind(missed);
+                    return None;
                 }
-                Err(RecvError::Closed) => None,
+                Err(RecvError::Closed) => return None,
             },
-            _ = self.keep_alive.tick() => Some(Bytes::from_static(b": keep-alive\n\n")),
+            _ = self.keep_alive.tick() => return Some(Bytes::from_static(b": keep-alive\n\n")),
+        };
+        let mut chunk: Option<Vec<u8>> = None;
+        while chunk.as_ref().map_or(first.len(), Vec::len) < CHUNK_BYTES_MAX {
+            let next = match self.subscription.receiver.try_recv() {
+                Ok(item) => self.encode(&item),
+                Err(TryRecvError::Lagged(missed)) => {
+                    self.fell_behind(missed);
+                    break;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            };
+            chunk
+                .get_or_insert_with(|| first.to_vec())
+                .extend_from_slice(&next);
         }
+        Some(chunk.map_or(first, Bytes::from))
+    }
+
+    fn encode(&self, item: &FeedItem) -> Bytes {
+        item.encoded(|item| encode(item, &self.spec, self.feed.epoch()))
+    }
+
+    fn fell_behind(&mut self, missed: u64) {
+        metrics::counter!("boxoffice_event_subscribers_dropped_total").increment(1);
+        tracing::debug!(concert_id = %self.spec.id, missed, "event subscriber fell behind; disconnecting");
+        self.lagged = true;
     }
 }
 
