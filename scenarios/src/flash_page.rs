@@ -4,7 +4,7 @@
 use crate::flash::{FlashReport, FlashRun, Step};
 use crate::stats::{Summary, bands, histogram};
 use crate::svg::{
-    BLUE, Chart, GREEN, GREY, Mark, ORANGE, Series, VERMILLION, escape, format_number,
+    BLUE, Chart, GREEN, GREY, Mark, ORANGE, PURPLE, Series, VERMILLION, escape, format_number,
 };
 use std::collections::BTreeMap;
 
@@ -228,7 +228,7 @@ fn latency_chart(steps: &[Step]) -> Chart {
     for (kind, colors) in [
         ("hold", (BLUE, GREY)),
         ("purchase", (VERMILLION, ORANGE)),
-        ("cancel", (GREEN, GREEN)),
+        ("cancel", (GREEN, PURPLE)),
     ] {
         let points: Vec<(f64, f64)> = steps
             .iter()
