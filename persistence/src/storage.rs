@@ -616,12 +616,23 @@ fn store_snapshots<'a>(
     Ok(())
 }
 
-/// `fsync`s every file sled keeps in `dir`, and the directory: sled's own flush does not reach the disk itself.
+/// `fsync`s every file sled keeps under `dir`, its subdirectories included, and each directory: sled's own flush
+/// does not reach the disk itself, and it writes every page over about 128 KiB (a snapshot of more than about a
+/// thousand seats) to a file of its own in `blobs/` that it never syncs.
+/// sled removes blobs it no longer needs while this runs: a file gone between listing and opening is skipped.
 fn sync_dir_files(dir: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::fs::File::open(entry.path())?.sync_all()?;
+        let synced = match entry.file_type()? {
+            kind if kind.is_file() => {
+                std::fs::File::open(entry.path()).and_then(|file| file.sync_all())
+            }
+            kind if kind.is_dir() => sync_dir_files(&entry.path()),
+            _ => Ok(()),
+        };
+        match synced {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
         }
     }
     std::fs::File::open(dir)?.sync_all()
