@@ -4,6 +4,11 @@ use api::config::{Cli, Command};
 use clap::Parser;
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc's malloc: a node allocates and frees small objects from every worker thread at once
+/// (requests, orders, events), where glibc's arenas showed as a fifth of the server's CPU under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
