@@ -5,6 +5,11 @@ use clap::Parser;
 use scenarios::cli::Cli;
 use std::process::ExitCode;
 
+/// The allocator `boxoffice` uses, so that the bare endpoint (`serve-bare`, this program) is compared with the node
+/// on equal terms.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
