@@ -65,12 +65,13 @@ struct UserPage {
     next_offset: Option<u64>,
 }
 
+/// A concert's counts, as `GET /concerts/{id}` gives them.
 #[derive(Deserialize)]
-struct Concert {
-    capacity: u64,
-    remaining: u64,
-    held: u64,
-    sold: u64,
+pub struct Counts {
+    pub capacity: u64,
+    pub remaining: u64,
+    pub held: u64,
+    pub sold: u64,
 }
 
 #[derive(Deserialize)]
@@ -163,18 +164,29 @@ pub async fn create_users(
     Ok(tokens)
 }
 
+/// A general-admission concert of `capacity` tickets; its id.
 pub async fn create_concert(
     target: &Target,
     admin_token: &str,
     capacity: u64,
     shards: Option<u32>,
 ) -> Result<String, String> {
-    let mut body = json!({
+    let body = json!({
         "name": "boxoffice-load burst",
         "starts_at": "2030-06-01T20:00:00Z",
         "price_cents": 5_000,
         "capacity": capacity,
     });
+    post_concert(target, admin_token, body, shards).await
+}
+
+/// `POST /concerts` (admin) with `body`, and `shards` when given; the new concert's id.
+pub async fn post_concert(
+    target: &Target,
+    admin_token: &str,
+    mut body: serde_json::Value,
+    shards: Option<u32>,
+) -> Result<String, String> {
     if let Some(shards) = shards {
         body["shards"] = json!(shards);
     }
@@ -344,15 +356,7 @@ pub fn outcome_of(status: StatusCode, body: &[u8]) -> Outcome {
 
 /// Reads the concert back and checks its counts.
 pub async fn check(target: &Target, concert_id: &str, ok: u64) -> Result<Invariants, String> {
-    let concert: Concert = target
-        .call(
-            Method::GET,
-            &format!("/concerts/{concert_id}"),
-            None,
-            None,
-            StatusCode::OK,
-        )
-        .await?;
+    let concert = counts(target, concert_id).await?;
     Ok(Invariants::check(
         concert.capacity,
         concert.remaining,
@@ -360,6 +364,19 @@ pub async fn check(target: &Target, concert_id: &str, ok: u64) -> Result<Invaria
         concert.sold,
         ok,
     ))
+}
+
+/// `GET /concerts/{id}`: the concert's counts.
+pub async fn counts(target: &Target, concert_id: &str) -> Result<Counts, String> {
+    target
+        .call(
+            Method::GET,
+            &format!("/concerts/{concert_id}"),
+            None,
+            None,
+            StatusCode::OK,
+        )
+        .await
 }
 
 /// A bar on stderr counting `total` things `what` (e.g. "answered"); drawn only on a terminal.

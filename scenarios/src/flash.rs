@@ -14,7 +14,9 @@
 //!   cancel or declined purchase, one `expired` per hold left to run out);
 //! - how long a click took to reach each subscriber's screen (from sending the hold or purchase to the event).
 
-use crate::burst::{APPROVED_CARD, DECLINED_CARD, create_users, progress_bar};
+use crate::burst::{
+    APPROVED_CARD, Counts, DECLINED_CARD, counts, create_users, post_concert, progress_bar,
+};
 use crate::client::{Connection, Failure, Resend, Target, error_code};
 use crate::report::Invariants;
 use crate::seat_feed::{Board, Change, FREE, SOLD, SeatList, Watched, Watcher, seat_map};
@@ -259,22 +261,9 @@ struct Sale {
 }
 
 #[derive(Deserialize)]
-struct Created {
-    id: String,
-}
-
-#[derive(Deserialize)]
 struct HoldAnswer {
     id: String,
     expires_at: String,
-}
-
-#[derive(Deserialize)]
-struct Concert {
-    capacity: u64,
-    remaining: u64,
-    held: u64,
-    sold: u64,
 }
 
 /// Sets up, runs and checks one flash sale.
@@ -321,7 +310,13 @@ pub async fn run(target: &Target, admin_token: &str, plan: &Plan) -> Result<Flas
             (token.expect("a token per buyer"), intent)
         })
         .collect();
-    let concert_id = create_concert(target, admin_token, layout, plan.shards).await?;
+    let body = json!({
+        "name": "boxoffice-load flash sale",
+        "starts_at": "2030-06-01T20:00:00Z",
+        "price_cents": 7_500,
+        "sections": layout.sections_json(),
+    });
+    let concert_id = post_concert(target, admin_token, body, plan.shards).await?;
     let labels: Arc<HashMap<String, u32>> = Arc::new(
         (0..layout.seats())
             .map(|index| (layout.label(index), index))
@@ -510,33 +505,6 @@ pub async fn run(target: &Target, admin_token: &str, plan: &Plan) -> Result<Flas
 /// Milliseconds since `origin`.
 pub fn ms_since(origin: Instant) -> f64 {
     origin.elapsed().as_secs_f64() * 1000.0
-}
-
-async fn create_concert(
-    target: &Target,
-    admin_token: &str,
-    layout: Layout,
-    shards: Option<u32>,
-) -> Result<String, String> {
-    let mut body = json!({
-        "name": "boxoffice-load flash sale",
-        "starts_at": "2030-06-01T20:00:00Z",
-        "price_cents": 7_500,
-        "sections": layout.sections_json(),
-    });
-    if let Some(shards) = shards {
-        body["shards"] = json!(shards);
-    }
-    let concert: Created = target
-        .call(
-            Method::POST,
-            "/concerts",
-            Some(admin_token),
-            Some(&body),
-            StatusCode::CREATED,
-        )
-        .await?;
-    Ok(concert.id)
 }
 
 /// `concurrency` lanes take the next buyer until none is left; every visit, in no particular order.
@@ -797,7 +765,7 @@ impl Visit {
 
 /// Waits until the concert holds nothing (every hold left to expire has), up to [`SETTLE_GRACE`] after the last
 /// hold's expiry; returns the concert's counts then.
-async fn settle(target: &Target, concert_id: &str, visits: &[Visit]) -> Result<Concert, String> {
+async fn settle(target: &Target, concert_id: &str, visits: &[Visit]) -> Result<Counts, String> {
     let last_expiry = visits
         .iter()
         .filter_map(|v| v.expires_at)
@@ -810,15 +778,7 @@ async fn settle(target: &Target, concert_id: &str, visits: &[Visit]) -> Result<C
         .unwrap_or(0.0);
     let deadline = Instant::now() + Duration::from_secs_f64(last_expiry) + SETTLE_GRACE;
     loop {
-        let concert: Concert = target
-            .call(
-                Method::GET,
-                &format!("/concerts/{concert_id}"),
-                None,
-                None,
-                StatusCode::OK,
-            )
-            .await?;
+        let concert = counts(target, concert_id).await?;
         if concert.held == 0 || Instant::now() > deadline {
             return Ok(concert);
         }

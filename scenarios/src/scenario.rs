@@ -179,16 +179,12 @@ impl Runner {
             extra: self.global.server_args.clone(),
         };
         let flags = serve_flags(&tuning, users, concurrency, payment_latency_ms.unwrap_or(0));
-        let log = self.out.join("server.log");
-        let server = Spawned::start(&binary, &flags, &self.admin_token, &log).await?;
-        let measured = match Target::new(&server.base, self.source_addresses, timeout) {
-            Ok(target) => burst::run(&target, &self.admin_token, &plan).await,
-            Err(error) => Err(error),
-        };
-        let exit = server.stop().await;
-        if let Some(spawned) = &mut self.report.spawned {
-            spawned.runs.push(ServerRun { flags, exit });
-        }
+        let (measured, exit) = self
+            .on_server(&binary, &flags, async |target| {
+                burst::run(&target, &self.admin_token, &plan).await
+            })
+            .await?;
+        self.record_server(flags, exit);
         measured
     }
 
@@ -421,10 +417,11 @@ impl Runner {
         };
         let flags = serve_flags(&tuning, shape.connections, shape.connections, 0);
         let endpoint = format!("boxoffice serve --durability {durability}");
+        announce(&endpoint, shape);
         let prefix = format!("load-{}-{}-", self.run_id, self.bursts_run);
         self.bursts_run += 1;
         let (measured, exit) = self
-            .on_server(&binary, &flags, &endpoint, shape, async |target| {
+            .on_server(&binary, &flags, async |target| {
                 throughput::boxoffice(
                     &target,
                     &self.admin_token,
@@ -435,12 +432,7 @@ impl Runner {
                 .await
             })
             .await?;
-        if let Some(spawned) = &mut self.report.spawned {
-            spawned.runs.push(ServerRun {
-                flags: flags.clone(),
-                exit: exit.clone(),
-            });
-        }
+        self.record_server(flags.clone(), exit.clone());
         let (tally, invariants) = measured?;
         let measured_s = shape.measured.as_secs_f64();
         Ok(tally.into_run(endpoint, flags, measured_s, Some(invariants), exit))
@@ -455,14 +447,22 @@ impl Runner {
             format!("cannot find this program to start the bare endpoint: {error}")
         })?;
         let endpoint = "boxoffice-load serve-bare (bare axum)".to_owned();
+        announce(&endpoint, shape);
         let prefix = format!("bare-{}-", self.run_id);
         let (measured, exit) = self
-            .on_server(&binary, &[], &endpoint, shape, async |target| {
+            .on_server(&binary, &[], async |target| {
                 throughput::bare(&target, &prefix, shape).await
             })
             .await?;
         let measured_s = shape.measured.as_secs_f64();
         Ok(measured?.into_run(endpoint, Vec::new(), measured_s, None, exit))
+    }
+
+    /// Notes a server the run started and how it ended, for the report.
+    fn record_server(&mut self, flags: Vec<String>, exit: String) {
+        if let Some(spawned) = &mut self.report.spawned {
+            spawned.runs.push(ServerRun { flags, exit });
+        }
     }
 
     /// Starts `binary serve` with `flags`, runs `measure` against it and stops it: what was measured, and how the
@@ -471,16 +471,8 @@ impl Runner {
         &self,
         binary: &std::path::Path,
         flags: &[String],
-        endpoint: &str,
-        shape: &throughput::Shape,
         measure: impl AsyncFnOnce(Target) -> Result<T, String>,
     ) -> Result<(Result<T, String>, String), String> {
-        eprintln!(
-            "throughput: {endpoint}, {} connections, {} s warm-up, {} s measured",
-            shape.connections,
-            shape.warmup.as_secs(),
-            shape.measured.as_secs()
-        );
         let log = self.out.join("server.log");
         let server = Spawned::start(binary, flags, &self.admin_token, &log).await?;
         let timeout = Duration::from_secs(self.global.request_timeout_s);
@@ -490,6 +482,16 @@ impl Runner {
         };
         Ok((measured, server.stop().await))
     }
+}
+
+/// Says which loop starts.
+fn announce(endpoint: &str, shape: &throughput::Shape) {
+    eprintln!(
+        "throughput: {endpoint}, {} connections, {} s warm-up, {} s measured",
+        shape.connections,
+        shape.warmup.as_secs(),
+        shape.measured.as_secs()
+    );
 }
 
 const THROUGHPUT_NEEDS_SPAWN: &str = "throughput needs --spawn PATH_TO_BOXOFFICE: it starts the servers it compares, one after the other";
@@ -807,16 +809,12 @@ impl Runner {
                     args.payment_latency_ms,
                 );
                 flags.extend(["--hold-ttl-s".to_owned(), args.hold_ttl_s.to_string()]);
-                let log = self.out.join("server.log");
-                let server = Spawned::start(&binary, &flags, &self.admin_token, &log).await?;
-                let measured = match Target::new(&server.base, self.source_addresses, timeout) {
-                    Ok(target) => flash::run(&target, &self.admin_token, &plan).await,
-                    Err(error) => Err(error),
-                };
-                let exit = server.stop().await;
-                if let Some(spawned) = &mut self.report.spawned {
-                    spawned.runs.push(ServerRun { flags, exit });
-                }
+                let (measured, exit) = self
+                    .on_server(&binary, &flags, async |target| {
+                        flash::run(&target, &self.admin_token, &plan).await
+                    })
+                    .await?;
+                self.record_server(flags, exit);
                 measured?
             }
         };
