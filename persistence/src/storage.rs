@@ -623,13 +623,15 @@ fn store_snapshots<'a>(
 fn sync_dir_files(dir: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let synced = match entry.file_type()? {
-            kind if kind.is_file() => {
-                std::fs::File::open(entry.path()).and_then(|file| file.sync_all())
+        let synced = entry.file_type().and_then(|kind| {
+            if kind.is_file() {
+                std::fs::File::open(entry.path())?.sync_all()
+            } else if kind.is_dir() {
+                sync_dir_files(&entry.path())
+            } else {
+                Ok(())
             }
-            kind if kind.is_dir() => sync_dir_files(&entry.path()),
-            _ => Ok(()),
-        };
+        });
         match synced {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             other => other?,

@@ -186,7 +186,8 @@ impl Target {
     /// One request over a lane's kept-alive `connection`, opened when there is none. A kept-alive connection the
     /// server had closed before the answer is replaced and the request sent once more when `resend` allows; a
     /// request without an answer within the request timeout is [`Failure::Timeout`] and its connection (mid
-    /// request, so useless) is dropped.
+    /// request, so useless) is dropped. A connection found closed before anything was sent is replaced whatever
+    /// `resend` says.
     #[allow(clippy::too_many_arguments)]
     pub async fn exchange(
         &self,
@@ -206,6 +207,14 @@ impl Target {
                     Some(open) => open,
                     None => connection.insert(self.connect(lane).await?),
                 };
+                if let Err(failure) = open.ready().await {
+                    // Nothing was sent: a fresh connection may carry any request.
+                    *connection = None;
+                    if reused {
+                        continue;
+                    }
+                    return Err(failure);
+                }
                 let request = open.request(method.clone(), path, token, headers, body.clone());
                 match open.send(request).await {
                     Ok(answer) => return Ok(answer),
@@ -263,6 +272,14 @@ impl Connection {
             None => Bytes::new(),
         };
         builder.body(Full::new(body)).expect("a valid request")
+    }
+
+    /// Waits until the connection can take a request; an error means it is closed and nothing was sent on it.
+    pub async fn ready(&mut self) -> Result<(), Failure> {
+        self.sender
+            .ready()
+            .await
+            .map_err(|error| Failure::Closed(error.to_string()))
     }
 
     /// Sends `request` and reads the whole answer.

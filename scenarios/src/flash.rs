@@ -25,7 +25,7 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -37,6 +37,10 @@ pub const SEATED_CAPACITY_MAX: u64 = 100_000;
 pub const SECTIONS_MAX: u32 = 26;
 /// Subscribers at most: each keeps every change it saw until the run is checked.
 pub const SUBSCRIBERS_MAX: u64 = 2_000;
+/// How long the subscribers may take to join the feed and get their snapshots.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Changes kept by all subscribers together at most (16 bytes each): buyers × seats per buyer × 2 × subscribers.
+pub const CHANGES_KEPT_MAX: u64 = 100_000_000;
 /// How long after the last hold's expiry the run waits for the server to have expired it.
 const SETTLE_GRACE: Duration = Duration::from_secs(30);
 /// How long the run waits for every subscriber to have seen every change once the sale has settled.
@@ -79,7 +83,7 @@ impl Shares {
             (Intent::Late, self.late),
         ];
         if shares.iter().any(|(_, share)| !(0.0..=1.0).contains(share))
-            || shares.iter().map(|(_, share)| share).sum::<f64>() > 1.0
+            || shares.iter().map(|(_, share)| share).sum::<f64>() > 1.0 + 1e-9
         {
             return Err("the shares must be between 0 and 1 and add up to 1 at most".into());
         }
@@ -188,6 +192,10 @@ pub struct Feed {
     /// Resumptions answered with a new snapshot rather than the missed changes (their per-seat counts are not
     /// checked).
     pub snapshots_after_start: u64,
+    /// Subscribers whose changes were checked seat by seat: those that never needed a second snapshot.
+    pub subscribers_checked: u64,
+    /// Seats some request left in doubt (no answer, a 5xx, a refused cancel), left out of the per-seat check.
+    pub seats_not_compared: u64,
     /// From sending a hold or purchase to a subscriber receiving its change, over every subscriber and change.
     pub delivery_ms: Option<Summary>,
     /// The same, to the last subscriber to receive each change.
@@ -242,6 +250,9 @@ struct Visit {
     expiring: Vec<u32>,
     /// Seats bought (201).
     bought: Vec<u32>,
+    /// Seats a request without a clear answer may or may not have changed (no answer, a 5xx, a cancel refused):
+    /// left out of the per-seat comparison of the feed.
+    uncertain: Vec<u32>,
     /// The first hold's `expires_at` minus when its answer came, s.
     ttl_s: Option<f64>,
     /// When this buyer's last hold expires.
@@ -268,6 +279,14 @@ struct HoldAnswer {
 
 /// Sets up, runs and checks one flash sale.
 pub async fn run(target: &Target, admin_token: &str, plan: &Plan) -> Result<FlashRun, String> {
+    // A buyer causes at most two changes per seat it wants (held, then sold, released or expired).
+    let changes_kept = plan.buyers * u64::from(plan.group_max) * 2 * plan.subscribers;
+    if changes_kept > CHANGES_KEPT_MAX {
+        return Err(format!(
+            "buyers × --group-max × 2 × subscribers is {changes_kept}: at most {CHANGES_KEPT_MAX} changes are kept \
+             for the checks; fewer buyers or subscribers"
+        ));
+    }
     let layout = plan.layout;
     let setup_started = Instant::now();
     let intents = {
@@ -344,17 +363,18 @@ pub async fn run(target: &Target, admin_token: &str, plan: &Plan) -> Result<Flas
         let (ready, stopped) = (ready.clone(), stopped.clone());
         watchers.spawn(async move { (index, watcher.watch(ready, stopped).await) });
     }
-    let joined = tokio::time::timeout(
-        target.request_timeout,
-        ready.acquire_many(plan.subscribers as u32),
-    )
-    .await;
-    match joined {
-        Ok(Ok(permits)) => permits.forget(),
-        _ => {
-            let _ = stop.send(true);
-            return Err("the subscribers did not all get their snapshot in time".into());
-        }
+    let joined = tokio::select! {
+        permits = ready.acquire_many(plan.subscribers as u32) => permits.is_ok(),
+        // A subscriber that ends now never got its snapshot.
+        _ = watchers.join_next() => false,
+        _ = tokio::time::sleep(SUBSCRIBE_TIMEOUT) => false,
+    };
+    if !joined {
+        let _ = stop.send(true);
+        return Err(format!(
+            "the subscribers did not all get their snapshot within {} s (see server.log)",
+            SUBSCRIBE_TIMEOUT.as_secs()
+        ));
     }
     let setup_s = setup_started.elapsed().as_secs_f64();
     let sale = Arc::new(Sale {
@@ -377,7 +397,8 @@ pub async fn run(target: &Target, admin_token: &str, plan: &Plan) -> Result<Flas
     let settled = settle(target, &concert_id, &visits).await?;
     let settle_ms = ms_since(origin) - sale_end_ms;
     let final_seats = final_seats(target, &concert_id, &labels).await?;
-    let expected = expected_changes(&visits);
+    let uncertain = uncertain_seats(&visits);
+    let expected = expected_changes(&visits, &uncertain);
     let changes_expected: u64 = expected.values().map(|count| *count as u64).sum();
     wait_for_subscribers(&seen_counters, changes_expected).await;
     let _ = stop.send(true);
@@ -396,7 +417,14 @@ pub async fn run(target: &Target, admin_token: &str, plan: &Plan) -> Result<Flas
     check_seats(&bought, &final_seats, layout, &mut problems);
     problems.extend(visits.iter().filter_map(|v| v.problem.clone()));
     for (index, watch) in watched.iter().enumerate() {
-        check_subscriber(index, watch, &final_seats, &expected, &mut problems);
+        check_subscriber(
+            index,
+            watch,
+            &final_seats,
+            &expected,
+            &uncertain,
+            &mut problems,
+        );
     }
     let mut invariants = Invariants::check(
         settled.capacity,
@@ -418,6 +446,12 @@ pub async fn run(target: &Target, admin_token: &str, plan: &Plan) -> Result<Flas
             settled.remaining
         ));
     }
+    if !watched.iter().any(|w| w.snapshots == 1) {
+        problems.push(
+            "every subscriber needed a new snapshot on resuming: no one's changes could be checked seat by seat"
+                .into(),
+        );
+    }
     let problem_count = problems.len();
     invariants
         .problems
@@ -430,7 +464,7 @@ pub async fn run(target: &Target, admin_token: &str, plan: &Plan) -> Result<Flas
     }
     invariants.hold = invariants.problems.is_empty();
 
-    let (deliveries, to_all) = deliveries(&visits, &watched);
+    let (deliveries, to_all) = deliveries(&visits, &watched, &uncertain);
     let feed = Feed {
         subscribers: plan.subscribers,
         changes_expected,
@@ -445,7 +479,12 @@ pub async fn run(target: &Target, admin_token: &str, plan: &Plan) -> Result<Flas
             .max()
             .unwrap_or(0),
         reconnects: watched.iter().map(|w| w.reconnects as u64).sum(),
-        snapshots_after_start: watched.iter().map(|w| w.snapshots as u64 - 1).sum(),
+        snapshots_after_start: watched
+            .iter()
+            .map(|w| u64::from(w.snapshots.saturating_sub(1)))
+            .sum(),
+        subscribers_checked: watched.iter().filter(|w| w.snapshots == 1).count() as u64,
+        seats_not_compared: uncertain.len() as u64,
         delivery_ms: Summary::of(&deliveries).map(|s| s.rounded(3)),
         delivery_to_all_ms: Summary::of(&to_all).map(|s| s.rounded(3)),
     };
@@ -595,7 +634,7 @@ async fn visit(
                 return visit;
             }
             _ => {
-                visit.ending = format!("hold: {}", visit.steps.last().expect("a step").answer);
+                visit.unclear("hold", status, &seats);
                 return visit;
             }
         }
@@ -633,7 +672,9 @@ async fn visit(
                 }
                 visit.ending = "cancelled".into();
             } else {
-                visit.ending = format!("cancel: {}", visit.steps.last().expect("a step").answer);
+                // The hold may have run out before the cancel came (404), or the cancel may have landed without
+                // an answer: either way the seats are free by the end, by a change we cannot name.
+                visit.unclear("cancel", status, &seats);
             }
         }
         Intent::Buy | Intent::Decline | Intent::Late => {
@@ -690,10 +731,11 @@ async fn visit(
                     visit.expiring = seats;
                     visit.ending = "came back late (410 hold_expired)".into();
                 }
-                _ => {
-                    visit.ending =
-                        format!("purchase: {}", visit.steps.last().expect("a step").answer);
+                (Some(StatusCode::GONE), "hold_expired", _) => {
+                    visit.expiring = seats;
+                    visit.ending = "purchase: 410 hold_expired".into();
                 }
+                _ => visit.unclear("purchase", status, &seats),
             }
         }
     }
@@ -701,6 +743,21 @@ async fn visit(
 }
 
 impl Visit {
+    /// A `kind` request whose answer does not say what became of `seats`: they are left out of the feed's per-seat
+    /// comparison, and an answer the API does not document for it is a problem of the run.
+    fn unclear(&mut self, kind: &str, status: Option<StatusCode>, seats: &[u32]) {
+        let answer = self.steps.last().map_or("-", |step| step.answer.as_str());
+        self.ending = format!("{kind}: {answer}");
+        self.uncertain.extend_from_slice(seats);
+        let documented = match status {
+            None => true,
+            Some(status) => matches!(status.as_u16(), 402 | 404 | 409 | 410 | 503),
+        };
+        if !documented {
+            self.problem = Some(format!("a {kind} was answered {answer}"));
+        }
+    }
+
     /// Sends one request of the visit and records it; `(status, body, sent ms, done ms)`, no status when no
     /// answer came.
     #[allow(clippy::too_many_arguments)]
@@ -720,11 +777,12 @@ impl Visit {
             .map(|key| ("idempotency-key", key))
             .into_iter()
             .collect();
-        // A hold sent twice would hold seats nobody knows of; a purchase has its key, a cancel is one either way.
-        let resend = if kind == "hold" {
-            Resend::Never
-        } else {
+        // A hold sent twice would hold seats nobody knows of, and a cancel sent twice answers 404 for the first
+        // one's change; a purchase has its Idempotency-Key.
+        let resend = if kind == "purchase" {
             Resend::Safe
+        } else {
+            Resend::Never
         };
         let sent_ms = ms_since(sale.origin);
         let answer = sale
@@ -804,8 +862,16 @@ async fn final_seats(
     seat_map(&list.seats, labels)
 }
 
-/// Per seat and change, how many the buyers caused.
-fn expected_changes(visits: &[Visit]) -> HashMap<(u32, Change), u32> {
+/// The seats some request left in doubt.
+fn uncertain_seats(visits: &[Visit]) -> HashSet<u32> {
+    visits
+        .iter()
+        .flat_map(|v| v.uncertain.iter().copied())
+        .collect()
+}
+
+/// Per seat and change, how many the buyers caused; seats in doubt are left out.
+fn expected_changes(visits: &[Visit], uncertain: &HashSet<u32>) -> HashMap<(u32, Change), u32> {
     let mut expected = HashMap::new();
     for visit in visits {
         let caused = visit
@@ -814,7 +880,9 @@ fn expected_changes(visits: &[Visit]) -> HashMap<(u32, Change), u32> {
             .map(|&(seat, change, _, _)| (seat, change));
         let expired = visit.expiring.iter().map(|&seat| (seat, Change::Expired));
         for key in caused.chain(expired) {
-            *expected.entry(key).or_insert(0) += 1;
+            if !uncertain.contains(&key.0) {
+                *expected.entry(key).or_insert(0) += 1;
+            }
         }
     }
     expected
@@ -856,6 +924,7 @@ fn check_subscriber(
     watch: &Watched,
     final_seats: &[u8],
     expected: &HashMap<(u32, Change), u32>,
+    uncertain: &HashSet<u32>,
     problems: &mut Vec<String>,
 ) {
     problems.extend(
@@ -880,7 +949,9 @@ fn check_subscriber(
     }
     let mut seen: HashMap<(u32, Change), u32> = HashMap::new();
     for &(seat, change, _) in &watch.changes {
-        *seen.entry((seat, change)).or_insert(0) += 1;
+        if !uncertain.contains(&seat) {
+            *seen.entry((seat, change)).or_insert(0) += 1;
+        }
     }
     if &seen != expected {
         let wrong = expected
@@ -901,11 +972,15 @@ fn check_subscriber(
 /// From sending a hold or purchase to each subscriber receiving its change. The k-th `held` a subscriber got for
 /// a seat is the k-th hold answered 201 for it (a seat is held again only after its previous hold ended), and a
 /// seat is sold once.
-fn deliveries(visits: &[Visit], watched: &[Watched]) -> (Vec<f64>, Vec<f64>) {
+fn deliveries(
+    visits: &[Visit],
+    watched: &[Watched],
+    uncertain: &HashSet<u32>,
+) -> (Vec<f64>, Vec<f64>) {
     let mut sent: HashMap<(u32, Change), Vec<(f64, f64)>> = HashMap::new();
     for visit in visits {
         for &(seat, change, sent_ms, done_ms) in &visit.acks {
-            if matches!(change, Change::Held | Change::Sold) {
+            if matches!(change, Change::Held | Change::Sold) && !uncertain.contains(&seat) {
                 sent.entry((seat, change))
                     .or_default()
                     .push((done_ms, sent_ms));
@@ -920,6 +995,9 @@ fn deliveries(visits: &[Visit], watched: &[Watched]) -> (Vec<f64>, Vec<f64>) {
     for watch in watched.iter().filter(|w| w.snapshots == 1) {
         let mut nth: HashMap<(u32, Change), usize> = HashMap::new();
         for &(seat, change, arrived_ms) in &watch.changes {
+            if uncertain.contains(&seat) {
+                continue;
+            }
             let k = nth.entry((seat, change)).or_insert(0);
             if let Some(&(_, sent_ms)) = sent.get(&(seat, change)).and_then(|t| t.get(*k)) {
                 let delivery = (arrived_ms - sent_ms).max(0.0);
@@ -1036,7 +1114,8 @@ mod tests {
                 vec![],
             ),
         ];
-        let expected = expected_changes(&visits);
+        let none = HashSet::new();
+        let expected = expected_changes(&visits, &none);
         assert_eq!(expected[&(1, Change::Held)], 2);
         assert_eq!(expected[&(1, Change::Expired)], 1);
         assert_eq!(expected[&(1, Change::Sold)], 1);
@@ -1050,7 +1129,7 @@ mod tests {
             snapshots: 1,
             ..Watched::default()
         };
-        let (mut all, to_all) = deliveries(&visits, &[watched]);
+        let (mut all, to_all) = deliveries(&visits, &[watched], &none);
         all.sort_by(f64::total_cmp);
         assert_eq!(all, vec![4.0, 5.0, 30.0]);
         assert_eq!(to_all.len(), 3);
@@ -1061,7 +1140,7 @@ mod tests {
             view: vec![FREE, SOLD],
             ..Watched::default()
         };
-        check_subscriber(0, &watched, &[FREE, SOLD], &expected, &mut problems);
+        check_subscriber(0, &watched, &[FREE, SOLD], &expected, &none, &mut problems);
         assert_eq!(problems.len(), 1, "{problems:?}");
     }
 

@@ -107,9 +107,14 @@ pub fn html_section(run: &FlashRun) -> String {
     if report.invariants.hold {
         html.push_str(&format!(
             "<p>Checked: the counts add up ({} sold, {} remaining, nothing held), every seat sold was bought once, \
-             and every subscriber received each change the buyers caused exactly once, in order.</p>",
+             every subscriber's seat map ended equal to <code>GET /seats</code>, and {} of the {} subscribers (those \
+             that never needed a second snapshot) received each change the buyers caused exactly once, in order \
+             ({} seats left in doubt by a request without a clear answer were not compared).</p>",
             format_number(report.invariants.sold as f64),
             format_number(report.invariants.remaining as f64),
+            report.feed.subscribers_checked,
+            report.feed.subscribers,
+            report.feed.seats_not_compared,
         ));
     } else {
         html.push_str(&format!(
@@ -149,7 +154,7 @@ pub fn html_section(run: &FlashRun) -> String {
     html.push_str(&format!(
         "<p>The feed: {} seat changes caused by the buyers; each subscriber received {} to {}; {} reconnections, {} \
          of them answered with a new snapshot. From a click (sending a hold or purchase) to its change on a \
-         subscriber's screen: p50 {} ms, p99 {} ms, max {} ms; to the last of the {} screens: p50 {} ms, p99 {} ms, \
+         subscriber's screen: p50 {} ms, p99 {} ms, max {} ms; to the last of the {} screens checked: p50 {} ms, p99 {} ms, \
          max {} ms.</p>",
         format_number(feed.changes_expected as f64),
         format_number(feed.changes_seen_min as f64),
@@ -159,7 +164,7 @@ pub fn html_section(run: &FlashRun) -> String {
         figure(feed.delivery_ms, |s| s.p50),
         figure(feed.delivery_ms, |s| s.p99),
         figure(feed.delivery_ms, |s| s.max),
-        feed.subscribers,
+        feed.subscribers_checked,
         figure(feed.delivery_to_all_ms, |s| s.p50),
         figure(feed.delivery_to_all_ms, |s| s.p99),
         figure(feed.delivery_to_all_ms, |s| s.max),

@@ -770,6 +770,13 @@ impl Runner {
                 layout.seats()
             ));
         }
+        if self.global.spawn.is_some() && args.think_ms >= args.hold_ttl_s * 1000 {
+            return Err(format!(
+                "--think-ms {} is not shorter than the hold (--hold-ttl-s {}): buyers would lose their holds while \
+                 they think",
+                args.think_ms, args.hold_ttl_s
+            ));
+        }
         let concurrency = in_flight(args.concurrency, args.buyers);
         let plan = flash::Plan {
             layout,

@@ -153,14 +153,20 @@ pub fn seat_map(seats: &[SeatEntry], labels: &HashMap<String, u32>) -> Result<Ve
             labels.len()
         ));
     }
-    let mut map = vec![FREE; seats.len()];
+    let mut map = vec![None; seats.len()];
     for seat in seats {
-        let (Some(index), Some(status)) = (labels.get(&seat.id), status_code(&seat.status)) else {
+        let (Some(&index), Some(status)) = (labels.get(&seat.id), status_code(&seat.status)) else {
             return Err(format!("unexpected seat {} {}", seat.id, seat.status));
         };
-        map[*index as usize] = status;
+        if map[index as usize].replace(status).is_some() {
+            return Err(format!("seat {} is listed twice", seat.id));
+        }
     }
-    Ok(map)
+    // As many entries as seats, none twice: every seat is listed.
+    Ok(map
+        .into_iter()
+        .map(|status| status.unwrap_or(FREE))
+        .collect())
 }
 
 /// One subscriber.
@@ -354,6 +360,25 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(id: &str, status: &str) -> SeatEntry {
+        SeatEntry {
+            id: id.into(),
+            status: status.into(),
+        }
+    }
+
+    #[test]
+    fn a_seat_list_must_name_every_seat_once() {
+        let labels: HashMap<String, u32> =
+            [("A-1-1".to_owned(), 0), ("A-1-2".to_owned(), 1)].into();
+        let map = seat_map(&[entry("A-1-2", "sold"), entry("A-1-1", "held")], &labels).unwrap();
+        assert_eq!(map, vec![HELD, SOLD]);
+        assert!(seat_map(&[entry("A-1-1", "free"), entry("A-1-1", "free")], &labels).is_err());
+        assert!(seat_map(&[entry("A-1-1", "free")], &labels).is_err());
+        assert!(seat_map(&[entry("A-1-1", "free"), entry("Z-9-9", "free")], &labels).is_err());
+        assert!(seat_map(&[entry("A-1-1", "free"), entry("A-1-2", "gone")], &labels).is_err());
+    }
 
     #[test]
     fn picks_are_free_seats_side_by_side_in_one_row() {

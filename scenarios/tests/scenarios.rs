@@ -426,6 +426,10 @@ fn a_flash_sale_with_impossible_shares_or_too_many_seats_is_refused() {
             ],
             "at most 100000",
         ),
+        (
+            vec!["flash-sale", "--think-ms", "2000", "--hold-ttl-s", "2"],
+            "not shorter than the hold",
+        ),
     ] {
         let out = tempfile::tempdir().expect("temp dir");
         let mut all = args.clone();
