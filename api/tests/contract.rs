@@ -124,27 +124,11 @@ async fn every_error_in_the_table_has_its_status_and_code() {
         .await
         .expect(201);
     let expiring = server
-        .post(
-            "/holds",
-            Some(&alice),
-            json!({"concert_id": seated, "seats": ["A-2-3"]}),
-        )
-        .await
-        .expect(201)["id"]
-        .as_str()
-        .expect("hold id")
-        .to_owned();
+        .hold(&alice, json!({"concert_id": seated, "seats": ["A-2-3"]}))
+        .await;
     let declined_hold = server
-        .post(
-            "/holds",
-            Some(&bob),
-            json!({"concert_id": seated, "seats": ["A-2-1"]}),
-        )
-        .await
-        .expect(201)["id"]
-        .as_str()
-        .expect("hold id")
-        .to_owned();
+        .hold(&bob, json!({"concert_id": seated, "seats": ["A-2-1"]}))
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 
     use Method as M;
@@ -287,16 +271,8 @@ async fn a_declined_hold_purchase_ends_the_hold() {
     let (_, alice) = server.register("alice", GOOD_CARD).await;
     let seated = server.create_seated(&["A"], 1, 2, 1).await;
     let hold = server
-        .post(
-            "/holds",
-            Some(&bob),
-            json!({"concert_id": seated, "seats": ["A-1-1"]}),
-        )
-        .await
-        .expect(201)["id"]
-        .as_str()
-        .expect("hold id")
-        .to_owned();
+        .hold(&bob, json!({"concert_id": seated, "seats": ["A-1-1"]}))
+        .await;
     assert_eq!(server.availability(&seated).await, (1, 1, 0, 2));
     let purchase = format!("/holds/{hold}/purchase");
     for _ in 0..2 {

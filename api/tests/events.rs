@@ -184,16 +184,8 @@ fn triples(items: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
 
 async fn hold(server: &Server, token: &str, concert: &str, seats: &[&str]) -> String {
     server
-        .post(
-            "/holds",
-            Some(token),
-            json!({"concert_id": concert, "seats": seats}),
-        )
+        .hold(token, json!({"concert_id": concert, "seats": seats}))
         .await
-        .expect(201)["id"]
-        .as_str()
-        .expect("hold id")
-        .to_owned()
 }
 
 async fn purchase(server: &Server, token: &str, hold: &str, key: &str) -> common::Reply {

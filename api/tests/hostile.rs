@@ -63,16 +63,8 @@ impl Fixture {
             .await
             .expect(201);
         let hold = server
-            .post(
-                "/holds",
-                Some(&token),
-                json!({"concert_id": seated, "seats": ["A-1-1"]}),
-            )
-            .await
-            .expect(201)["id"]
-            .as_str()
-            .expect("hold id")
-            .to_owned();
+            .hold(&token, json!({"concert_id": seated, "seats": ["A-1-1"]}))
+            .await;
         Fixture {
             server,
             user_id,

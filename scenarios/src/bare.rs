@@ -100,6 +100,8 @@ pub async fn serve(args: &BareArgs) -> Result<(), String> {
         .map_err(|error| format!("server failed: {error}"))
 }
 
+/// The listener `boxoffice serve` opens (`api::server::listen`), repeated here because this crate reaches a node
+/// over HTTP only and links no boxoffice crate.
 fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if address.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?

@@ -362,6 +362,14 @@ impl Server {
         body["id"].as_str().expect("id").to_owned()
     }
 
+    /// Holds what `claim` names (`{"concert_id", "seats"|"quantity"}`) for the bearer of `token`; the hold's id.
+    pub async fn hold(&self, token: &str, claim: Value) -> String {
+        self.post("/holds", Some(token), claim).await.expect(201)["id"]
+            .as_str()
+            .expect("hold id")
+            .to_owned()
+    }
+
     /// `remaining`, `held`, `sold` and `capacity` of a concert; asserts they add up.
     pub async fn availability(&self, concert_id: &str) -> (u64, u64, u64, u64) {
         let body = self
