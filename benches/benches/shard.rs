@@ -138,7 +138,10 @@ async fn start_shard(arbiter: &ArbiterHandle, capacity: u64, live_holds: u64) ->
         state.availability().remaining,
         metrics::Gauge::noop(),
     ));
-    let feed = Arc::new(ConcertFeed::new([(0, state.availability())]));
+    let feed = Arc::new(ConcertFeed::new(
+        state.capacity(),
+        [(0, Some(state.availability()))],
+    ));
     let shard = ShardActor::start_in_arbiter(arbiter, move |_ctx| {
         ShardActor::new(
             ConcertId::random(),

@@ -14,6 +14,13 @@
 //! of the user's allowance under the book lock before it reserves anything, and gives them back when the
 //! reservation is released, so concurrent requests of one user can never pass the limit together. An active hold
 //! is counted from its record while it has not expired, so a hold that the shard expires needs no bookkeeping.
+//!
+//! In a cluster every node runs a desk for its own users (their ids name the node, `UserId::home_node`): their
+//! orders, holds, idempotency keys and limits are all here, whichever nodes own the shards they buy from. After a
+//! restart the book is rebuilt from every node's shards; until then (`Desk::book_ready`), what needs it answers
+//! `NodeUnavailable`. A card is charged only here, on its owner's node. When a shard of another node does not
+//! answer the confirmation of a charged order, the order goes on confirming until that node is back: it never
+//! ends charged without its tickets.
 
 mod recovery;
 
@@ -31,8 +38,9 @@ use crate::shard_state::{
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Longest `Idempotency-Key` accepted (API.md).
@@ -46,6 +54,12 @@ pub const EXPIRED_HOLD_RETENTION_MS: u64 = 10 * 60 * 1000;
 /// Live holds (being reserved, or active and not expired) one user may have at once, over all concerts; beyond
 /// that a new hold is refused as `HoldLimitReached` until one is purchased, cancelled or expires.
 pub const HOLDS_PER_USER_MAX: u32 = 10;
+/// First pause before a charged order asks a node that did not answer to confirm its part again; it doubles up
+/// to [`CONFIRM_RETRY_DELAY_MAX`].
+const CONFIRM_RETRY_DELAY: Duration = Duration::from_millis(200);
+const CONFIRM_RETRY_DELAY_MAX: Duration = Duration::from_secs(5);
+/// `Desk::waiting_for` when the book is complete.
+const WAITING_FOR_NONE: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Debug)]
 pub struct DeskConfig {
@@ -349,6 +363,10 @@ pub struct Desk {
     clock: Arc<dyn Clock>,
     config: DeskConfig,
     book: Mutex<Book>,
+    /// False while a restarted cluster node still reads its users' orders and holds back from other nodes.
+    book_ready: AtomicBool,
+    /// The node it still waits for then, or [`WAITING_FOR_NONE`].
+    waiting_for: AtomicU32,
 }
 
 impl Desk {
@@ -370,7 +388,36 @@ impl Desk {
             clock,
             config,
             book: Mutex::new(Book::default()),
+            book_ready: AtomicBool::new(true),
+            waiting_for: AtomicU32::new(WAITING_FOR_NONE),
         }
+    }
+
+    /// Whether `user` belongs to this node: every user outside a cluster, else the users whose id names it.
+    pub fn is_local_user(&self, user: &UserId) -> bool {
+        !self.router.is_clustered() || user.home_node() == Some(self.router.node())
+    }
+
+    /// Marks the book incomplete, waiting for node `node`: from now until [`Desk::set_book_ready`], everything
+    /// that reads or changes it answers `NodeUnavailable`.
+    pub fn set_book_waiting_for(&self, node: u32) {
+        self.waiting_for.store(node, Ordering::Release);
+        self.book_ready.store(false, Ordering::Release);
+    }
+
+    pub fn set_book_ready(&self) {
+        self.waiting_for.store(WAITING_FOR_NONE, Ordering::Release);
+        self.book_ready.store(true, Ordering::Release);
+    }
+
+    /// `Ok` when the book holds every order and hold of this node's users.
+    pub fn book_ready(&self) -> Result<(), EngineError> {
+        if self.book_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        Err(EngineError::NodeUnavailable {
+            node: self.waiting_for.load(Ordering::Acquire),
+        })
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -414,6 +461,7 @@ impl Desk {
         request: OrderRequest,
         idempotency_key: Option<String>,
     ) -> OrderOutcome {
+        self.book_ready()?;
         let concert = self.concert_for(&request)?;
         let card = card.ok_or(EngineError::CardRequired)?;
         let fingerprint = fingerprint(&("order", &request));
@@ -521,7 +569,7 @@ impl Desk {
                     .collect()
             })
             .collect();
-        order.tickets = parts
+        let new_tickets: Vec<Ticket> = parts
             .iter()
             .zip(&issued)
             .flat_map(|(part, tickets)| {
@@ -540,10 +588,25 @@ impl Desk {
                 })
             })
             .collect();
-        if let Err(error) = concert.confirm(parts, &order.id, issued).await {
-            // The card is charged and the reservation still stands: the order stays pending for reconciliation.
-            tracing::error!(order_id = %order.id, %error, "charged but not confirmed");
-            return Err(EngineError::Unavailable);
+        // Tickets of parts sold before a restart stay in the order.
+        order.tickets.extend(new_tickets);
+        let mut delay = CONFIRM_RETRY_DELAY;
+        loop {
+            match concert.confirm(parts, &order.id, issued.clone()).await {
+                Ok(()) => break,
+                Err(EngineError::NodeUnavailable { node }) => {
+                    // Charged: the parts stay reserved on that node, and confirming is idempotent. Keep at it.
+                    tracing::warn!(order_id = %order.id, node, "charged order waits for a node to confirm its part");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(CONFIRM_RETRY_DELAY_MAX);
+                }
+                Err(error) => {
+                    // The card is charged and the reservation still stands: the order stays pending for
+                    // reconciliation.
+                    tracing::error!(order_id = %order.id, %error, "charged but not confirmed");
+                    return Err(EngineError::Unavailable);
+                }
+            }
         }
         order.status = OrderStatus::Confirmed;
         sort_tickets(&mut order.tickets, &concert.spec);
@@ -557,6 +620,7 @@ impl Desk {
         user: &UserId,
         request: OrderRequest,
     ) -> Result<Hold, EngineError> {
+        self.book_ready()?;
         let concert = self.concert_for(&request)?;
         let desk = self.clone();
         let user = user.clone();
@@ -619,6 +683,7 @@ impl Desk {
         user: &UserId,
         hold_id: &HoldId,
     ) -> Result<(), EngineError> {
+        self.book_ready()?;
         let now_ms = self.clock.now_ms();
         let (concert_id, parts) = {
             let mut book = self.book();
@@ -665,6 +730,7 @@ impl Desk {
         hold_id: &HoldId,
         idempotency_key: Option<String>,
     ) -> OrderOutcome {
+        self.book_ready()?;
         let fingerprint = fingerprint(&("purchase", hold_id));
         let (desk, owner, hold_id) = (self.clone(), user.clone(), hold_id.clone());
         self.idempotent(user, idempotency_key, fingerprint, move |tag| {
@@ -813,6 +879,7 @@ impl Desk {
 
     /// Marks the ticket with this token as used, once.
     pub async fn check_in(self: &Arc<Self>, token: &str) -> Result<Ticket, EngineError> {
+        self.book_ready()?;
         let ticket = {
             let book = self.book();
             let (order_id, position) = book

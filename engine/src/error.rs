@@ -42,6 +42,11 @@ pub enum EngineError {
     CardRequired,
     /// A shard stopped answering; the node is shutting down or broken.
     Unavailable,
+    /// Another node of the cluster, which owns what the request needs, did not answer in time. What it holds may
+    /// be there; the client should retry after a pause.
+    NodeUnavailable {
+        node: u32,
+    },
     /// The user would hold, be paying for and own more than `limit` tickets of one concert.
     TicketLimitReached {
         limit: u32,
@@ -86,6 +91,10 @@ impl fmt::Display for EngineError {
             }
             Self::CardRequired => write!(f, "a card on file is required to pay"),
             Self::Unavailable => write!(f, "the sale is temporarily unavailable"),
+            Self::NodeUnavailable { node } => write!(
+                f,
+                "node {node} of the cluster, which holds what this request needs, does not answer; retry shortly"
+            ),
             Self::TicketLimitReached { limit } => write!(
                 f,
                 "at most {limit} tickets of one concert per user, counting held, being paid for and sold"

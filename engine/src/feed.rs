@@ -9,8 +9,9 @@
 //! or, when they are gone, a full snapshot.
 //!
 //! Availability counts are not published per change: each shard stores its counts here and wakes the feed's
-//! pump, a task that publishes the concert's sum at most once per [`AVAILABILITY_INTERVAL`] and only runs while
-//! someone subscribes.
+//! pump, a task that publishes the concert's counts at most once per [`AVAILABILITY_INTERVAL`] and only runs while
+//! someone subscribes. In a cluster a node's feed carries its own shards only; the `cluster` crate merges the
+//! feeds of every node that owns shards of the concert.
 //!
 //! Positions are numbered from 1 within an `epoch`, a random number drawn when the feed is created: a position a
 //! client kept from before a restart names a different epoch and gets a snapshot, never a wrong replay.
@@ -110,10 +111,12 @@ pub struct Subscription {
 
 pub struct ConcertFeed {
     epoch: u64,
+    /// The concert's capacity, over all its shards.
+    capacity: u64,
     /// Per shard: the concert-wide index of its first seat.
     seat_bases: Vec<u64>,
-    /// Per shard: its counts, written by its actor after every change.
-    counts: Vec<Mutex<Availability>>,
+    /// Per shard of this node: its counts, written by its actor after every change; `None` for other nodes'.
+    counts: Vec<Option<Mutex<Availability>>>,
     changed: Notify,
     sender: broadcast::Sender<FeedItem>,
     inner: Mutex<FeedInner>,
@@ -126,14 +129,19 @@ struct FeedInner {
 }
 
 impl ConcertFeed {
-    /// `shards` is, per shard in order, the concert-wide index of its first seat and its counts.
-    pub fn new(shards: impl IntoIterator<Item = (u64, Availability)>) -> Self {
+    /// `shards` is, per shard in order, the concert-wide index of its first seat and, for this node's shards,
+    /// its counts.
+    pub fn new(
+        capacity: u64,
+        shards: impl IntoIterator<Item = (u64, Option<Availability>)>,
+    ) -> Self {
         let (seat_bases, counts) = shards
             .into_iter()
-            .map(|(base, availability)| (base, Mutex::new(availability)))
+            .map(|(base, availability)| (base, availability.map(Mutex::new)))
             .unzip();
         Self {
             epoch: rand::random::<u64>() >> 1,
+            capacity,
             seat_bases,
             counts,
             changed: Notify::new(),
@@ -155,13 +163,14 @@ impl ConcertFeed {
         self.sender.receiver_count()
     }
 
-    /// The sum of every shard's last published counts.
+    /// The concert's counts as this node's shards last published them: what they hold and sold, and the rest
+    /// of the capacity as for sale. The concert's own counts when every shard is on this node.
     pub fn availability(&self) -> Availability {
-        let mut total = Availability::default();
-        for counts in &self.counts {
-            total.add(*counts.lock().expect("feed counts lock"));
+        let mut local = Availability::default();
+        for counts in self.counts.iter().flatten() {
+            local.add(*counts.lock().expect("feed counts lock"));
         }
-        total
+        Availability::of_concert(self.capacity, local.held, local.sold)
     }
 
     /// Publishes that `seats` (local to `shard`) changed; called by the shard actor that changed them.
@@ -188,6 +197,8 @@ impl ConcertFeed {
     /// Stores `shard`'s counts after a change and wakes the pump.
     pub(crate) fn set_counts(&self, shard: u32, availability: Availability) {
         *self.counts[shard as usize]
+            .as_ref()
+            .expect("a shard publishes on its own node's feed")
             .lock()
             .expect("feed counts lock") = availability;
         self.changed.notify_one();

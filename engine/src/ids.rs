@@ -47,6 +47,33 @@ macro_rules! id_type {
 
 id_type!(ConcertId, "c_");
 id_type!(UserId, "u_");
+
+/// Separates a user's node from the random part in the id of a user of a cluster: `u_2-3f9a...`.
+const HOME_SEPARATOR: char = '-';
+
+impl UserId {
+    /// A fresh random id of a user who belongs to shard node `node` of a cluster.
+    pub fn random_on(node: u32) -> Self {
+        Self(format!(
+            "{}{node}{HOME_SEPARATOR}{}",
+            Self::PREFIX,
+            random_hex(ID_RANDOM_BYTES)
+        ))
+    }
+
+    /// The shard node a user of a cluster belongs to; `None` for an id without one (a single node's user).
+    pub fn home_node(&self) -> Option<u32> {
+        let (node, rest) = self
+            .0
+            .strip_prefix(Self::PREFIX)?
+            .split_once(HOME_SEPARATOR)?;
+        let canonical = !node.is_empty()
+            && node.len() <= 5
+            && node.bytes().all(|b| b.is_ascii_digit())
+            && (node == "0" || !node.starts_with('0'));
+        (canonical && !rest.is_empty()).then(|| node.parse().ok())?
+    }
+}
 id_type!(HoldId, "h_");
 id_type!(OrderId, "o_");
 id_type!(TicketId, "t_");
@@ -80,6 +107,25 @@ mod tests {
         assert!(a.as_str().starts_with("o_"));
         assert_eq!(a.as_str().len(), 2 + 2 * ID_RANDOM_BYTES);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_cluster_user_id_names_its_node() {
+        let id = UserId::random_on(12);
+        assert!(id.as_str().starts_with("u_12-"), "{id}");
+        assert_eq!(id.home_node(), Some(12));
+        assert_eq!(UserId::random_on(0).home_node(), Some(0));
+        assert_eq!(UserId::random().home_node(), None);
+        for malformed in [
+            "u_-ab",
+            "u_01-ab",
+            "u_1-",
+            "x_1-ab",
+            "u_99999999-ab",
+            "u_1a-b",
+        ] {
+            assert_eq!(UserId::from(malformed).home_node(), None, "{malformed}");
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! - [`concert`]: concert definitions, seat labels, how inventory is cut into shards.
 //! - [`shard_state`]: one shard's inventory as a pure state machine (decide, then apply an event).
 //! - [`shard`]: the actix actor that owns a `ShardState`, journals its events and expires holds.
-//! - [`router`]: the node's concerts and how a claim is spread over their shards.
+//! - [`router`]: the node's concerts, where their shards live, and how a claim is spread over them.
+//! - [`remote`]: what a node asks of a shard another node owns, and the port ([`remote::PeerShards`]) it asks
+//!   through.
 //! - [`desk`]: the order desk, which owns every order and hold from reservation to tickets or release.
 //! - [`payment`]: the `PaymentProvider` port, the simulator, and the pool that bounds and times out charges.
 //! - [`journal`]: the `Journal` port shard actors write to.
@@ -18,6 +20,7 @@ pub mod feed;
 pub mod ids;
 pub mod journal;
 pub mod payment;
+pub mod remote;
 pub mod router;
 pub mod shard;
 pub mod shard_state;

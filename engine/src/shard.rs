@@ -14,18 +14,23 @@ use crate::feed::{ConcertFeed, SeatChangeKind};
 use crate::ids::{ConcertId, OrderId, TicketId, UserId};
 use crate::journal::{Commit, Journal, JournalRecord, ShardSnapshot};
 use crate::shard_state::{
-    Availability, Claim, IssuedTicket, OrderMeta, Purpose, ReleaseReason, ReservationId,
-    ReserveRefusal, SeatStatus, ShardEvent, ShardState,
+    Availability, Claim, IssuedTicket, MoveArrival, OrderMeta, PendingMove, Purpose, PurposeKey,
+    ReleaseReason, ReservationId, ReserveRefusal, SeatStatus, ShardBookView, ShardEvent,
+    ShardState,
 };
 use actix::prelude::*;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Messages a shard's mailbox holds before senders wait. FACTS.md: 1024 gave +28% over actix's default of 16.
 pub const SHARD_MAILBOX_MAX: usize = 1024;
+/// Purposes whose reservations were released because their reply was lost, remembered so that a reservation for
+/// one of them arriving late is refused; the oldest are forgotten first. A late request arrives within its
+/// connection's lifetime, seconds, long before this many others are withdrawn.
+pub const WITHDRAWN_PURPOSES_MAX: usize = 65_536;
 
 /// Figures a shard publishes for others to read without a round trip: its remaining count (a hint for the
 /// router, exact at the moment it was written) and the concert-wide remaining gauge.
@@ -57,6 +62,9 @@ pub struct ShardActor {
     expiries: BinaryHeap<Reverse<(u64, ReservationId)>>,
     /// The one expiry timer while it is armed: the time it is for, and its handle to re-arm it earlier.
     expiry_timer: Option<(u64, SpawnHandle)>,
+    /// Purposes released by [`ReleaseFor`], oldest first, and the same as a set: never reserved again here.
+    withdrawn: VecDeque<PurposeKey>,
+    withdrawn_set: HashSet<PurposeKey>,
 }
 
 impl ShardActor {
@@ -79,6 +87,20 @@ impl ShardActor {
             feed,
             expiries: BinaryHeap::new(),
             expiry_timer: None,
+            withdrawn: VecDeque::new(),
+            withdrawn_set: HashSet::new(),
+        }
+    }
+
+    fn withdraw(&mut self, key: PurposeKey) {
+        if !self.withdrawn_set.insert(key.clone()) {
+            return;
+        }
+        self.withdrawn.push_back(key);
+        if self.withdrawn.len() > WITHDRAWN_PURPOSES_MAX
+            && let Some(oldest) = self.withdrawn.pop_front()
+        {
+            self.withdrawn_set.remove(&oldest);
         }
     }
 
@@ -141,7 +163,11 @@ impl ShardActor {
                 };
                 of_reservation(reservation_id).map(|seats| (seats, kind))
             }
-            ShardEvent::PurchaseStarted { .. } | ShardEvent::CheckedIn { .. } => None,
+            ShardEvent::PurchaseStarted { .. }
+            | ShardEvent::CheckedIn { .. }
+            | ShardEvent::MovedOut { .. }
+            | ShardEvent::MovedIn { .. }
+            | ShardEvent::MoveAcknowledged { .. } => None,
         };
         if let Some((seats, kind)) = change {
             self.feed.publish_seats(self.shard, seats, kind);
@@ -247,6 +273,10 @@ impl Handler<Reserve> for ShardActor {
     type Result = Result<Reserved, ReserveRefusal>;
 
     fn handle(&mut self, message: Reserve, ctx: &mut Self::Context) -> Self::Result {
+        if !self.withdrawn_set.is_empty() && self.withdrawn_set.contains(&message.purpose.key()) {
+            // Its coordinator gave up on it and released it already; nobody waits for this reply.
+            return Err(ReserveRefusal::SoldOut);
+        }
         let event = self
             .state
             .decide_reserve(&message.owner, &message.claim, message.purpose)?;
@@ -322,6 +352,10 @@ impl Handler<Confirm> for ShardActor {
     type Result = Result<Commit, EngineError>;
 
     fn handle(&mut self, message: Confirm, _ctx: &mut Self::Context) -> Self::Result {
+        if self.state.is_confirmed(&message.order_id, &message.tickets) {
+            // A confirmation repeated after its reply was lost: the tickets exist.
+            return Ok(Commit::done());
+        }
         let event = self.state.decide_confirm(
             message.reservation_id,
             &message.order_id,
@@ -347,6 +381,123 @@ impl Handler<Release> for ShardActor {
             .state
             .decide_release(message.reservation_id, message.reason)?;
         Ok(self.commit(event))
+    }
+}
+
+/// Release every reservation made for a hold or an order, if any: its reply was lost, so its number is unknown.
+#[derive(Message)]
+#[rtype(result = "Vec<Commit>")]
+pub struct ReleaseFor {
+    pub key: PurposeKey,
+    pub reason: ReleaseReason,
+}
+
+impl Handler<ReleaseFor> for ShardActor {
+    type Result = MessageResult<ReleaseFor>;
+
+    fn handle(&mut self, message: ReleaseFor, _ctx: &mut Self::Context) -> Self::Result {
+        let events = self.state.decide_release_for(&message.key, message.reason);
+        self.withdraw(message.key);
+        MessageResult(events.into_iter().map(|event| self.commit(event)).collect())
+    }
+}
+
+/// Give unsold tickets to another shard of the concert (general admission): `None` when none are left, else the
+/// move's number and count.
+#[derive(Message)]
+#[rtype(result = "Option<(u64, u64, Commit)>")]
+pub struct MoveOut {
+    pub to_shard: u32,
+    pub want: u64,
+}
+
+impl Handler<MoveOut> for ShardActor {
+    type Result = MessageResult<MoveOut>;
+
+    fn handle(&mut self, message: MoveOut, _ctx: &mut Self::Context) -> Self::Result {
+        let Some(event) = self.state.decide_move_out(message.to_shard, message.want) else {
+            return MessageResult(None);
+        };
+        let ShardEvent::MovedOut { seq, count, .. } = event else {
+            unreachable!("decide_move_out returns a MovedOut event");
+        };
+        MessageResult(Some((seq, count, self.commit(event))))
+    }
+}
+
+/// Take the tickets another shard moved here.
+#[derive(Message)]
+#[rtype(result = "(MoveArrival, Commit)")]
+pub struct MoveIn {
+    pub from_shard: u32,
+    pub seq: u64,
+    pub count: u64,
+}
+
+impl Handler<MoveIn> for ShardActor {
+    type Result = MessageResult<MoveIn>;
+
+    fn handle(&mut self, message: MoveIn, _ctx: &mut Self::Context) -> Self::Result {
+        let arrival = self
+            .state
+            .decide_move_in(message.from_shard, message.seq, message.count);
+        let commit = match &arrival {
+            MoveArrival::Apply(event) => self.commit(event.clone()),
+            MoveArrival::Repeated | MoveArrival::Early { .. } => Commit::done(),
+        };
+        MessageResult((arrival, commit))
+    }
+}
+
+/// The receiver has the moves up to `seq`: stop counting them as in transit.
+#[derive(Message)]
+#[rtype(result = "Commit")]
+pub struct MoveAcknowledged {
+    pub to_shard: u32,
+    pub seq: u64,
+}
+
+impl Handler<MoveAcknowledged> for ShardActor {
+    type Result = MessageResult<MoveAcknowledged>;
+
+    fn handle(&mut self, message: MoveAcknowledged, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            match self
+                .state
+                .decide_move_acknowledged(message.to_shard, message.seq)
+            {
+                Some(event) => self.commit(event),
+                None => Commit::done(),
+            },
+        )
+    }
+}
+
+/// The moves this shard sent that their receivers have not acknowledged.
+#[derive(Message)]
+#[rtype(result = "Vec<PendingMove>")]
+pub struct GetPendingMoves;
+
+impl Handler<GetPendingMoves> for ShardActor {
+    type Result = MessageResult<GetPendingMoves>;
+
+    fn handle(&mut self, _message: GetPendingMoves, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.state.pending_moves())
+    }
+}
+
+/// What this shard holds for the users `include` accepts, for the book of their node.
+#[derive(Message)]
+#[rtype(result = "ShardBookView")]
+pub struct GetBookView {
+    pub include: Box<dyn Fn(&UserId) -> bool + Send>,
+}
+
+impl Handler<GetBookView> for ShardActor {
+    type Result = MessageResult<GetBookView>;
+
+    fn handle(&mut self, message: GetBookView, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.state.book_view(self.shard, message.include))
     }
 }
 

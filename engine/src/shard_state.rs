@@ -6,11 +6,20 @@
 //! `apply` rebuilds the same state, and the property test can drive this type directly against a model.
 //!
 //! Seats are numbered locally, `0..capacity` of this shard; the router translates to concert-wide labels.
+//!
+//! A general-admission shard can give unsold tickets to another shard of its concert and take some from one
+//! (escrow, or demarcation): instead of gathering one order from several shards, the router moves count into
+//! one shard and serves the order from it. A move is numbered per pair of shards: the sender applies `MovedOut`
+//! first (durably, before anyone hears of it), the receiver applies `MovedIn` for exactly the next number it
+//! expects from that sender (a repeat is recognised and ignored, an early one refused), and the sender forgets a
+//! move once the receiver has it (`MoveAcknowledged`). So a move is applied once on each side whatever is retried,
+//! and tickets in transit are counted by the sender's unacknowledged moves until the receiver has them. Per shard,
+//! `remaining + held + sold + moved_out == capacity + moved_in`.
 
 use crate::error::EngineError;
 use crate::ids::{HoldId, OrderId, TicketId, UserId};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
 /// A reservation's number, unique within its shard.
@@ -44,6 +53,19 @@ impl Availability {
     }
 }
 
+impl Availability {
+    /// Counts of a concert whose shards hold `held` and `sold` between them: whatever is neither is for sale,
+    /// tickets moving between two shards included.
+    pub fn of_concert(capacity: u64, held: u64, sold: u64) -> Self {
+        assert!(held + sold <= capacity, "held and sold fit the capacity");
+        Self {
+            remaining: capacity - held - sold,
+            held,
+            sold,
+        }
+    }
+}
+
 /// What a reservation asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Claim {
@@ -54,6 +76,13 @@ pub enum Claim {
     Seats(Vec<u32>),
 }
 
+/// Names a reservation by what it is for, when its number is not known (its reply was lost).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PurposeKey {
+    Hold(HoldId),
+    Order(OrderId),
+}
+
 /// Why the tickets are reserved.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Purpose {
@@ -61,6 +90,15 @@ pub enum Purpose {
     Hold { hold_id: HoldId, expires_at_ms: u64 },
     /// Reserved by a direct order while it is being paid.
     Order { order_id: OrderId, meta: OrderMeta },
+}
+
+impl Purpose {
+    pub fn key(&self) -> PurposeKey {
+        match self {
+            Purpose::Hold { hold_id, .. } => PurposeKey::Hold(hold_id.clone()),
+            Purpose::Order { order_id, .. } => PurposeKey::Order(order_id.clone()),
+        }
+    }
 }
 
 /// What the journal keeps of an order besides its tickets, so that a restarted node can answer for it: when it
@@ -122,6 +160,59 @@ pub enum ShardEvent {
         ticket_id: TicketId,
         at_ms: u64,
     },
+    /// `count` unsold tickets leave for shard `to_shard` of the concert: the `seq`-th move to it.
+    MovedOut {
+        to_shard: u32,
+        seq: u64,
+        count: u64,
+    },
+    /// `count` unsold tickets arrive from shard `from_shard`: its `seq`-th move here.
+    MovedIn {
+        from_shard: u32,
+        seq: u64,
+        count: u64,
+    },
+    /// Shard `to_shard` has applied this shard's moves to it up to `seq`.
+    MoveAcknowledged {
+        to_shard: u32,
+        seq: u64,
+    },
+}
+
+/// What to do with a move that arrives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MoveArrival {
+    /// The next move from its sender: apply this event.
+    Apply(ShardEvent),
+    /// Applied already.
+    Repeated,
+    /// An earlier move from the same sender has not arrived yet; it will be delivered first.
+    Early { expected_seq: u64 },
+}
+
+/// Unsold counts moved to and from other shards of the concert; see the module comment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Moves {
+    moved_in: u64,
+    moved_out: u64,
+    /// Per receiving shard: the last move numbered for it, and the moves it has not acknowledged (number, count).
+    outgoing: BTreeMap<u32, Outgoing>,
+    /// Per sending shard: the number of the last move applied from it.
+    incoming: BTreeMap<u32, u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct Outgoing {
+    last_seq: u64,
+    unacknowledged: BTreeMap<u64, u64>,
+}
+
+/// A move sent and not yet acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingMove {
+    pub to_shard: u32,
+    pub seq: u64,
+    pub count: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -146,7 +237,7 @@ pub struct TicketRecord {
 }
 
 /// Why a reservation was refused; the router turns the local seat into a label.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReserveRefusal {
     SoldOut,
     SeatTaken { local_seat: u32 },
@@ -172,6 +263,53 @@ pub struct ShardState {
     /// Events applied since the shard was created: the sequence number of the last one, which is the journal
     /// position a snapshot of this state covers.
     events_applied: u64,
+    moves: Moves,
+}
+
+/// A shard's state as snapshots before moves between shards existed wrote it; read back as a shard that never
+/// moved a ticket.
+#[derive(Debug, Deserialize)]
+pub struct ShardStateV1 {
+    capacity: u64,
+    remaining: u64,
+    held: u64,
+    sold: u64,
+    seats: Vec<SeatStatus>,
+    seated: bool,
+    reservations: HashMap<ReservationId, Reservation>,
+    next_reservation_id: ReservationId,
+    tickets: HashMap<TicketId, TicketRecord>,
+    orders: HashMap<OrderId, OrderMeta>,
+    events_applied: u64,
+}
+
+impl From<ShardStateV1> for ShardState {
+    fn from(old: ShardStateV1) -> Self {
+        Self {
+            capacity: old.capacity,
+            remaining: old.remaining,
+            held: old.held,
+            sold: old.sold,
+            seats: old.seats,
+            seated: old.seated,
+            reservations: old.reservations,
+            next_reservation_id: old.next_reservation_id,
+            tickets: old.tickets,
+            orders: old.orders,
+            events_applied: old.events_applied,
+            moves: Moves::default(),
+        }
+    }
+}
+
+/// What one shard holds for some users: their tickets (with their orders' meta) and their reservations. A node
+/// rebuilds its book of orders and holds from these views of every shard, its own and (in a cluster) other nodes'.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardBookView {
+    pub shard: u32,
+    pub tickets: Vec<(TicketId, TicketRecord)>,
+    pub reservations: Vec<(ReservationId, Reservation)>,
+    pub orders: Vec<(OrderId, OrderMeta)>,
 }
 
 impl ShardState {
@@ -193,6 +331,67 @@ impl ShardState {
             tickets: HashMap::new(),
             orders: HashMap::new(),
             events_applied: 0,
+            moves: Moves::default(),
+        }
+    }
+
+    /// Tickets this shard sells now: its capacity plus what it received from other shards, less what it gave.
+    pub fn allotment(&self) -> u64 {
+        self.capacity + self.moves.moved_in - self.moves.moved_out
+    }
+
+    pub fn moved_in(&self) -> u64 {
+        self.moves.moved_in
+    }
+
+    pub fn moved_out(&self) -> u64 {
+        self.moves.moved_out
+    }
+
+    /// Moves this shard sent that their receivers have not acknowledged, oldest first per receiver.
+    pub fn pending_moves(&self) -> Vec<PendingMove> {
+        self.moves
+            .outgoing
+            .iter()
+            .flat_map(|(to_shard, outgoing)| {
+                outgoing
+                    .unacknowledged
+                    .iter()
+                    .map(|(seq, count)| PendingMove {
+                        to_shard: *to_shard,
+                        seq: *seq,
+                        count: *count,
+                    })
+            })
+            .collect()
+    }
+
+    /// The tickets, reservations and order meta of the users `include` accepts.
+    pub fn book_view(&self, shard: u32, include: impl Fn(&UserId) -> bool) -> ShardBookView {
+        let tickets: Vec<(TicketId, TicketRecord)> = self
+            .tickets
+            .iter()
+            .filter(|(_, ticket)| include(&ticket.owner))
+            .map(|(id, ticket)| (id.clone(), ticket.clone()))
+            .collect();
+        let mut order_ids: Vec<&OrderId> =
+            tickets.iter().map(|(_, ticket)| &ticket.order_id).collect();
+        order_ids.sort_unstable();
+        order_ids.dedup();
+        let orders = order_ids
+            .into_iter()
+            .filter_map(|id| Some((id.clone(), self.orders.get(id)?.clone())))
+            .collect();
+        ShardBookView {
+            shard,
+            orders,
+            reservations: self
+                .reservations
+                .iter()
+                .filter(|(_, reservation)| include(&reservation.owner))
+                .map(|(id, reservation)| (*id, reservation.clone()))
+                .collect(),
+            tickets,
         }
     }
 
@@ -220,7 +419,7 @@ impl ShardState {
             self.seated,
         )
             .hash(&mut hasher);
-        (self.next_reservation_id, self.events_applied).hash(&mut hasher);
+        (self.next_reservation_id, self.events_applied, &self.moves).hash(&mut hasher);
         let mut reservations: Vec<_> = self.reservations.iter().collect();
         reservations.sort_unstable_by_key(|(id, _)| **id);
         reservations.hash(&mut hasher);
@@ -460,6 +659,86 @@ impl ShardState {
         })
     }
 
+    /// The releases of every reservation made for `key`: how a reservation whose reply was lost is given back.
+    pub fn decide_release_for(&self, key: &PurposeKey, reason: ReleaseReason) -> Vec<ShardEvent> {
+        let mut ids: Vec<ReservationId> = self
+            .reservations
+            .iter()
+            .filter(|(_, reservation)| match (&reservation.purpose, key) {
+                (Purpose::Hold { hold_id, .. }, PurposeKey::Hold(wanted)) => hold_id == wanted,
+                (Purpose::Order { order_id, .. }, PurposeKey::Order(wanted)) => order_id == wanted,
+                _ => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .map(|reservation_id| ShardEvent::Released {
+                reservation_id,
+                reason,
+            })
+            .collect()
+    }
+
+    /// Whether the tickets of `order_id` listed in `tickets` were issued here already: a confirmation repeated
+    /// after its reply was lost.
+    pub fn is_confirmed(&self, order_id: &OrderId, tickets: &[IssuedTicket]) -> bool {
+        !tickets.is_empty()
+            && tickets.iter().all(|issued| {
+                self.tickets
+                    .get(&issued.ticket_id)
+                    .is_some_and(|ticket| &ticket.order_id == order_id)
+            })
+    }
+
+    /// Gives unsold tickets to shard `to_shard`: `want` of them, or half of what is left if that is more, but no
+    /// more than is left; `None` when nothing is left. General admission only.
+    pub fn decide_move_out(&self, to_shard: u32, want: u64) -> Option<ShardEvent> {
+        assert!(!self.seated, "seats never move between shards");
+        if self.remaining == 0 || want == 0 {
+            return None;
+        }
+        let count = want.max(self.remaining / 2).min(self.remaining);
+        let seq = self
+            .moves
+            .outgoing
+            .get(&to_shard)
+            .map_or(0, |outgoing| outgoing.last_seq)
+            + 1;
+        Some(ShardEvent::MovedOut {
+            to_shard,
+            seq,
+            count,
+        })
+    }
+
+    /// What to do with the `seq`-th move of `count` tickets from shard `from_shard`.
+    pub fn decide_move_in(&self, from_shard: u32, seq: u64, count: u64) -> MoveArrival {
+        assert!(!self.seated, "seats never move between shards");
+        let last = self.moves.incoming.get(&from_shard).copied().unwrap_or(0);
+        if seq <= last {
+            MoveArrival::Repeated
+        } else if seq > last + 1 {
+            MoveArrival::Early {
+                expected_seq: last + 1,
+            }
+        } else {
+            MoveArrival::Apply(ShardEvent::MovedIn {
+                from_shard,
+                seq,
+                count,
+            })
+        }
+    }
+
+    /// Forgets the moves to `to_shard` up to `seq`, which it has applied; `None` when none is pending.
+    pub fn decide_move_acknowledged(&self, to_shard: u32, seq: u64) -> Option<ShardEvent> {
+        let outgoing = self.moves.outgoing.get(&to_shard)?;
+        let (first, _) = outgoing.unacknowledged.first_key_value()?;
+        (*first <= seq && seq <= outgoing.last_seq)
+            .then_some(ShardEvent::MoveAcknowledged { to_shard, seq })
+    }
+
     /// Applies an event produced by a `decide_*` method (or read back from the journal).
     ///
     /// Panics when the event does not fit the state: that is a journal from another history, never a user error.
@@ -584,12 +863,53 @@ impl ShardState {
                 );
                 ticket.checked_in_at_ms = Some(*at_ms);
             }
+            ShardEvent::MovedOut {
+                to_shard,
+                seq,
+                count,
+            } => {
+                assert!(!self.seated, "seats never move between shards");
+                assert!(
+                    *count > 0 && *count <= self.remaining,
+                    "a move gives unsold tickets"
+                );
+                let outgoing = self.moves.outgoing.entry(*to_shard).or_default();
+                assert_eq!(*seq, outgoing.last_seq + 1, "moves are numbered in order");
+                outgoing.last_seq = *seq;
+                outgoing.unacknowledged.insert(*seq, *count);
+                self.remaining -= count;
+                self.moves.moved_out += count;
+            }
+            ShardEvent::MovedIn {
+                from_shard,
+                seq,
+                count,
+            } => {
+                assert!(!self.seated, "seats never move between shards");
+                let last = self.moves.incoming.entry(*from_shard).or_default();
+                assert_eq!(*seq, *last + 1, "moves arrive in order, once");
+                *last = *seq;
+                self.remaining += count;
+                self.moves.moved_in += count;
+            }
+            ShardEvent::MoveAcknowledged { to_shard, seq } => {
+                let outgoing = self
+                    .moves
+                    .outgoing
+                    .get_mut(to_shard)
+                    .expect("acknowledged moves were sent");
+                assert!(
+                    *seq <= outgoing.last_seq,
+                    "only moves sent are acknowledged"
+                );
+                outgoing.unacknowledged.retain(|pending, _| pending > seq);
+            }
         }
         self.events_applied += 1;
         assert_eq!(
-            self.remaining + self.held + self.sold,
-            self.capacity,
-            "remaining + held + sold == capacity"
+            self.remaining + self.held + self.sold + self.moves.moved_out,
+            self.capacity + self.moves.moved_in,
+            "remaining + held + sold + moved_out == capacity + moved_in"
         );
         debug_assert!(self.seat_counts_match());
     }
@@ -597,10 +917,31 @@ impl ShardState {
     /// Checks every invariant of the state at once, for snapshots read back and offline inspection: the counts add
     /// up, the seats agree with the counts and the reservations, and every sold ticket is one of `sold`.
     pub fn check(&self) -> Result<(), String> {
-        if self.remaining + self.held + self.sold != self.capacity {
+        if self.remaining + self.held + self.sold + self.moves.moved_out
+            != self.capacity + self.moves.moved_in
+        {
             return Err(format!(
-                "remaining {} + held {} + sold {} != capacity {}",
-                self.remaining, self.held, self.sold, self.capacity
+                "remaining {} + held {} + sold {} + moved out {} != capacity {} + moved in {}",
+                self.remaining,
+                self.held,
+                self.sold,
+                self.moves.moved_out,
+                self.capacity,
+                self.moves.moved_in
+            ));
+        }
+        if self.seated && (self.moves.moved_in > 0 || self.moves.moved_out > 0) {
+            return Err("seats moved between shards".into());
+        }
+        let pending: u64 = self
+            .pending_moves()
+            .iter()
+            .map(|pending| pending.count)
+            .sum();
+        if pending > self.moves.moved_out {
+            return Err(format!(
+                "{pending} tickets in transit, {} moved out",
+                self.moves.moved_out
             ));
         }
         let reserved: u64 = self

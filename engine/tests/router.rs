@@ -13,7 +13,7 @@ use engine::ids::{ConcertId, HoldId, OrderId, TicketId, UserId, ticket_token};
 use engine::journal::VolatileJournal;
 use engine::router::{ClaimRequest, ConcertHandle, Part, Router};
 use engine::shard_state::{
-    Availability, IssuedTicket, OrderMeta, Purpose, ReleaseReason, SeatStatus,
+    Availability, IssuedTicket, OrderMeta, Purpose, ReleaseReason, SeatStatus, ShardState,
 };
 use futures_util::future::{join, join_all};
 use std::future::Future;
@@ -197,7 +197,7 @@ fn concurrent_buyers_never_oversell_and_sold_out_means_sold_out() {
 }
 
 #[test]
-fn a_claim_larger_than_any_shard_is_gathered_from_several() {
+fn a_claim_larger_than_any_shard_is_served_by_one_after_count_moves_into_it() {
     run(Arc::new(SystemClock), async |router| {
         let concert = general(&router, 8, 4);
         let ann = UserId::from("u_ann");
@@ -205,12 +205,12 @@ fn a_claim_larger_than_any_shard_is_gathered_from_several() {
             .reserve(&ann, &ClaimRequest::Quantity(7), order())
             .await
             .expect("7 of 8 tickets are left");
+        assert_eq!(
+            parts.len(),
+            1,
+            "one shard serves a general-admission order: {parts:?}"
+        );
         assert_eq!(quantity_of(&parts), 7);
-        assert_eq!(parts.len(), 4, "each shard has 2: {parts:?}");
-        let mut shards: Vec<u32> = parts.iter().map(|part| part.shard).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        assert_eq!(shards.len(), parts.len(), "one part per shard: {parts:?}");
         assert_eq!(availability(&concert).await.remaining, 1);
 
         let bob = UserId::from("u_bob");
@@ -232,6 +232,20 @@ fn a_claim_larger_than_any_shard_is_gathered_from_several() {
             .expect("release");
         let end = availability(&concert).await;
         assert_eq!((end.remaining, end.held), (7, 1));
+        // Every move arrived and was acknowledged: what left one shard arrived in another, nothing in transit.
+        let states = concert.states().await.expect("states");
+        let moved_out: u64 = states.iter().map(ShardState::moved_out).sum();
+        let moved_in: u64 = states.iter().map(ShardState::moved_in).sum();
+        assert!(moved_out > 0, "count moved between shards");
+        assert_eq!(moved_out, moved_in);
+        for state in &states {
+            state.check().expect("each shard's counts add up");
+            assert!(
+                state.pending_moves().is_empty(),
+                "{:?}",
+                state.pending_moves()
+            );
+        }
     });
 }
 
@@ -545,9 +559,9 @@ fn an_early_timer_waits_for_the_clock() {
 fn buying_a_hold_past_its_expiry_is_refused_and_releases_it() {
     let clock = Arc::new(ManualClock::new(MANUAL_START_MS));
     run(clock.clone(), async |router| {
-        let concert = general(&router, 6, 2);
+        let concert = seated(&router, 1, 6, 2);
         let ann = UserId::from("u_ann");
-        // Five tickets come from both shards; the hold's timers are an hour of real time away.
+        // Five seats come from both shards; the hold's timers are an hour of real time away.
         let parts = concert
             .reserve(
                 &ann,
@@ -575,7 +589,7 @@ fn buying_a_hold_past_its_expiry_is_refused_and_releases_it() {
 fn confirmed_tickets_check_in_once() {
     let clock = Arc::new(ManualClock::new(MANUAL_START_MS));
     run(clock.clone(), async |router| {
-        let concert = general(&router, 4, 2);
+        let concert = seated(&router, 1, 4, 2);
         let ann = UserId::from("u_ann");
         let order_id = OrderId::random();
         let purpose = Purpose::Order {
@@ -586,7 +600,7 @@ fn confirmed_tickets_check_in_once() {
             .reserve(&ann, &ClaimRequest::Quantity(3), purpose)
             .await
             .expect("tickets left");
-        assert_eq!(parts.len(), 2, "3 of 4 tickets come from both shards");
+        assert_eq!(parts.len(), 2, "3 of 4 seats come from both shards");
         let tickets = tickets_for(&parts);
         concert
             .confirm(&parts, &order_id, tickets.clone())

@@ -22,6 +22,7 @@ use crate::wire::{
 };
 use engine::concert::ConcertSpec;
 use engine::journal::{Commit, Journal, JournalError, JournalRecord, ShardSnapshot};
+use engine::remote::NodeId;
 use engine::shard_state::{ShardEvent, ShardState};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -99,6 +100,9 @@ impl From<sled::Error> for StorageError {
 #[derive(Debug)]
 pub struct RecoveredConcert {
     pub spec: ConcertSpec,
+    /// In a cluster, the node that owns each shard; `None`: this node owns them all.
+    pub placement: Option<Vec<NodeId>>,
+    /// Every shard's state; a shard another node owns has no events here and comes back as new.
     pub states: Vec<ShardState>,
     /// Per shard: the position of the snapshot it started from (0: none), and the events replayed after it.
     pub shards: Vec<RecoveredShard>,
@@ -141,6 +145,7 @@ impl Recovered {
 
 struct Trees {
     concerts: sled::Tree,
+    placements: sled::Tree,
     users: sled::Tree,
     snapshots: sled::Tree,
     meta: sled::Tree,
@@ -184,6 +189,7 @@ impl Storage {
         let db = sled::Config::new().path(&db_dir).open()?;
         let trees = Trees {
             concerts: db.open_tree("concerts")?,
+            placements: db.open_tree("placements")?,
             users: db.open_tree("users")?,
             snapshots: db.open_tree("snapshots")?,
             meta: db.open_tree("meta")?,
@@ -225,10 +231,15 @@ impl Storage {
             let (_, bytes) = entry?;
             let (created_seq, spec): (u64, ConcertSpec) = postcard::from_bytes(&bytes)
                 .map_err(|error| StorageError::Unrecoverable(format!("bad concert: {error}")))?;
-            concerts.push((
-                created_seq,
-                restore_concert(&trees.snapshots, spec, &mut events)?,
-            ));
+            let placement: Option<Vec<NodeId>> = trees
+                .placements
+                .get(spec.id.0.as_bytes())?
+                .map(|bytes| postcard::from_bytes(&bytes))
+                .transpose()
+                .map_err(|error| StorageError::Unrecoverable(format!("bad placement: {error}")))?;
+            let mut concert = restore_concert(&trees.snapshots, spec, &mut events)?;
+            concert.placement = placement;
+            concerts.push((created_seq, concert));
         }
         // Concerts come back in the order they were created, as the node lists them.
         concerts.sort_by_key(|(created_seq, _)| *created_seq);
@@ -379,6 +390,12 @@ fn apply_meta(trees: &Trees, seq: u64, record: &MetaRecord) -> Result<(), sled::
         MetaRecord::User { id, record } => {
             trees.users.insert(id.as_bytes(), record.as_slice())?;
         }
+        MetaRecord::PlacedConcert { spec, placement } => {
+            let bytes = postcard::to_allocvec(&(seq, spec)).expect("concerts always encode");
+            let placed = postcard::to_allocvec(placement).expect("placements always encode");
+            trees.placements.insert(spec.id.0.as_bytes(), placed)?;
+            trees.concerts.insert(spec.id.0.as_bytes(), bytes)?;
+        }
     }
     Ok(())
 }
@@ -444,6 +461,7 @@ fn restore_concert(
     }
     Ok(RecoveredConcert {
         spec,
+        placement: None,
         states,
         shards,
     })

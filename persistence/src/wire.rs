@@ -8,7 +8,8 @@
 
 use engine::concert::ConcertSpec;
 use engine::journal::JournalRecord;
-use engine::shard_state::ShardState;
+use engine::remote::NodeId;
+use engine::shard_state::{ShardState, ShardStateV1};
 use serde::{Deserialize, Serialize};
 
 /// The stream of node-wide records: concerts and users.
@@ -17,11 +18,14 @@ pub const META_STREAM: &str = "meta";
 /// A node-wide record: what exists besides the shards' inventory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaRecord {
+    /// A concert whose shards all live on this node.
     Concert(ConcertSpec),
     /// A user as the HTTP front encodes it; opaque here, so that this crate never sees what a user holds.
-    User {
-        id: String,
-        record: Vec<u8>,
+    User { id: String, record: Vec<u8> },
+    /// A concert of a cluster: `placement[k]` is the node that owns shard `k`.
+    PlacedConcert {
+        spec: ConcertSpec,
+        placement: Vec<NodeId>,
     },
 }
 
@@ -37,15 +41,19 @@ pub enum Entry {
     Meta { seq: u64, record: MetaRecord },
 }
 
+/// V2 added the counts a general-admission shard moved to and from other shards.
 #[derive(Debug, Deserialize)]
 enum WireSnapshot {
-    V1(ShardState),
+    V1(ShardStateV1),
+    V2(ShardState),
 }
 
 /// The same layout as [`WireSnapshot`], borrowing the state so that writing a snapshot copies nothing.
 #[derive(Serialize)]
 enum WireSnapshotRef<'a> {
-    V1(&'a ShardState),
+    #[allow(dead_code)] // read only: written before V2
+    V1(()),
+    V2(&'a ShardState),
 }
 
 /// The stream of one shard of one concert, e.g. `c_1a2b/3`.
@@ -67,7 +75,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Entry, String> {
 /// `crc: u32 LE` of the rest, then the postcard snapshot.
 pub fn encode_snapshot(state: &ShardState) -> Vec<u8> {
     let body =
-        postcard::to_allocvec(&WireSnapshotRef::V1(state)).expect("shard states always encode");
+        postcard::to_allocvec(&WireSnapshotRef::V2(state)).expect("shard states always encode");
     let mut bytes = Vec::with_capacity(4 + body.len());
     bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     bytes.extend_from_slice(&body);
@@ -82,7 +90,8 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<ShardState, String> {
         return Err("snapshot checksum mismatch".into());
     }
     match postcard::from_bytes(body) {
-        Ok(WireSnapshot::V1(state)) => Ok(state),
+        Ok(WireSnapshot::V1(state)) => Ok(state.into()),
+        Ok(WireSnapshot::V2(state)) => Ok(state),
         Err(error) => Err(format!("undecodable snapshot: {error}")),
     }
 }

@@ -8,6 +8,12 @@
 //!
 //! The per-user allowances are rebuilt from the same states: sold tickets and tickets being paid for count for
 //! their owners, and holds count again from their records while they have not expired.
+//!
+//! In a cluster a node keeps the book of its own users only, and their shards may live on any node: the book is
+//! rebuilt from every node's view of its shards ([`ShardBookView`], the tickets and reservations of this node's
+//! users), gathered for each concert before anything is settled, since one order's parts can sit on several
+//! nodes. An order caught between its parts' confirmations (some sold, some still being paid for) is settled as
+//! one order: approved, its remaining parts are sold too.
 
 use super::{
     Book, Desk, Hold, HoldRecord, HoldState, IdempotencyEntry, Order, OrderOutcome, OrderStatus,
@@ -18,7 +24,7 @@ use crate::error::EngineError;
 use crate::ids::{ConcertId, HoldId, OrderId, UserId};
 use crate::payment::ChargeStatus;
 use crate::router::Part;
-use crate::shard_state::{OrderMeta, Purpose, ReleaseReason, ShardState};
+use crate::shard_state::{OrderMeta, Purpose, ReleaseReason, ShardBookView, ShardState};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +39,10 @@ const STATUS_RETRY_DELAY: Duration = Duration::from_millis(200);
 pub struct InFlightOrder {
     concert_id: ConcertId,
     order: Order,
+    /// Parts still reserved, being paid for.
     parts: Vec<Part>,
+    /// Tickets of parts sold before the stop.
+    sold: Vec<Ticket>,
     hold_id: Option<HoldId>,
     outcome: watch::Sender<Option<OrderOutcome>>,
 }
@@ -62,20 +71,22 @@ struct Paying {
 }
 
 impl Gathered {
-    fn from_states(spec: &ConcertSpec, states: &[ShardState]) -> Self {
+    fn from_views(spec: &ConcertSpec, views: &[ShardBookView]) -> Self {
         let mut gathered = Self::default();
-        for (shard, state) in states.iter().enumerate() {
-            let shard = shard as u32;
+        for view in views {
+            let shard = view.shard;
             let (start, _) = spec.shard_range(shard);
-            for (ticket_id, record) in state.tickets() {
+            for (ticket_id, record) in &view.tickets {
                 let (order, _) =
                     gathered
                         .sold
                         .entry(record.order_id.clone())
                         .or_insert_with(|| {
-                            let meta = state
-                                .order_meta(&record.order_id)
-                                .cloned()
+                            let meta = view
+                                .orders
+                                .iter()
+                                .find(|(id, _)| id == &record.order_id)
+                                .map(|(_, meta)| meta.clone())
                                 .unwrap_or_default();
                             let order = Order {
                                 id: record.order_id.clone(),
@@ -101,7 +112,7 @@ impl Gathered {
                     checked_in_at_ms: record.checked_in_at_ms,
                 });
             }
-            for (reservation_id, reservation) in state.reservations() {
+            for (reservation_id, reservation) in &view.reservations {
                 let part = Part {
                     shard,
                     reservation_id: *reservation_id,
@@ -201,13 +212,30 @@ impl Book {
 }
 
 impl Desk {
-    /// Fills the book with what one concert's recovered shards hold; returns the orders still to settle. Call it
-    /// for every concert before the node takes traffic, then [`Desk::settle_in_flight`] each returned order once the
-    /// concert's shard actors run.
+    /// Fills the book with what one concert's recovered shards hold for this node's users; returns the orders
+    /// still to settle. Call it for every concert before the node takes traffic, then [`Desk::settle_in_flight`]
+    /// each returned order once the concert's shard actors run.
     pub fn restore(&self, spec: &ConcertSpec, states: &[ShardState]) -> Vec<InFlightOrder> {
+        let views: Vec<ShardBookView> = states
+            .iter()
+            .enumerate()
+            .map(|(shard, state)| state.book_view(shard as u32, |user| self.is_local_user(user)))
+            .collect();
+        self.restore_views(spec, &views)
+    }
+
+    /// [`Desk::restore`] from the views of every shard of the concert (every node's, in a cluster).
+    pub fn restore_views(&self, spec: &ConcertSpec, views: &[ShardBookView]) -> Vec<InFlightOrder> {
         let now_ms = self.clock.now_ms();
-        let gathered = Gathered::from_states(spec, states);
+        let mut gathered = Gathered::from_views(spec, views);
         let mut book = self.book();
+        // An order sold in part and still being paid for in part is settled as a whole, below.
+        let partly_sold: Vec<(OrderId, Vec<Ticket>)> = gathered
+            .paying
+            .keys()
+            .filter_map(|id| Some((id.clone(), gathered.sold.remove(id)?.0.tickets)))
+            .collect();
+        let mut partly_sold: BTreeMap<OrderId, Vec<Ticket>> = partly_sold.into_iter().collect();
         for (order, meta) in gathered.sold.into_values() {
             book.upsert_order(&order);
             book.add_tickets(&order.user_id, &spec.id, order.tickets.len() as u32);
@@ -239,9 +267,15 @@ impl Desk {
                 parts,
             } = paying;
             let (sender, receiver) = watch::channel(None);
-            let order = pending_order(order_id, spec, &user_id, &parts, &meta);
+            let sold = partly_sold.remove(&order_id).unwrap_or_default();
+            let mut order = pending_order(order_id, spec, &user_id, &parts, &meta);
+            order.amount_cents += spec.price_cents * sold.len() as u64;
             book.upsert_order(&order);
-            book.add_tickets(&user_id, &spec.id, parts_tickets(&parts));
+            book.add_tickets(
+                &user_id,
+                &spec.id,
+                parts_tickets(&parts) + sold.len() as u32,
+            );
             book.remember_key(&user_id, &meta, receiver.clone());
             let hold_id = hold.map(|(hold_id, expires_at_ms)| {
                 let hold = hold_of(
@@ -268,6 +302,7 @@ impl Desk {
                 concert_id: spec.id.clone(),
                 order,
                 parts,
+                sold,
                 hold_id,
                 outcome: sender,
             });
@@ -282,6 +317,7 @@ impl Desk {
             concert_id,
             mut order,
             parts,
+            sold,
             hold_id,
             outcome: sender,
         } = in_flight;
@@ -290,10 +326,16 @@ impl Desk {
                 .router
                 .concert(&concert_id)
                 .ok_or(EngineError::ConcertNotFound)?;
-            let status = self.charge_status(&order.id).await;
+            let status = if sold.is_empty() {
+                self.charge_status(&order.id).await
+            } else {
+                // Some parts were sold: the charge was approved.
+                Some(ChargeStatus::Approved)
+            };
             tracing::info!(order_id = %order.id, ?status, "settling an order recovered in flight");
             let (reason, error) = match status {
                 Some(ChargeStatus::Approved) => {
+                    order.tickets = sold;
                     return self.confirm(order.clone(), &concert, &parts).await;
                 }
                 Some(ChargeStatus::Declined) => (

@@ -11,10 +11,10 @@ fn counts(remaining: u64, held: u64, sold: u64) -> Availability {
 
 /// Two shards of ten seats each.
 fn feed() -> Arc<ConcertFeed> {
-    Arc::new(ConcertFeed::new([
-        (0, counts(10, 0, 0)),
-        (10, counts(10, 0, 0)),
-    ]))
+    Arc::new(ConcertFeed::new(
+        20,
+        [(0, Some(counts(10, 0, 0))), (10, Some(counts(10, 0, 0)))],
+    ))
 }
 
 fn seat_of(item: FeedItem) -> (u64, u64, SeatChangeKind) {
@@ -80,7 +80,7 @@ async fn a_resuming_subscriber_gets_exactly_what_it_missed() {
 
 #[tokio::test]
 async fn a_position_older_than_the_replay_buffer_needs_a_snapshot() {
-    let feed = Arc::new(ConcertFeed::new([(0, counts(100, 0, 0))]));
+    let feed = Arc::new(ConcertFeed::new(100, [(0, Some(counts(100, 0, 0)))]));
     for round in 0..(REPLAY_MAX as u32 / 50 + 1) {
         let seats: Vec<u32> = (0..50).collect();
         let kind = if round % 2 == 0 {
@@ -100,7 +100,7 @@ async fn a_position_older_than_the_replay_buffer_needs_a_snapshot() {
 
 #[tokio::test]
 async fn a_subscriber_that_falls_behind_is_told_and_others_are_not_affected() {
-    let feed = Arc::new(ConcertFeed::new([(0, counts(2, 0, 0))]));
+    let feed = Arc::new(ConcertFeed::new(2, [(0, Some(counts(2, 0, 0)))]));
     let mut slow = feed.subscribe(None);
     let mut fast = feed.subscribe(None);
     for round in 0..SUBSCRIBER_LAG_MAX + 10 {

@@ -197,7 +197,16 @@ struct Model {
     reservations: BTreeMap<ReservationId, ModelReservation>,
     next_reservation_id: ReservationId,
     tickets: BTreeMap<TicketId, ModelTicket>,
+    /// Moves with one other shard, [`MOVE_PEER`], both ways.
+    moved_out: u64,
+    moved_in: u64,
+    out_last_seq: u64,
+    out_unacknowledged: BTreeMap<u64, u64>,
+    in_last_seq: u64,
 }
+
+/// The shard that the shard under test moves count to and from in the property test.
+const MOVE_PEER: u32 = 7;
 
 impl Model {
     fn new(capacity: u64, seated: bool) -> Self {
@@ -215,7 +224,59 @@ impl Model {
             reservations: BTreeMap::new(),
             next_reservation_id: 1,
             tickets: BTreeMap::new(),
+            moved_out: 0,
+            moved_in: 0,
+            out_last_seq: 0,
+            out_unacknowledged: BTreeMap::new(),
+            in_last_seq: 0,
         }
+    }
+
+    fn move_out(&mut self, want: u64) -> Option<ShardEvent> {
+        if self.seated || self.remaining == 0 || want == 0 {
+            return None;
+        }
+        let count = want.max(self.remaining / 2).min(self.remaining);
+        self.remaining -= count;
+        self.moved_out += count;
+        self.out_last_seq += 1;
+        self.out_unacknowledged.insert(self.out_last_seq, count);
+        Some(ShardEvent::MovedOut {
+            to_shard: MOVE_PEER,
+            seq: self.out_last_seq,
+            count,
+        })
+    }
+
+    fn move_in(&mut self, seq: u64, count: u64) -> MoveArrival {
+        if seq <= self.in_last_seq {
+            return MoveArrival::Repeated;
+        }
+        if seq > self.in_last_seq + 1 {
+            return MoveArrival::Early {
+                expected_seq: self.in_last_seq + 1,
+            };
+        }
+        self.in_last_seq = seq;
+        self.remaining += count;
+        self.moved_in += count;
+        MoveArrival::Apply(ShardEvent::MovedIn {
+            from_shard: MOVE_PEER,
+            seq,
+            count,
+        })
+    }
+
+    fn acknowledge(&mut self, seq: u64) -> Option<ShardEvent> {
+        let first = *self.out_unacknowledged.keys().next()?;
+        if first > seq || seq > self.out_last_seq {
+            return None;
+        }
+        self.out_unacknowledged.retain(|pending, _| *pending > seq);
+        Some(ShardEvent::MoveAcknowledged {
+            to_shard: MOVE_PEER,
+            seq,
+        })
     }
 
     /// The first `count` adjacent free seats if there are any, else the first `count` free seats.
@@ -426,8 +487,29 @@ impl Model {
                 sold: self.sold,
             }
         );
-        assert_eq!(availability.total(), self.capacity);
-        assert_eq!(self.remaining + self.held + self.sold, self.capacity);
+        assert_eq!(
+            availability.total(),
+            self.capacity + self.moved_in - self.moved_out
+        );
+        assert_eq!(state.allotment(), availability.total());
+        assert_eq!(
+            (state.moved_in(), state.moved_out()),
+            (self.moved_in, self.moved_out)
+        );
+        let pending: Vec<(u64, u64)> = state
+            .pending_moves()
+            .iter()
+            .map(|pending| {
+                assert_eq!(pending.to_shard, MOVE_PEER);
+                (pending.seq, pending.count)
+            })
+            .collect();
+        let expected: Vec<(u64, u64)> = self
+            .out_unacknowledged
+            .iter()
+            .map(|(seq, count)| (*seq, *count))
+            .collect();
+        assert_eq!(pending, expected);
 
         let expected_seats: Vec<SeatStatus> = self
             .seats
@@ -525,6 +607,19 @@ enum Op {
     CheckIn {
         ticket: Index,
     },
+    /// General admission only: give count to [`MOVE_PEER`].
+    MoveOut {
+        want: u64,
+    },
+    /// General admission only: a move from [`MOVE_PEER`]: a repeat, the next one or an early one.
+    MoveIn {
+        seq_after_last: u64,
+        count: u64,
+    },
+    /// [`MOVE_PEER`] acknowledges the moves up to some number, sent or not.
+    Acknowledge {
+        seq: Index,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -549,6 +644,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<Index>().prop_map(|reservation| Op::Expire { reservation }),
         2 => (0u64..1_000).prop_map(|ms| Op::Advance { ms }),
         2 => any::<Index>().prop_map(|ticket| Op::CheckIn { ticket }),
+        1 => (1..=MODEL_CAPACITY_MAX).prop_map(|want| Op::MoveOut { want }),
+        1 => (0u64..3, 1..=MODEL_CAPACITY_MAX)
+            .prop_map(|(seq_after_last, count)| Op::MoveIn { seq_after_last, count }),
+        1 => any::<Index>().prop_map(|seq| Op::Acknowledge { seq }),
     ]
 }
 
@@ -657,6 +756,36 @@ fn step(driver: &mut Driver, model: &mut Model, op: &Op) {
             let ticket_id = pick_ticket(model, ticket);
             let expected = model.check_in(&ticket_id, driver.now_ms);
             assert_eq!(driver.check_in(&ticket_id), expected);
+        }
+        Op::MoveOut { .. } | Op::MoveIn { .. } if model.seated => {
+            // Seats never move; the router never asks a seated shard.
+        }
+        Op::MoveOut { want } => {
+            let expected = model.move_out(*want);
+            let decision = driver.state.decide_move_out(MOVE_PEER, *want).ok_or(());
+            assert_eq!(driver.commit(decision).ok(), expected);
+        }
+        Op::MoveIn {
+            seq_after_last,
+            count,
+        } => {
+            // A repeat of the last move carries its count, which a repeat ignores anyway.
+            let seq = (model.in_last_seq + seq_after_last).max(1);
+            let expected = model.move_in(seq, *count);
+            let arrival = driver.state.decide_move_in(MOVE_PEER, seq, *count);
+            if let MoveArrival::Apply(event) = &arrival {
+                driver.commit(Ok::<_, ()>(event.clone())).expect("applied");
+            }
+            assert_eq!(arrival, expected);
+        }
+        Op::Acknowledge { seq } => {
+            let seq = seq.index(model.out_last_seq as usize + 2) as u64;
+            let expected = model.acknowledge(seq);
+            let decision = driver
+                .state
+                .decide_move_acknowledged(MOVE_PEER, seq)
+                .ok_or(());
+            assert_eq!(driver.commit(decision).ok(), expected);
         }
     }
 }
