@@ -59,6 +59,26 @@ impl SeatChangeKind {
             SeatChangeKind::Expired => "expired",
         }
     }
+
+    /// A number for the wire between nodes.
+    pub fn code(self) -> u8 {
+        match self {
+            SeatChangeKind::Held => 0,
+            SeatChangeKind::Sold => 1,
+            SeatChangeKind::Released => 2,
+            SeatChangeKind::Expired => 3,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => SeatChangeKind::Held,
+            1 => SeatChangeKind::Sold,
+            2 => SeatChangeKind::Released,
+            3 => SeatChangeKind::Expired,
+            _ => return None,
+        })
+    }
 }
 
 /// One seat's change, at its position in the concert's feed.
@@ -68,7 +88,28 @@ pub struct SeatChange {
     /// The concert-wide seat index (`ConcertSpec::seat_label` names it).
     pub seat: u64,
     pub kind: SeatChangeKind,
+    /// The event id, when it is not this feed's `EPOCH-POSITION`: a cluster's merged feed names every change by
+    /// the positions of every node's feed.
+    id: Option<Box<str>>,
     encoded: OnceLock<Bytes>,
+}
+
+impl SeatChange {
+    /// A change another feed published, relayed under the event id `id`.
+    pub fn relayed(position: u64, seat: u64, kind: SeatChangeKind, id: String) -> Self {
+        Self {
+            position,
+            seat,
+            kind,
+            id: Some(id.into_boxed_str()),
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// The event id a relayed change carries.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
 }
 
 /// The concert's counts at one moment.
@@ -76,6 +117,15 @@ pub struct SeatChange {
 pub struct AvailabilityUpdate {
     pub availability: Availability,
     encoded: OnceLock<Bytes>,
+}
+
+impl AvailabilityUpdate {
+    pub fn new(availability: Availability) -> Self {
+        Self {
+            availability,
+            encoded: OnceLock::new(),
+        }
+    }
 }
 
 /// What subscribers receive. Each item is encoded for the wire once, by the first subscriber that sends it
@@ -183,6 +233,7 @@ impl ConcertFeed {
                 position: inner.last_position,
                 seat: base + u64::from(seat),
                 kind,
+                id: None,
                 encoded: OnceLock::new(),
             });
             if inner.replay.len() == REPLAY_MAX {
@@ -251,10 +302,7 @@ async fn pump(feed: Arc<ConcertFeed>) {
                 inner.pump_running = false;
                 return;
             }
-            let update = AvailabilityUpdate {
-                availability: feed.availability(),
-                encoded: OnceLock::new(),
-            };
+            let update = AvailabilityUpdate::new(feed.availability());
             let _ = feed.sender.send(FeedItem::Availability(Arc::new(update)));
         }
         tokio::time::sleep(AVAILABILITY_INTERVAL).await;

@@ -790,6 +790,11 @@ impl ConcertHandle {
         self.shards.len() as u32
     }
 
+    /// The node this handle lives on.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
     /// The shards this node owns.
     pub fn local_shards(&self) -> Vec<u32> {
         self.shards
