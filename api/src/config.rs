@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a node: the HTTP front and the concert shards.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Snapshot every shard of a stopped node's data dir and truncate its journal (offline).
     Snapshot(DataDirArgs),
     /// Rotate the master key of a running node (`POST /admin/rotate-master-key`); sales go on meanwhile.
@@ -134,6 +134,78 @@ pub struct ServeArgs {
     /// Actix arbiters (threads) for shard actors; default: one per core.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_024))]
     pub arbiters: Option<u32>,
+    /// In a cluster: `shard` owns the shards and users placed on it, `front` owns nothing and serves the public
+    /// API by asking shard nodes.
+    #[arg(long, env = "BOXOFFICE_ROLE", value_enum, default_value = "shard")]
+    pub role: RoleArg,
+    /// In a cluster: every shard node's internal base URL, in node order (`http://HOST:PORT,...`); the same list
+    /// on every process. Needs BOXOFFICE_CLUSTER_SECRET.
+    #[arg(long, env = "BOXOFFICE_CLUSTER_NODES")]
+    pub cluster_nodes: Option<String>,
+    /// A shard node's number: its place in --cluster-nodes, from 0.
+    #[arg(long, env = "BOXOFFICE_NODE_ID", value_parser = clap::value_parser!(u32).range(0..256))]
+    pub node_id: Option<u32>,
+    /// Where a shard node serves the other processes of its cluster (HTTP/2, authenticated by the cluster
+    /// secret). A front has none.
+    #[arg(long, env = "BOXOFFICE_INTERNAL_LISTEN")]
+    pub internal_listen: Option<SocketAddr>,
+}
+
+/// `--role`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    Shard,
+    Front,
+}
+
+/// The environment variable holding the cluster secret.
+pub const CLUSTER_SECRET_ENV: &str = "BOXOFFICE_CLUSTER_SECRET";
+
+impl ServeArgs {
+    /// The cluster this process belongs to, if `--cluster-nodes` is given: its role, node list and secret.
+    pub fn cluster(&self) -> Result<Option<cluster::config::ClusterConfig>, String> {
+        let Some(nodes) = &self.cluster_nodes else {
+            if self.role == RoleArg::Front
+                || self.node_id.is_some()
+                || self.internal_listen.is_some()
+            {
+                return Err(
+                    "--role front, --node-id and --internal-listen need --cluster-nodes".into(),
+                );
+            }
+            return Ok(None);
+        };
+        let secret = std::env::var(CLUSTER_SECRET_ENV)
+            .map_err(|_| format!("--cluster-nodes needs {CLUSTER_SECRET_ENV}"))?;
+        let role = match (self.role, self.node_id) {
+            (RoleArg::Shard, Some(node)) => cluster::config::Role::Shard { node },
+            (RoleArg::Shard, None) => return Err("a shard node needs --node-id".into()),
+            (RoleArg::Front, None) => cluster::config::Role::Front,
+            (RoleArg::Front, Some(_)) => return Err("a front has no --node-id".into()),
+        };
+        match role {
+            cluster::config::Role::Front if self.internal_listen.is_some() => {
+                return Err("a front has no internal port: drop --internal-listen".into());
+            }
+            cluster::config::Role::Shard { .. } if self.internal_listen.is_none() => {
+                return Err("a shard node needs --internal-listen".into());
+            }
+            _ => {}
+        }
+        if self.demo {
+            return Err(
+                "--demo seeds a single node; create a cluster's concerts with POST /concerts"
+                    .into(),
+            );
+        }
+        if self.durability == DurabilityMode::None && role != cluster::config::Role::Front {
+            return Err(
+                "a cluster's shard nodes keep their data: --durability none is for a single node"
+                    .into(),
+            );
+        }
+        cluster::config::ClusterConfig::new(role, nodes, &secret).map(Some)
+    }
 }
 
 impl ServeArgs {

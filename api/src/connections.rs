@@ -160,6 +160,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // A request another process of the cluster forwarded carries the client's address as that process saw
+        // it (the internal port trusts it: only a holder of the cluster secret can send it).
+        if let Some(forwarded) = parts.extensions.get::<cluster::server::Forwarded>() {
+            return Ok(Self(forwarded.client));
+        }
         Ok(Self(
             parts
                 .extensions

@@ -61,7 +61,7 @@ fn check_optional(field: &str, value: &Option<String>) -> ApiResult<()> {
     }
 }
 
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CardRequest {
     /// Card brand, e.g. `visa`.
@@ -77,7 +77,7 @@ pub struct CardRequest {
 }
 
 impl CardRequest {
-    fn validate(self) -> ApiResult<StoredCard> {
+    pub fn validate(self) -> ApiResult<StoredCard> {
         check_length("card.type", &self.kind, 1, 20)?;
         check_length(
             "card.holder_name",
@@ -151,7 +151,7 @@ pub struct UserRequest {
     pub card: Option<CardRequest>,
 }
 
-fn check_username(username: &str) -> ApiResult<()> {
+pub fn check_username(username: &str) -> ApiResult<()> {
     let ok = (USERNAME_LENGTH_MIN..=USERNAME_LENGTH_MAX).contains(&username.len())
         && username
             .bytes()
@@ -247,7 +247,7 @@ impl BulkUsersRequest {
     }
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct BulkUsersResponse {
     /// In index order; each token is shown only here.
     pub users: Vec<RegisteredResponse>,
@@ -348,7 +348,7 @@ impl From<&User> for UserResponse {
     }
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct RegisteredResponse {
     pub id: String,
     pub username: String,
@@ -562,7 +562,7 @@ impl From<&Order> for OrderResponse {
     }
 }
 
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TicketVerifyRequest {
     pub token: String,
@@ -577,7 +577,7 @@ pub struct RotateMasterKeyRequest {
     pub new_master_key: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RotateMasterKeyResponse {
     /// The id (key check value) of the master key now in use.
     pub master_key_id: String,
@@ -585,7 +585,7 @@ pub struct RotateMasterKeyResponse {
 }
 
 /// What `POST /admin/snapshot` wrote, and the journal left behind it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SnapshotResponse {
     pub concerts: u64,
     pub shards: u64,

@@ -14,7 +14,8 @@ pub const RETRY_AFTER_S: u32 = 1;
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    /// One of the API's error codes; one another node of a cluster answered is passed on as it came.
+    pub code: std::borrow::Cow<'static, str>,
     pub message: String,
     /// `Retry-After` of a 429 or 503, when it is not [`RETRY_AFTER_S`].
     pub retry_after_s: Option<u64>,
@@ -37,7 +38,7 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
-            code,
+            code: code.into(),
             message: message.into(),
             retry_after_s: None,
         }
@@ -164,7 +165,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code.to_owned(),
+                code: self.code.into_owned(),
                 message: self.message,
             },
         };

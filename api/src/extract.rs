@@ -350,7 +350,7 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// The token of an `Authorization: Bearer <token>` header. The scheme is case-insensitive (RFC 9110, 11.1).
-fn bearer_token(value: &str) -> Option<&str> {
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }

@@ -8,7 +8,10 @@
 //! - [`users`]: users, argon2id passwords, hashed bearer tokens, masked cards; [`openapi`]: the generated document.
 //! - [`throttle`]: failed logins limited per username and per address; [`connections`]: the bounded listener
 //!   and the client address of a request.
+//! - [`cluster`]: in a cluster, which process answers a request, forwarding, the admin's gatherings, the internal
+//!   routes, concerts on every node, and the front.
 
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod dto;
@@ -32,16 +35,70 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// Request bodies larger than this are refused with 413 (API.md).
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 
+/// What bounds every request of the public port: how many are served at once, and for how long.
+#[derive(Clone)]
+pub struct Guards {
+    pub requests_in_flight: Arc<Semaphore>,
+    pub request_timeout: Duration,
+}
+
+impl Guards {
+    pub fn new(requests_in_flight_max: usize, request_timeout: Duration) -> Self {
+        Self {
+            requests_in_flight: Arc::new(Semaphore::new(requests_in_flight_max)),
+            request_timeout,
+        }
+    }
+}
+
+/// The public API of a node; in a cluster, requests another process answers are forwarded there first.
 pub fn app(state: AppState) -> axum::Router {
+    routes(state.clone())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::cluster::route,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.guards(),
+            limit_duration,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.guards(),
+            limit_in_flight,
+        ))
+}
+
+/// What a shard node's internal port serves besides shard requests and feeds: the same public API, for requests
+/// other processes forward (never forwarded again), and the internal routes.
+pub fn internal_app(state: AppState) -> axum::Router {
+    crate::cluster::internal::routes()
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::cluster::internal::wait_for_recovery,
+        ))
+        .with_state(state.clone())
+        .merge(routes(state.clone()).layer(middleware::from_fn_with_state(
+            state.guards(),
+            limit_duration,
+        )))
+}
+
+fn routes(state: AppState) -> axum::Router {
     axum::Router::new()
         .route("/", get(routes::web::index))
         .route("/app.js", get(routes::web::script))
         .route("/app.css", get(routes::web::stylesheet))
         .route("/health", get(ops::health))
+        .route("/health/ready", get(ops::health))
+        .route("/health/live", get(ops::live))
+        .route("/admin/cluster", get(ops::cluster))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route("/users", post(user_routes::create).get(user_routes::list))
@@ -76,21 +133,17 @@ pub fn app(state: AppState) -> axum::Router {
             state.clone(),
             wait_for_recovery,
         ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            limit_duration,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            limit_in_flight,
-        ))
         .with_state(state)
 }
 
 /// Sheds load at the edge: beyond `--requests-in-flight-max` concurrent requests, answer 503 at once rather
 /// than queue without bound.
-async fn limit_in_flight(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match state.requests_in_flight.clone().try_acquire_owned() {
+pub(crate) async fn limit_in_flight(
+    State(guards): State<Guards>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match guards.requests_in_flight.clone().try_acquire_owned() {
         Ok(_permit) => next.run(request).await,
         Err(_) => {
             metrics::counter!("boxoffice_requests_shed_total").increment(1);
@@ -103,18 +156,29 @@ async fn limit_in_flight(State(state): State<AppState>, request: Request, next: 
 /// `503 processing_timeout`. An order does not live in the handler (the desk runs it in a task of its own), so it
 /// still ends in tickets or a release, and a retry with its `Idempotency-Key` reads the outcome. The limit covers
 /// reading the body and producing the response's head, not streaming a body (server-sent events).
-async fn limit_duration(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+pub(crate) async fn limit_duration(
+    State(guards): State<Guards>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(guards.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
             metrics::counter!("boxoffice_requests_timed_out_total").increment(1);
-            ApiError::processing_timeout(state.request_timeout.as_secs()).into_response()
+            ApiError::processing_timeout(guards.request_timeout.as_secs()).into_response()
         }
     }
 }
 
 /// Paths that answer while the node recovers: how operators and orchestrators watch it come up.
-const OPERATIONAL_PATHS: [&str; 3] = ["/health", "/metrics", "/openapi.json"];
+const OPERATIONAL_PATHS: [&str; 6] = [
+    "/health",
+    "/health/ready",
+    "/health/live",
+    "/metrics",
+    "/openapi.json",
+    "/admin/cluster",
+];
 
 /// Until recovery has finished, every route but the operational ones answers `503 recovering`: nothing may read
 /// or change state that is still being rebuilt.

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
                     .build()
                     .expect("tokio runtime")
             });
-            exit_code(system.block_on(api::server::run(args)))
+            exit_code(system.block_on(api::server::run(*args)))
         }
         Command::Snapshot(args) => exit_code(api::offline::snapshot(&args)),
         Command::RotateMasterKey(args) => exit_code(api::keys::rotate_over_http(&args)),

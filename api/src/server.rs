@@ -2,7 +2,14 @@
 //!
 //! Must run inside an actix `System` built on a tokio multi-thread runtime (see `main.rs` and FACTS.md):
 //! shard actors live on one arbiter per core, the HTTP front on tokio's workers.
+//!
+//! In a cluster a shard node also serves its internal port (`cluster::server`), rebuilds its users' book from
+//! every node after a start (`cluster::book`), fetches concerts it missed (`cluster::catalog`), and retries what
+//! could not reach another node (`Router::upkeep`). Its data dir remembers which node it belongs to
+//! ([`NODE_ID_FILE`]): a start with another `--node-id` is refused, so a volume never serves as two nodes. A
+//! front runs `crate::cluster::front` instead.
 
+use crate::cluster::ClusterState;
 use crate::config::ServeArgs;
 use crate::durability::{DurabilityMode, Durable};
 use crate::keys::MasterKeys;
@@ -14,6 +21,7 @@ use engine::concert::{ConcertSpec, Layout, Section};
 use engine::desk::{Desk, DeskConfig};
 use engine::ids::{ConcertId, random_hex};
 use engine::payment::{PaymentPool, PaymentPoolConfig, SimulatedProvider};
+use engine::remote::NodeId;
 use engine::router::Router;
 use futures_util::StreamExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -34,6 +42,10 @@ const ADMIN_TOKEN_FILE: &str = "admin-token";
 pub const SIMULATOR_LEDGER_DIR: &str = "payment-sim";
 /// Orders recovered in flight that are settled with the provider at once at most.
 const SETTLE_IN_FLIGHT_MAX: usize = 1024;
+/// File in the data directory of a cluster's shard node holding its node id.
+pub const NODE_ID_FILE: &str = "cluster-node-id";
+/// How often a cluster node retries releases and moves that could not reach another node.
+const CLUSTER_UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A node's parts, wired together: what `run` serves, and what an in-process client (a bench) drives through
 /// [`crate::app`] without a socket.
@@ -52,13 +64,25 @@ impl Node {
     /// Builds the node from its flags: arbiters, router, payment pool, desk, user store. Nothing is recovered
     /// yet: the state answers `503 recovering` until [`Node::recover`] has run.
     pub fn assemble(args: &ServeArgs) -> Result<Node, String> {
+        Self::assemble_in(args, None)
+    }
+
+    /// [`Node::assemble`] for shard node `cluster.node()` of a cluster.
+    pub fn assemble_in(
+        args: &ServeArgs,
+        cluster: Option<Arc<ClusterState>>,
+    ) -> Result<Node, String> {
         std::fs::create_dir_all(&args.data_dir).map_err(|error| {
             format!(
                 "cannot create data dir {}: {error}",
                 args.data_dir.display()
             )
         })?;
-        let admin_token = admin_token(&args.data_dir)?;
+        let node = cluster.as_ref().and_then(|cluster| cluster.node());
+        if let Some(node) = node {
+            claim_data_dir(&args.data_dir, node)?;
+        }
+        let admin_token = admin_token(&args.data_dir, cluster.is_some())?;
         let metrics = metrics_handle()?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let durable = Durable::default();
@@ -68,11 +92,17 @@ impl Node {
             .map(|n| n as usize)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let arbiters: Vec<Arbiter> = (0..arbiter_count).map(|_| Arbiter::new()).collect();
-        let router = Arc::new(Router::new(
-            arbiters.iter().map(Arbiter::handle).collect(),
-            Arc::new(durable.clone()),
-            clock.clone(),
-        ));
+        let handles = arbiters.iter().map(Arbiter::handle).collect();
+        let router = Arc::new(match (&cluster, node) {
+            (Some(cluster), Some(node)) => Router::clustered(
+                handles,
+                Arc::new(durable.clone()),
+                clock.clone(),
+                node,
+                Arc::new(cluster::peers::PeerLink(cluster.peers.clone())),
+            ),
+            _ => Router::new(handles, Arc::new(durable.clone()), clock.clone()),
+        });
         let (provider, ledger) = payment_simulator(args)?;
         let master_keys = Arc::new(MasterKeys::load(&args.data_dir)?);
         let payments = Arc::new(PaymentPool::new(
@@ -98,6 +128,7 @@ impl Node {
             clock,
             durable.clone(),
             master_keys.ring(),
+            node,
         ));
         let state = AppState::new(
             desk.clone(),
@@ -107,7 +138,8 @@ impl Node {
             master_keys.clone(),
             &admin_token,
             args.http_limits()?,
-        );
+        )
+        .in_cluster(cluster);
         Ok(Node {
             state,
             router,
@@ -123,7 +155,8 @@ impl Node {
     /// Recovers from the data dir (see [`recover`]), finishes an interrupted key rotation, creates the demo
     /// concerts when asked, and opens the node for orders.
     pub async fn recover(&self, args: &ServeArgs) -> Result<(), String> {
-        recover(args, &self.desk, &self.users, &self.durable).await?;
+        let clustered = self.state.cluster.is_some();
+        recover(args, &self.desk, &self.users, &self.durable, clustered).await?;
         self.master_keys
             .finish_interrupted_rotation(&self.users)
             .await
@@ -134,23 +167,39 @@ impl Node {
         self.state.recovered.store(true, Ordering::Release);
         self.state.ready.store(true, Ordering::Release);
         tracing::info!("ready");
+        if let Some(cluster) = self.state.cluster.clone() {
+            // The users' book comes from every node; concerts missed while down come from the others.
+            tokio::spawn(cluster::book::rebuild(
+                self.desk.clone(),
+                self.router.concerts(),
+            ));
+            tokio::spawn(crate::cluster::catalog::sync(self.state.clone(), cluster));
+        }
         Ok(())
     }
 
-    /// Sweeps old idempotency keys, ended holds and expired tokens, and compacts histograms, until aborted.
+    /// Sweeps old idempotency keys, ended holds and expired tokens, and compacts histograms, until aborted; in a
+    /// cluster, also retries what could not reach another node.
     pub fn spawn_upkeep(&self) -> tokio::task::JoinHandle<()> {
-        let (desk, users, metrics) = (
+        let (desk, users, metrics, router) = (
             self.desk.clone(),
             self.users.clone(),
             self.state.metrics.clone(),
+            self.router.clone(),
         );
+        let clustered = self.state.cluster.is_some();
         tokio::spawn(async move {
-            let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+            let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+            let mut repair = tokio::time::interval(CLUSTER_UPKEEP_INTERVAL);
             loop {
-                interval.tick().await;
-                desk.sweep();
-                users.sweep();
-                metrics.run_upkeep();
+                tokio::select! {
+                    _ = sweep.tick() => {
+                        desk.sweep();
+                        users.sweep();
+                        metrics.run_upkeep();
+                    }
+                    _ = repair.tick(), if clustered => router.upkeep().await,
+                }
             }
         })
     }
@@ -176,7 +225,15 @@ impl Node {
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), String> {
-    let node = Node::assemble(&args)?;
+    let cluster = args
+        .cluster()?
+        .map(|config| ClusterState::new(config, Duration::from_secs(args.request_timeout_s)));
+    if let Some(cluster) = cluster.clone().filter(|cluster| cluster.is_front()) {
+        let token = std::env::var(ADMIN_TOKEN_ENV)
+            .map_err(|_| format!("a cluster's processes share {ADMIN_TOKEN_ENV}: set it"))?;
+        return crate::cluster::front::run(args, cluster, token).await;
+    }
+    let node = Node::assemble_in(&args, cluster)?;
     let state = node.state.clone();
     let listener = listen(args.listen)
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
@@ -188,7 +245,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let draining = state.shutdown.clone();
     let server = tokio::spawn(crate::connections::serve(
         crate::connections::ConnectionLimit::new(listener, args.connections_max),
-        crate::app(state),
+        crate::app(state.clone()),
         async move {
             shutdown_signal().await;
             ready.store(false, Ordering::Release);
@@ -197,6 +254,30 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         },
     ));
 
+    let internal = match (&state.cluster, args.internal_listen) {
+        (Some(cluster), Some(address)) => {
+            let listener =
+                listen(address).map_err(|error| format!("cannot listen on {address}: {error}"))?;
+            tracing::info!(%address, node = ?cluster.node(), "internal port listening");
+            let service = cluster::server::InternalService::new(
+                cluster.config.secret().clone(),
+                Some(node.router.clone()),
+                Some(Arc::new(cluster::feed::NodeFeeds)),
+                state.recovered.clone(),
+                crate::internal_app(state.clone()),
+            );
+            let mut stopped = state.shutdown.subscribe();
+            Some(tokio::spawn(cluster::server::serve(
+                listener,
+                service,
+                async move {
+                    let _ = stopped.wait_for(|draining| *draining).await;
+                },
+            )))
+        }
+        _ => None,
+    };
+
     node.recover(&args).await?;
     let upkeep = node.spawn_upkeep();
     server
@@ -204,6 +285,9 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         .map_err(|error| format!("server task failed: {error}"))?
         .map_err(|error| format!("server failed: {error}"))?;
     upkeep.abort();
+    if let Some(internal) = internal {
+        internal.abort();
+    }
     node.stop().await;
     tracing::info!("stopped");
     Ok(())
@@ -215,7 +299,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
 /// handshake after 1, 3, 7, 15... seconds, which becomes the tail of the burst's latency.
 pub const LISTEN_BACKLOG: u32 = 65_535;
 
-fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if address.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -250,6 +334,7 @@ async fn recover(
     desk: &Arc<Desk>,
     users: &UserStore,
     durable: &Durable,
+    clustered: bool,
 ) -> Result<(), String> {
     if args.durability == DurabilityMode::None {
         return Ok(());
@@ -271,14 +356,23 @@ async fn recover(
     let mut in_flight = Vec::new();
     let (mut sold, mut held) = (0, 0);
     let concert_count = recovered.concerts.len();
+    let node = desk.router().node();
     for concert in recovered.concerts {
-        for state in &concert.states {
-            sold += state.availability().sold;
-            held += state.availability().held;
+        let placement = concert
+            .placement
+            .unwrap_or_else(|| vec![node; concert.spec.shards as usize]);
+        for (shard, state) in concert.states.iter().enumerate() {
+            if placement[shard] == node {
+                sold += state.availability().sold;
+                held += state.availability().held;
+            }
         }
-        in_flight.extend(desk.restore(&concert.spec, &concert.states));
+        // A cluster node's book comes from every node's shards once it runs (`cluster::book`).
+        if !clustered {
+            in_flight.extend(desk.restore(&concert.spec, &concert.states));
+        }
         desk.router()
-            .start_concert(concert.spec, concert.states)
+            .start_placed_concert(concert.spec, placement, concert.states)
             .map_err(|error| format!("cannot restart a concert: {error}"))?;
     }
     let in_flight_count = in_flight.len();
@@ -312,13 +406,22 @@ async fn recover(
     Ok(())
 }
 
-/// The admin token from `BOXOFFICE_ADMIN_TOKEN`, or one generated once into the data dir (mode 0600).
-fn admin_token(data_dir: &Path) -> Result<String, String> {
-    if let Ok(token) = std::env::var("BOXOFFICE_ADMIN_TOKEN") {
+/// The environment variable holding the admin token.
+pub const ADMIN_TOKEN_ENV: &str = "BOXOFFICE_ADMIN_TOKEN";
+
+/// The admin token from `BOXOFFICE_ADMIN_TOKEN`, or one generated once into the data dir (mode 0600); a cluster's
+/// processes share theirs, so there it must be set.
+fn admin_token(data_dir: &Path, clustered: bool) -> Result<String, String> {
+    if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) {
         if token.len() < 16 {
             return Err("BOXOFFICE_ADMIN_TOKEN must be at least 16 characters".into());
         }
         return Ok(token);
+    }
+    if clustered {
+        return Err(format!(
+            "a cluster's processes share {ADMIN_TOKEN_ENV}: set it"
+        ));
     }
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     if let Ok(token) = std::fs::read_to_string(&path) {
@@ -332,6 +435,38 @@ fn admin_token(data_dir: &Path) -> Result<String, String> {
     write_private(&path, &token)?;
     tracing::info!(path = %path.display(), "admin token generated and written to file");
     Ok(token)
+}
+
+/// Records in the data dir which node of a cluster it belongs to, or checks that it is that node's: a volume
+/// never serves as two nodes, and a node never starts on another's volume.
+fn claim_data_dir(data_dir: &Path, node: NodeId) -> Result<(), String> {
+    let path = data_dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(recorded) => {
+            let recorded: NodeId = recorded
+                .trim()
+                .parse()
+                .map_err(|_| format!("{} does not hold a node id", path.display()))?;
+            if recorded != node {
+                return Err(format!(
+                    "the data dir {} belongs to node {recorded}, not {node}: start it with --node-id {recorded}, or give node {node} its own",
+                    data_dir.display()
+                ));
+            }
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let has_data = data_dir.join("journal").exists() || data_dir.join("db").exists();
+            if has_data {
+                return Err(format!(
+                    "the data dir {} holds a single node's data; a cluster's node starts on an empty one",
+                    data_dir.display()
+                ));
+            }
+            write_private(&path, &format!("{node}\n"))
+        }
+        Err(error) => Err(format!("cannot read {}: {error}", path.display())),
+    }
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), String> {
@@ -349,7 +484,7 @@ fn write_private(path: &Path, contents: &str) -> Result<(), String> {
 }
 
 /// One recorder per process: the server installs it once, however often `run` is called.
-fn metrics_handle() -> Result<PrometheusHandle, String> {
+pub(crate) fn metrics_handle() -> Result<PrometheusHandle, String> {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
@@ -406,7 +541,7 @@ async fn create_demo_concerts(router: &Router, durable: &Durable) -> Result<(), 
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {

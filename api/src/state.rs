@@ -33,6 +33,8 @@ pub struct AppState {
     pub login_throttle: Arc<LoginThrottle>,
     /// Turns true when the node starts draining: long-lived responses (event streams) end then.
     pub shutdown: Arc<watch::Sender<bool>>,
+    /// The cluster this node belongs to, if any.
+    pub cluster: Option<Arc<crate::cluster::ClusterState>>,
     admin_token_hash: [u8; 32],
 }
 
@@ -58,6 +60,7 @@ impl AppState {
             request_timeout: limits.request_timeout,
             login_throttle: Arc::new(LoginThrottle::new(limits.login, Arc::new(SystemClock))),
             shutdown: Arc::new(watch::channel(false).0),
+            cluster: None,
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
         }
     }
@@ -66,6 +69,19 @@ impl AppState {
     pub fn is_admin_token(&self, token: &str) -> bool {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         hash.ct_eq(&self.admin_token_hash).into()
+    }
+
+    /// The state of a node of `cluster`.
+    pub fn in_cluster(self, cluster: Option<Arc<crate::cluster::ClusterState>>) -> Self {
+        Self { cluster, ..self }
+    }
+
+    /// The limits every public request runs under.
+    pub fn guards(&self) -> crate::Guards {
+        crate::Guards {
+            requests_in_flight: self.requests_in_flight.clone(),
+            request_timeout: self.request_timeout,
+        }
     }
 
     pub fn is_ready(&self) -> bool {

@@ -189,6 +189,8 @@ impl Users {
 
 pub struct UserStore {
     users: RwLock<Users>,
+    /// In a cluster, this node's number: every user created here carries it in its id and its tokens.
+    home: Option<engine::remote::NodeId>,
     durable: Durable,
     keys: Arc<KeyRing>,
     token_ttl_ms: u64,
@@ -221,11 +223,13 @@ impl UserStore {
         clock: Arc<dyn engine::clock::Clock>,
         durable: Durable,
         keys: Arc<KeyRing>,
+        home: Option<engine::remote::NodeId>,
     ) -> Self {
         let cores = *HASHING_IN_FLIGHT_MAX
             .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         Self {
             users: RwLock::new(Users::default()),
+            home,
             durable,
             keys,
             token_ttl_ms,
@@ -263,7 +267,7 @@ impl UserStore {
         }
         let password = new_user.password;
         let password_hash = self.hashing(move || hash_password(&password)).await??;
-        let id = UserId::random();
+        let id = self.new_id();
         let (key, data_key) = self.keys.new_data_key(&id.0);
         let user = User {
             card: new_user.card.map(|card| seal_card(&key, &id, card)),
@@ -311,7 +315,7 @@ impl UserStore {
         // Keys are drawn and records sealed before the lock is taken; under it only maps change and records queue.
         let mut created = Vec::with_capacity(usernames.len());
         for username in usernames {
-            let id = UserId::random();
+            let id = self.new_id();
             let (key, data_key) = self.keys.new_data_key(&id.0);
             let user = User {
                 card: card
@@ -324,7 +328,7 @@ impl UserStore {
                 created_at_ms,
                 data_key,
             };
-            let (token, hash) = new_token();
+            let (token, hash) = new_token(self.home);
             let record = sealed_record(&key, &user, vec![(hash, expires_at_ms)]);
             created.push((user, token, hash, record));
         }
@@ -399,8 +403,26 @@ impl UserStore {
         Ok(self.decoy_hash.get_or_init(|| hash).clone())
     }
 
+    /// A fresh user id, naming this node in a cluster.
+    fn new_id(&self) -> UserId {
+        match self.home {
+            Some(node) => UserId::random_on(node),
+            None => UserId::random(),
+        }
+    }
+
+    /// Whether a user has this username here.
+    pub fn username_taken(&self, username: &str) -> bool {
+        self.read().by_username.contains_key(username)
+    }
+
+    /// Users stored here.
+    pub fn count(&self) -> usize {
+        self.read().by_id.len()
+    }
+
     fn issue_token(&self, users: &mut Users, user_id: &UserId) -> String {
-        let (token, hash) = new_token();
+        let (token, hash) = new_token(self.home);
         users.add_token(user_id, hash, self.clock.now_ms() + self.token_ttl_ms);
         token
     }
@@ -693,11 +715,16 @@ fn sealed_record(key: &DataKey, user: &User, tokens: Vec<(TokenHash, u64)>) -> M
     }
 }
 
-/// A fresh bearer token (256 random bits, URL-safe base64) and the hash it is stored as.
-fn new_token() -> (String, TokenHash) {
+/// A fresh bearer token (256 random bits, URL-safe base64, after `N.` naming this node in a cluster) and the
+/// hash it is stored as.
+fn new_token(home: Option<engine::remote::NodeId>) -> (String, TokenHash) {
     let mut raw = [0u8; TOKEN_RANDOM_BYTES];
     fill_random(&mut raw);
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let random = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let token = match home {
+        Some(node) => cluster::route::node_token(node, &random),
+        None => random,
+    };
     let hash = token_hash(&token);
     (token, hash)
 }

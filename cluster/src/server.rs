@@ -34,6 +34,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -59,6 +60,9 @@ pub struct InternalService {
     secret: Secret,
     router: Option<Arc<Router>>,
     feeds: Option<Arc<NodeFeeds>>,
+    /// False while the node recovers: its shards are not all there yet, so shard requests and feeds answer as an
+    /// unavailable node.
+    recovered: Arc<AtomicBool>,
     app: axum::Router,
 }
 
@@ -68,14 +72,20 @@ impl InternalService {
         secret: Secret,
         router: Option<Arc<Router>>,
         feeds: Option<Arc<NodeFeeds>>,
+        recovered: Arc<AtomicBool>,
         app: axum::Router,
     ) -> Arc<Self> {
         Arc::new(Self {
             secret,
             router,
             feeds,
+            recovered,
             app,
         })
+    }
+
+    fn is_recovered(&self) -> bool {
+        self.recovered.load(Ordering::Acquire)
     }
 
     async fn handle(self: Arc<Self>, request: Request<hyper::body::Incoming>) -> Response<Body> {
@@ -114,6 +124,13 @@ impl InternalService {
             Ok(call) => call,
             Err(reason) => return error(StatusCode::BAD_REQUEST, "bad_request", &reason),
         };
+        if !self.is_recovered() {
+            let answer: Result<engine::remote::ShardReply, RemoteError> =
+                Err(RemoteError::NodeUnavailable {
+                    node: router.node(),
+                });
+            return octets(wire::encode(&ShardAnswer::V1(answer)));
+        }
         // A task of its own: a caller that gives up must not cut a reservation or a move in half.
         let answer = tokio::spawn(async move {
             let concert = router
@@ -134,6 +151,13 @@ impl InternalService {
         let (Some(router), Some(feeds)) = (self.router.clone(), self.feeds.clone()) else {
             return error(StatusCode::NOT_FOUND, "not_found", "a front owns no feed");
         };
+        if !self.is_recovered() {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "recovering",
+                "the node is recovering its state",
+            );
+        }
         let bytes = match read_body(request, SHARD_CALL_BYTES_MAX).await {
             Ok(bytes) => bytes,
             Err(response) => return response,

@@ -1,5 +1,6 @@
 //! Concerts: creation (admin), listing, availability and the seat map.
 
+use crate::cluster::FanOut;
 use crate::dto::{ConcertList, ConcertRequest, ConcertResponse, SeatList, normalize_rfc3339};
 use crate::durability::Durable;
 use crate::error::{ApiError, ApiResult};
@@ -21,6 +22,7 @@ use persistence::wire::MetaRecord;
 pub async fn create(
     State(state): State<AppState>,
     _admin: AdminCaller,
+    FanOut(fan_out): FanOut,
     ApiJson(body): ApiJson<ConcertRequest>,
 ) -> ApiResult<(StatusCode, Json<ConcertResponse>)> {
     body.check_text()?;
@@ -47,14 +49,21 @@ pub async fn create(
         layout,
         body.shards,
     )?;
-    let concert = state.desk.router().add_concert(spec)?;
-    // The 201 waits until the concert is durable: its id must still mean something after a restart.
-    Durable::wait(
-        state
-            .durable
-            .append_meta(MetaRecord::Concert((*concert.spec).clone())),
-    )
-    .await?;
+    let concert = match &fan_out {
+        // In a cluster every node records it, with the shards spread over every node.
+        Some(cluster) => crate::cluster::catalog::create(&state, cluster, spec).await?,
+        None => {
+            let concert = state.desk.router().add_concert(spec)?;
+            // The 201 waits until the concert is durable: its id must still mean something after a restart.
+            Durable::wait(
+                state
+                    .durable
+                    .append_meta(MetaRecord::Concert((*concert.spec).clone())),
+            )
+            .await?;
+            concert
+        }
+    };
     tracing::info!(concert_id = %concert.spec.id, capacity = concert.spec.capacity(), shards = concert.spec.shards, "concert created");
     Ok((StatusCode::CREATED, Json(describe(&concert).await?)))
 }

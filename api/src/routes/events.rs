@@ -15,6 +15,11 @@
 //! [`SUBSCRIBER_LAG_MAX`](engine::feed::SUBSCRIBER_LAG_MAX) items behind is disconnected; `retry:` tells the
 //! browser to reconnect after [`RECONNECT_AFTER`], resuming from its `Last-Event-ID`. The stream ends when the node
 //! drains. Every item is encoded once for all subscribers (`FeedItem::encoded`).
+//!
+//! In a cluster the stream is the concert's merged feed (`cluster::feed`): every node's changes, with event ids
+//! `E0-P0.E1-P1...` that mean the same on every node, so `Last-Event-ID` resumes on any node; availability is the
+//! concert's total. A subscriber is refused `503 node_unavailable` while a node that owns shards of the concert
+//! does not answer.
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiPath;
@@ -24,14 +29,17 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use cluster::feed::Opening;
 use engine::concert::ConcertSpec;
-use engine::feed::{ConcertFeed, FeedItem, SeatChange, Subscription};
+use engine::feed::{FeedItem, SeatChange};
 use engine::ids::ConcertId;
+use engine::router::ConcertHandle;
 use engine::shard_state::{Availability, SeatStatus};
 use serde::Serialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::watch;
 use utoipa::ToSchema;
@@ -91,6 +99,9 @@ pub async fn stream(
         .router()
         .concert(&ConcertId(id))
         .ok_or_else(|| ApiError::not_found("concert"))?;
+    if let Some(cluster) = &state.cluster {
+        return merged_stream(&state, cluster, concert, &headers).await;
+    }
     let feed = concert.feed.clone();
     let resume_after = headers
         .get("last-event-id")
@@ -131,17 +142,86 @@ pub async fn stream(
         }
     }
     let subscriber = Subscriber {
-        subscription,
+        receiver: subscription.receiver,
         lagged: false,
         spec: concert.spec.clone(),
-        feed,
+        epoch: feed.epoch(),
         shutdown: state.shutdown.subscribe(),
         keep_alive: tokio::time::interval_at(
             tokio::time::Instant::now() + KEEP_ALIVE_EVERY,
             KEEP_ALIVE_EVERY,
         ),
+        _merged: None,
         _gauge: SubscriberGauge::new(),
     };
+    Ok(event_stream(opening, subscriber))
+}
+
+/// The concert's merged feed, in a cluster.
+async fn merged_stream(
+    state: &AppState,
+    cluster: &crate::cluster::ClusterState,
+    concert: Arc<ConcertHandle>,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok());
+    let subscription = cluster
+        .feeds
+        .subscribe(concert.clone(), last_event_id)
+        .await?;
+    let mut opening = format!("retry: {}\n\n", RECONNECT_AFTER.as_millis()).into_bytes();
+    match &subscription.opening {
+        Opening::Resumed {
+            missed,
+            availability,
+        } => {
+            for change in missed {
+                opening.extend_from_slice(
+                    &FeedItem::Seat(change.clone()).encoded(|item| encode(item, &concert.spec, 0)),
+                );
+            }
+            opening.extend_from_slice(&availability_event(*availability));
+        }
+        Opening::Snapshot {
+            id,
+            availability,
+            seats,
+        } => {
+            let snapshot = SnapshotData {
+                remaining: availability.remaining,
+                held: availability.held,
+                sold: availability.sold,
+                seats: seats.as_ref().map(|seats| seat_list(&concert.spec, seats)),
+            };
+            opening.extend_from_slice(
+                format!(
+                    "id: {id}\nevent: snapshot\ndata: {}\n\n",
+                    serde_json::to_string(&snapshot).expect("a snapshot serializes")
+                )
+                .as_bytes(),
+            );
+        }
+    }
+    let subscriber = Subscriber {
+        receiver: subscription.receiver,
+        lagged: false,
+        spec: concert.spec.clone(),
+        epoch: 0,
+        shutdown: state.shutdown.subscribe(),
+        keep_alive: tokio::time::interval_at(
+            tokio::time::Instant::now() + KEEP_ALIVE_EVERY,
+            KEEP_ALIVE_EVERY,
+        ),
+        _merged: Some(subscription.feed),
+        _gauge: SubscriberGauge::new(),
+    };
+    Ok(event_stream(opening, subscriber))
+}
+
+/// The response: `opening`, then what `subscriber` reads, as server-sent events.
+fn event_stream(opening: Vec<u8>, subscriber: Subscriber) -> Response {
     let opening =
         futures_util::stream::once(async move { Ok::<_, Infallible>(Bytes::from(opening)) });
     let live = futures_util::stream::unfold(subscriber, |mut subscriber| async move {
@@ -158,18 +238,21 @@ pub async fn stream(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells a buffering reverse proxy (nginx) to pass events through as they come.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }
 
 struct Subscriber {
-    subscription: Subscription,
+    receiver: broadcast::Receiver<FeedItem>,
     /// Set when the subscriber fell behind while a chunk was being gathered: the chunk goes out, then the stream
     /// ends.
     lagged: bool,
     spec: Arc<ConcertSpec>,
-    feed: Arc<ConcertFeed>,
+    /// The node's feed epoch (a merged feed's changes carry their own ids).
+    epoch: u64,
     shutdown: watch::Receiver<bool>,
     keep_alive: tokio::time::Interval,
+    /// Keeps a cluster's merged feed running while this subscriber reads it.
+    _merged: Option<Arc<cluster::feed::MergedFeed>>,
     _gauge: SubscriberGauge,
 }
 
@@ -183,7 +266,7 @@ impl Subscriber {
         let first = tokio::select! {
             // A closed channel means the node is going away as well.
             _ = self.shutdown.changed() => return None,
-            item = self.subscription.receiver.recv() => match item {
+            item = self.receiver.recv() => match item {
                 Ok(item) => self.encode(&item),
                 Err(RecvError::Lagged(missed)) => {
                     self.fell_behind(missed);
@@ -195,7 +278,7 @@ impl Subscriber {
         };
         let mut chunk: Option<Vec<u8>> = None;
         while chunk.as_ref().map_or(first.len(), Vec::len) < CHUNK_BYTES_MAX {
-            let next = match self.subscription.receiver.try_recv() {
+            let next = match self.receiver.try_recv() {
                 Ok(item) => self.encode(&item),
                 Err(TryRecvError::Lagged(missed)) => {
                     self.fell_behind(missed);
@@ -211,7 +294,7 @@ impl Subscriber {
     }
 
     fn encode(&self, item: &FeedItem) -> Bytes {
-        item.encoded(|item| encode(item, &self.spec, self.feed.epoch()))
+        item.encoded(|item| encode(item, &self.spec, self.epoch))
     }
 
     fn fell_behind(&mut self, missed: u64) {
@@ -271,9 +354,12 @@ fn seat_event(change: &SeatChange, spec: &ConcertSpec, epoch: u64) -> Bytes {
         status: status_name(change.kind.status()),
         change: change.kind.as_str(),
     };
+    let id = match change.id() {
+        Some(id) => id.to_owned(),
+        None => event_id(epoch, change.position),
+    };
     Bytes::from(format!(
-        "id: {}\nevent: seat\ndata: {}\n\n",
-        event_id(epoch, change.position),
+        "id: {id}\nevent: seat\ndata: {}\n\n",
         serde_json::to_string(&data).expect("a seat event serializes")
     ))
 }

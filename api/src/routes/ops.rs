@@ -1,5 +1,6 @@
 //! Health, metrics and the OpenAPI document.
 
+use crate::cluster::FanOut;
 use crate::dto::{
     HealthResponse, RotateMasterKeyRequest, RotateMasterKeyResponse, SnapshotResponse,
 };
@@ -7,8 +8,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{AdminCaller, ApiJson};
 use crate::state::AppState;
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use persistence::crypto::MasterKey;
 use zeroize::Zeroizing;
@@ -24,6 +26,47 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<HealthResponse
     } else {
         Err(ApiError::recovering())
     }
+}
+
+/// 200 whenever the process serves HTTP, recovering included: what a liveness probe asks, so that it never kills
+/// a node that is still replaying its journal.
+#[utoipa::path(get, path = "/health/live", tag = "operations", responses((status = 200, body = HealthResponse)))]
+pub async fn live() -> Json<HealthResponse> {
+    Json(HealthResponse {
+        status: "ok".into(),
+    })
+}
+
+/// The cluster (admin): every shard node with its state (`up`, `recovering` or `unreachable`), and every
+/// concert's placement (`shards[k]` is the node that owns shard `k`). `404 not_a_cluster` on a single node.
+#[utoipa::path(get, path = "/admin/cluster", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, body = crate::cluster::front::ClusterView), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn cluster(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> ApiResult<Json<crate::cluster::front::ClusterView>> {
+    let Some(cluster) = &state.cluster else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_a_cluster",
+            "this node runs alone",
+        ));
+    };
+    let placements = state
+        .desk
+        .router()
+        .concerts()
+        .iter()
+        .map(|concert| crate::cluster::front::PlacementView {
+            id: concert.spec.id.0.clone(),
+            shards: concert.placement.clone(),
+        })
+        .collect();
+    let own = if state.is_ready() { "up" } else { "recovering" };
+    Ok(Json(
+        crate::cluster::front::view(cluster, Some((own, placements))).await,
+    ))
 }
 
 /// Prometheus text format.
@@ -51,6 +94,8 @@ pub async fn openapi() -> impl IntoResponse {
 pub async fn snapshot(
     State(state): State<AppState>,
     _admin: AdminCaller,
+    FanOut(fan_out): FanOut,
+    headers: HeaderMap,
 ) -> ApiResult<Json<SnapshotResponse>> {
     let Some(storage) = state.durable.storage() else {
         return Err(ApiError::new(
@@ -63,15 +108,36 @@ pub async fn snapshot(
     let mut shards = 0;
     for concert in &concerts {
         concert.snapshot().await?;
-        shards += concert.shard_count();
+        shards += concert.local_shards().len() as u32;
     }
     let journal = storage.journal_stats();
-    Ok(Json(SnapshotResponse {
+    let mut total = SnapshotResponse {
         concerts: concerts.len() as u64,
         shards: u64::from(shards),
         journal_segments: journal.segments as u64,
         journal_bytes: journal.bytes,
-    }))
+    };
+    // In a cluster every node snapshots its own shards; concerts are counted once, shards and journals summed.
+    if let Some(cluster) = fan_out {
+        let others: Vec<SnapshotResponse> = crate::cluster::gather::every_node(
+            &cluster,
+            Method::POST,
+            "/admin/snapshot",
+            &headers,
+            Bytes::new(),
+            StatusCode::OK,
+        )
+        .await?;
+        total.shards = concerts
+            .iter()
+            .map(|concert| u64::from(concert.shard_count()))
+            .sum();
+        for other in others {
+            total.journal_segments += other.journal_segments;
+            total.journal_bytes += other.journal_bytes;
+        }
+    }
+    Ok(Json(total))
 }
 
 /// Re-wrap every user's data key under a new master key (admin), while sales go on.
@@ -82,16 +148,39 @@ pub async fn snapshot(
 pub async fn rotate_master_key(
     State(state): State<AppState>,
     _admin: AdminCaller,
+    FanOut(fan_out): FanOut,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<RotateMasterKeyRequest>,
 ) -> ApiResult<Json<RotateMasterKeyResponse>> {
+    let forwarded = Zeroizing::new(
+        serde_json::to_vec(&serde_json::json!({ "new_master_key": body.new_master_key }))
+            .expect("a key serializes"),
+    );
     let supplied = body
         .new_master_key
         .map(|text| MasterKey::from_base64(&Zeroizing::new(text)))
         .transpose()
         .map_err(|_| ApiError::invalid("new_master_key must be base64 of 32 bytes"))?;
     let rotation = state.master_keys.rotate(&state.users, supplied).await?;
+    let mut users_rewrapped = rotation.users_rewrapped as u64;
+    // In a cluster every node re-wraps its own users, under the same key when one is supplied.
+    if let Some(cluster) = fan_out {
+        let others: Vec<RotateMasterKeyResponse> = crate::cluster::gather::every_node(
+            &cluster,
+            Method::POST,
+            "/admin/rotate-master-key",
+            &headers,
+            Bytes::copy_from_slice(&forwarded),
+            StatusCode::OK,
+        )
+        .await?;
+        users_rewrapped += others
+            .iter()
+            .map(|other| other.users_rewrapped)
+            .sum::<u64>();
+    }
     Ok(Json(RotateMasterKeyResponse {
         master_key_id: rotation.master_key_id,
-        users_rewrapped: rotation.users_rewrapped as u64,
+        users_rewrapped,
     }))
 }

@@ -1,12 +1,15 @@
 //! Direct orders: reserve, charge and confirm in one request.
 
+use crate::cluster::FanOut;
 use crate::dto::{ClaimBody, OrderResponse};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, Caller, IdempotencyKey, UserCaller};
 use crate::state::AppState;
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use engine::ids::OrderId;
 
 /// Order tickets; answered once the tickets are issued (201) or the order failed.
@@ -36,14 +39,34 @@ pub async fn create(
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
+    FanOut(fan_out): FanOut,
+    headers: HeaderMap,
     ApiPath(id): ApiPath,
-) -> ApiResult<Json<OrderResponse>> {
-    let order = state
+) -> ApiResult<Response> {
+    let local = state
         .desk
-        .order(&OrderId(id))
-        .ok_or_else(|| ApiError::not_found("order"))?;
-    if !caller.may_access(&order.user_id) {
-        return Err(ApiError::forbidden());
+        .book_ready()
+        .map(|()| state.desk.order(&OrderId(id.clone())));
+    match (local, &caller, fan_out) {
+        (Ok(Some(order)), ..) => {
+            if !caller.may_access(&order.user_id) {
+                return Err(ApiError::forbidden());
+            }
+            Ok(Json(OrderResponse::from(&order)).into_response())
+        }
+        // The admin asks every node: an order lives on its buyer's node.
+        (Ok(None), Caller::Admin, Some(cluster)) => {
+            crate::cluster::gather::first_found(
+                &cluster,
+                Method::GET,
+                &format!("/orders/{id}"),
+                &headers,
+                Bytes::new(),
+                ApiError::not_found("order"),
+            )
+            .await
+        }
+        (Ok(None), ..) => Err(ApiError::not_found("order")),
+        (Err(error), ..) => Err(error.into()),
     }
-    Ok(Json(OrderResponse::from(&order)))
 }

@@ -1,5 +1,6 @@
 //! Registration, login, profiles and a user's tickets.
 
+use crate::cluster::FanOut;
 use crate::connections::ClientIp;
 use crate::dto::{
     BulkUsersRequest, BulkUsersResponse, LogoutQuery, PageQuery, RegisteredResponse, TicketList,
@@ -28,6 +29,23 @@ pub async fn create(
     ApiJson(body): ApiJson<UserRequest>,
 ) -> ApiResult<(StatusCode, Json<RegisteredResponse>)> {
     let new_user = body.validate()?;
+    if let Some(cluster) = &state.cluster {
+        // Registered under a shorter node list, the username may live on an older candidate node.
+        let candidates =
+            cluster::placement::user_candidates(&new_user.username, cluster.config.node_count());
+        for &node in candidates
+            .iter()
+            .filter(|node| Some(**node) != cluster.node())
+        {
+            if crate::cluster::internal::username_exists(cluster, node, &new_user.username).await? {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "username_taken",
+                    "that username is taken",
+                ));
+            }
+        }
+    }
     let (user, token) = state.users.register(new_user).await?;
     tracing::info!(user_id = %user.id, "user registered");
     Ok((
@@ -52,24 +70,30 @@ pub async fn create(
 pub async fn create_bulk(
     State(state): State<AppState>,
     _admin: AdminCaller,
+    FanOut(fan_out): FanOut,
     ApiJson(body): ApiJson<BulkUsersRequest>,
 ) -> ApiResult<(StatusCode, Json<BulkUsersResponse>)> {
+    let card_json = serde_json::to_value(&body.card).expect("a card serializes");
     let (usernames, card) = body.validate()?;
-    let created = state.users.register_bulk(usernames, card).await?;
-    tracing::info!(count = created.len(), "users registered in bulk");
-    Ok((
-        StatusCode::CREATED,
-        Json(BulkUsersResponse {
-            users: created
-                .into_iter()
-                .map(|(id, username, token)| RegisteredResponse {
-                    id: id.0,
-                    username,
-                    token,
-                })
-                .collect(),
-        }),
-    ))
+    let users = match fan_out {
+        Some(cluster) => {
+            let card = serde_json::from_value(card_json).expect("it was one");
+            crate::cluster::gather::create_users(&state, &cluster, usernames, card).await?
+        }
+        None => state
+            .users
+            .register_bulk(usernames, card)
+            .await?
+            .into_iter()
+            .map(|(id, username, token)| RegisteredResponse {
+                id: id.0,
+                username,
+                token,
+            })
+            .collect(),
+    };
+    tracing::info!(count = users.len(), "users registered in bulk");
+    Ok((StatusCode::CREATED, Json(BulkUsersResponse { users })))
 }
 
 /// Log in with a username and password; the response carries a fresh bearer token. Failed logins are limited
@@ -164,19 +188,28 @@ pub async fn update(
 pub async fn list(
     State(state): State<AppState>,
     _admin: AdminCaller,
+    FanOut(fan_out): FanOut,
+    headers: axum::http::HeaderMap,
     ApiQuery(query): ApiQuery<PageQuery>,
-) -> ApiResult<Json<UserPage>> {
+) -> ApiResult<Response> {
     let limit = query.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
     if limit == 0 || limit > PAGE_LIMIT_MAX {
         return Err(ApiError::invalid(format!(
             "limit must be 1 to {PAGE_LIMIT_MAX}"
         )));
     }
-    let (users, next_offset) = state.users.page(query.offset.unwrap_or(0), limit);
+    let offset = query.offset.unwrap_or(0);
+    if let Some(cluster) = fan_out {
+        let page =
+            crate::cluster::gather::list_users(&state, &cluster, &headers, offset, limit).await?;
+        return Ok(Json(page).into_response());
+    }
+    let (users, next_offset) = state.users.page(offset, limit);
     Ok(Json(UserPage {
         users: users.iter().map(UserResponse::from).collect(),
         next_offset,
-    }))
+    })
+    .into_response())
 }
 
 /// The tickets a user owns.
@@ -191,6 +224,7 @@ pub async fn tickets(
 ) -> ApiResult<Json<TicketList>> {
     let id = UserId(id);
     authorize_existing(&state, &caller, &id)?;
+    state.desk.book_ready()?;
     let tickets = state.desk.tickets_of(&id);
     Ok(Json(TicketList {
         tickets: tickets.iter().map(TicketResponse::from).collect(),
@@ -212,6 +246,7 @@ pub async fn ticket_qr(
 ) -> ApiResult<Response> {
     let id = UserId(id);
     authorize_existing(&state, &caller, &id)?;
+    state.desk.book_ready()?;
     let ticket = state
         .desk
         .ticket_of(&id, &TicketId(ticket_id))

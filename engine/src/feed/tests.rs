@@ -170,6 +170,7 @@ fn an_item_is_encoded_once() {
         position: 1,
         seat: 0,
         kind: SeatChangeKind::Sold,
+        id: None,
         encoded: OnceLock::new(),
     }));
     let copy = item.clone();
