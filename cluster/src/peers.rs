@@ -390,21 +390,30 @@ impl Peers {
         node: NodeId,
         method: Method,
         path_and_query: &str,
-        body: Vec<u8>,
+        body: InternalBody,
         deadline: Duration,
     ) -> Result<(StatusCode, Bytes), EngineError> {
         debug_assert!(path_and_query.starts_with(wire::API_PREFIX));
         let retry = method == Method::GET;
-        let body = Bytes::from(body);
+        let (content_type, body) = match body {
+            InternalBody::Empty => (None, Bytes::new()),
+            InternalBody::Json(bytes) => (Some("application/json"), Bytes::from(bytes)),
+            InternalBody::Octets(bytes) => (Some("application/octet-stream"), Bytes::from(bytes)),
+        };
         let mut attempt = 0;
         let response = loop {
             attempt += 1;
-            let request = self.request(
+            let mut request = self.request(
                 node,
                 method.clone(),
                 path_and_query,
                 Body::from(body.clone()),
             );
+            if let Some(content_type) = content_type {
+                request
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            }
             match self.send(node, "internal", request, deadline).await {
                 Ok(response) => break response,
                 Err(Failure::NotSent(_)) if retry && attempt == 1 => continue,
@@ -481,6 +490,13 @@ impl Peers {
         }
         Ok(response.into_body())
     }
+}
+
+/// The body of a call to an internal route.
+pub enum InternalBody {
+    Empty,
+    Json(Vec<u8>),
+    Octets(Vec<u8>),
 }
 
 /// The engine's port to other nodes' shards, over [`Peers`].

@@ -14,6 +14,7 @@ use crate::durability::Durable;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::http::{Method, StatusCode};
+use cluster::peers::InternalBody;
 use engine::EngineError;
 use engine::concert::ConcertSpec;
 use engine::ids::ConcertId;
@@ -87,7 +88,7 @@ pub async fn create(
             *node,
             Method::POST,
             "/internal/v1/concerts",
-            body.clone(),
+            InternalBody::Octets(body.clone()),
             INTERNAL_CALL_TIMEOUT,
         )
     }))
@@ -116,7 +117,7 @@ async fn status(cluster: &ClusterState, node: NodeId) -> Result<(), EngineError>
             node,
             Method::GET,
             "/internal/v1/status",
-            Vec::new(),
+            InternalBody::Empty,
             INTERNAL_CALL_TIMEOUT,
         )
         .await?
@@ -150,7 +151,7 @@ async fn sync_from(
             node,
             Method::GET,
             "/internal/v1/concerts",
-            Vec::new(),
+            InternalBody::Empty,
             INTERNAL_CALL_TIMEOUT,
         )
         .await?;
@@ -167,7 +168,7 @@ async fn sync_from(
                 node,
                 Method::GET,
                 &format!("/internal/v1/concerts/{}", id.0),
-                Vec::new(),
+                InternalBody::Empty,
                 INTERNAL_CALL_TIMEOUT,
             )
             .await?;

@@ -15,6 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use cluster::peers::InternalBody;
 use cluster::peers::Scope;
 use engine::ids::ConcertId;
 use engine::remote::NodeId;
@@ -170,7 +171,7 @@ pub async fn view(
                 node,
                 Method::GET,
                 "/internal/v1/status",
-                Vec::new(),
+                InternalBody::Empty,
                 INTERNAL_CALL_TIMEOUT,
             )
             .await
@@ -213,7 +214,7 @@ async fn placements(cluster: &ClusterState, node: NodeId) -> Result<Vec<Placemen
             node,
             Method::GET,
             "/internal/v1/placements",
-            Vec::new(),
+            InternalBody::Empty,
             INTERNAL_CALL_TIMEOUT,
         )
         .await
@@ -239,7 +240,7 @@ async fn probe(state: FrontState) {
                 node,
                 Method::GET,
                 "/internal/v1/status",
-                Vec::new(),
+                InternalBody::Empty,
                 INTERNAL_CALL_TIMEOUT,
             )
         }))

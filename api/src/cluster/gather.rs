@@ -12,6 +12,7 @@ use crate::state::AppState;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use cluster::peers::InternalBody;
 use engine::EngineError;
 use engine::remote::NodeId;
 use futures_util::future::join_all;
@@ -177,7 +178,7 @@ async fn user_count(cluster: &ClusterState, node: NodeId) -> ApiResult<usize> {
             node,
             Method::GET,
             "/internal/v1/users/count",
-            Vec::new(),
+            InternalBody::Empty,
             INTERNAL_CALL_TIMEOUT,
         )
         .await?;
@@ -290,7 +291,13 @@ async fn internal_json<T: serde::de::DeserializeOwned>(
 ) -> ApiResult<T> {
     let (status, answer) = cluster
         .peers
-        .internal(node, Method::POST, path, body, INTERNAL_CALL_TIMEOUT)
+        .internal(
+            node,
+            Method::POST,
+            path,
+            InternalBody::Json(body),
+            INTERNAL_CALL_TIMEOUT,
+        )
         .await?;
     if status == expected {
         return serde_json::from_slice(&answer)

@@ -25,6 +25,7 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use cluster::peers::InternalBody;
 use engine::EngineError;
 use engine::concert::ConcertSpec;
 use engine::ids::ConcertId;
@@ -218,7 +219,13 @@ pub async fn username_exists(
     );
     let (status, body) = cluster
         .peers
-        .internal(node, Method::GET, &query, Vec::new(), INTERNAL_CALL_TIMEOUT)
+        .internal(
+            node,
+            Method::GET,
+            &query,
+            InternalBody::Empty,
+            INTERNAL_CALL_TIMEOUT,
+        )
         .await?;
     if status != StatusCode::OK {
         return Err(EngineError::NodeUnavailable { node }.into());
