@@ -1,5 +1,8 @@
-//! Starts a real `boxoffice serve` on 127.0.0.1 with a free port and a temporary data dir, and talks to it.
+//! Starts a real `boxoffice serve` on 127.0.0.1 with a free port and a temporary data dir, and talks to it;
+//! [`cluster`] starts several as a cluster.
 #![allow(dead_code)] // each test binary uses a different part of this module
+
+pub mod cluster;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -96,14 +99,46 @@ impl Server {
         stderr: Stdio,
         log_filter: &str,
     ) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_boxoffice"))
+        Self::launch_with(
+            data_dir,
+            "127.0.0.1:0",
+            extra_args,
+            &[],
+            stderr,
+            log_filter,
+            &[],
+        )
+    }
+
+    /// Starts `boxoffice serve --listen LISTEN` with `extra_args` and `env`, through `wrapper` if not empty (e.g.
+    /// `ip netns exec NAME`), and waits until `/health` answers 200 on the address it prints.
+    pub fn launch_with(
+        data_dir: tempfile::TempDir,
+        listen: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+        log_filter: &str,
+        wrapper: &[&str],
+    ) -> Server {
+        let binary = env!("CARGO_BIN_EXE_boxoffice");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .arg("--data-dir")
             .arg(data_dir.path())
             .args(extra_args)
             .env("BOXOFFICE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", log_filter)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

@@ -1,0 +1,521 @@
+//! A cluster on loopback: three shard nodes and a front. Every public endpoint answers through every process
+//! with the same bodies and errors as a single node; buyers racing through every process never oversell; the
+//! counts of every concert add up over the cluster.
+
+mod common;
+
+use common::cluster::Cluster;
+use common::{ADMIN_TOKEN, GOOD_CARD, Server};
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A seated concert's seat ids owned by each node, from its placement and layout (`A` and `B`, `rows` rows of
+/// `per_row`, cut into `shards` contiguous ranges).
+fn seats_by_node(placement: &[u64], rows: u32, per_row: u32) -> BTreeMap<u64, Vec<String>> {
+    let labels: Vec<String> = ["A", "B"]
+        .iter()
+        .flat_map(|section| {
+            (1..=rows).flat_map(move |row| {
+                (1..=per_row).map(move |seat| format!("{section}-{row}-{seat}"))
+            })
+        })
+        .collect();
+    let capacity = labels.len() as u64;
+    let shards = placement.len() as u64;
+    let mut by_node: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for (index, label) in labels.into_iter().enumerate() {
+        let index = index as u64;
+        let shard = (0..shards)
+            .find(|shard| index < (shard + 1) * capacity / shards)
+            .expect("a shard owns every seat");
+        by_node
+            .entry(placement[shard as usize])
+            .or_default()
+            .push(label);
+    }
+    by_node
+}
+
+async fn placement(server: &Server, concert: &str) -> Vec<u64> {
+    let view = server
+        .get("/admin/cluster", Some(ADMIN_TOKEN))
+        .await
+        .expect(200);
+    let concerts = view["concerts"].as_array().expect("concerts");
+    concerts
+        .iter()
+        .find(|entry| entry["id"] == concert)
+        .expect("the concert is placed")["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|node| node.as_u64().expect("a node id"))
+        .collect()
+}
+
+/// The same GET answers the same body through every process.
+async fn same_everywhere(cluster: &Cluster, path: &str, token: Option<&str>) -> Value {
+    let bodies = join_all(
+        cluster
+            .entry_points()
+            .iter()
+            .map(|server| server.get(path, token)),
+    )
+    .await;
+    let first = bodies[0].body.clone();
+    for reply in bodies {
+        assert_eq!(reply.status.as_u16(), 200, "{path}: {}", reply.body);
+        assert_eq!(reply.body, first, "{path} answers the same everywhere");
+    }
+    first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_endpoint_answers_the_same_through_every_process() {
+    let cluster = Cluster::start(3, 1, &["--payment-latency-ms", "5"]);
+    let entry = cluster.entry_points();
+    let front = &cluster.fronts[0];
+
+    // Concerts, created through different processes, spread over every node.
+    let general = front.create_general(100, 6, 2_500).await;
+    let seated = cluster.node(1).create_seated(&["A", "B"], 2, 6, 4).await;
+    let general_placement = placement(front, &general).await;
+    assert_eq!(
+        general_placement.iter().copied().collect::<BTreeSet<u64>>(),
+        BTreeSet::from([0, 1, 2]),
+        "a concert's shards spread over every node: {general_placement:?}"
+    );
+    let seated_placement = placement(cluster.node(2), &seated).await;
+    let seats = seats_by_node(&seated_placement, 2, 6);
+    let listed = same_everywhere(&cluster, "/concerts", None).await;
+    assert_eq!(listed["concerts"].as_array().expect("a list").len(), 2);
+    same_everywhere(&cluster, &format!("/concerts/{seated}/seats"), None).await;
+    same_everywhere(&cluster, "/admin/cluster", Some(ADMIN_TOKEN)).await;
+
+    // Errors are those of a single node, wherever they are answered.
+    for server in &entry {
+        server
+            .get("/concerts/c_00000000000000000000", None)
+            .await
+            .expect_error(404, "concert_not_found");
+        server
+            .get(
+                "/users/u_1-00000000000000000000",
+                Some("2.not-a-live-token"),
+            )
+            .await
+            .expect_error(401, "unauthorized");
+        server
+            .post(
+                "/orders",
+                None,
+                json!({"concert_id": general, "quantity": 1}),
+            )
+            .await
+            .expect_error(401, "unauthorized");
+        server
+            .post("/users", None, json!({"username": "x"}))
+            .await
+            .expect_error(422, "invalid_body");
+        let page = server
+            .client
+            .get(format!("{}/", server.base))
+            .send()
+            .await
+            .expect("the page");
+        assert_eq!(page.status().as_u16(), 200);
+        assert!(page.text().await.expect("html").contains("<html"));
+    }
+
+    for (index, server) in entry.iter().enumerate() {
+        let next = entry[(index + 1) % entry.len()];
+        let third = entry[(index + 2) % entry.len()];
+        let username = format!("buyer{index}");
+        let (id, _) = server.register(&username, GOOD_CARD).await;
+        // Registered once, wherever asked.
+        next.post(
+            "/users",
+            None,
+            json!({"username": username, "password": "another password"}),
+        )
+        .await
+        .expect_error(409, "username_taken");
+        let login = third
+            .post(
+                "/users/verify",
+                None,
+                json!({"username": username, "password": "correct horse battery"}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(login["id"], id.as_str());
+        let token = login["token"].as_str().expect("token").to_owned();
+        let user_path = format!("/users/{id}");
+        let profile = same_everywhere(&cluster, &user_path, Some(&token)).await;
+        assert_eq!(profile["card"]["last4"], "4242");
+        next.send(
+            reqwest::Method::PUT,
+            &user_path,
+            Some(&token),
+            Some(json!({"city": "Lyon"})),
+            &[],
+        )
+        .await
+        .expect(200);
+        assert_eq!(
+            same_everywhere(&cluster, &user_path, Some(ADMIN_TOKEN)).await["city"],
+            "Lyon"
+        );
+
+        // An order, retried with its key through another process, is the same order.
+        let key = format!("key-{index}");
+        let order = server
+            .send(
+                reqwest::Method::POST,
+                "/orders",
+                Some(&token),
+                Some(json!({"concert_id": general, "quantity": 2})),
+                &[("idempotency-key", &key)],
+            )
+            .await
+            .expect(201);
+        let again = next
+            .send(
+                reqwest::Method::POST,
+                "/orders",
+                Some(&token),
+                Some(json!({"concert_id": general, "quantity": 2})),
+                &[("idempotency-key", &key)],
+            )
+            .await
+            .expect(201);
+        assert_eq!(
+            order["id"], again["id"],
+            "a retry through another process reads the first outcome"
+        );
+        let order_path = format!("/orders/{}", order["id"].as_str().expect("id"));
+        same_everywhere(&cluster, &order_path, Some(&token)).await;
+        assert_eq!(
+            same_everywhere(&cluster, &order_path, Some(ADMIN_TOKEN)).await["status"],
+            "confirmed"
+        );
+
+        // Seats of two different nodes, held through one process and bought through another.
+        let nodes: Vec<&u64> = seats.keys().collect();
+        let pair = vec![
+            seats[nodes[index % nodes.len()]][index].clone(),
+            seats[nodes[(index + 1) % nodes.len()]][index].clone(),
+        ];
+        let hold = server
+            .hold(&token, json!({"concert_id": seated, "seats": pair}))
+            .await;
+        let bought = next
+            .post(&format!("/holds/{hold}/purchase"), Some(&token), json!({}))
+            .await
+            .expect(201);
+        let mut sold_seats: Vec<String> = bought["tickets"]
+            .as_array()
+            .expect("tickets")
+            .iter()
+            .map(|ticket| ticket["seat"].as_str().expect("a seat").to_owned())
+            .collect();
+        sold_seats.sort();
+        let mut expected = pair.clone();
+        expected.sort();
+        assert_eq!(sold_seats, expected);
+        let another = third
+            .hold(&token, json!({"concert_id": seated, "quantity": 3}))
+            .await;
+        server
+            .send(
+                reqwest::Method::DELETE,
+                &format!("/holds/{another}"),
+                Some(&token),
+                None,
+                &[],
+            )
+            .await
+            .expect(204);
+
+        // Tickets, their QR codes and the gate, through every process.
+        let tickets =
+            same_everywhere(&cluster, &format!("{user_path}/tickets"), Some(&token)).await;
+        let tickets = tickets["tickets"].as_array().expect("tickets").clone();
+        assert_eq!(
+            tickets.len(),
+            4,
+            "two general-admission tickets and two seats"
+        );
+        let ticket_id = tickets[0]["id"].as_str().expect("id");
+        for process in &entry {
+            let qr = process
+                .client
+                .get(format!(
+                    "{}{user_path}/tickets/{ticket_id}/qr",
+                    process.base
+                ))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("a QR code");
+            assert_eq!(qr.status().as_u16(), 200);
+        }
+        let gate = json!({"token": tickets[1]["token"]});
+        third
+            .post("/tickets/verify", Some(ADMIN_TOKEN), gate.clone())
+            .await
+            .expect(200);
+        server
+            .post("/tickets/verify", Some(ADMIN_TOKEN), gate)
+            .await
+            .expect_error(409, "already_checked_in");
+        next.post(
+            "/tickets/verify",
+            Some(ADMIN_TOKEN),
+            json!({"token": "0123456789abcdef0123456789abcdef"}),
+        )
+        .await
+        .expect_error(404, "unknown_ticket");
+
+        // A user may not do what only the admin does, wherever asked.
+        next.post("/concerts", Some(&token), json!({}))
+            .await
+            .expect_error(403, "forbidden");
+
+        // Logged out through one process, the token stops working through every process at once.
+        third
+            .send(
+                reqwest::Method::POST,
+                "/users/logout",
+                Some(&token),
+                None,
+                &[],
+            )
+            .await
+            .expect(204);
+        for process in &entry {
+            process
+                .get(&user_path, Some(&token))
+                .await
+                .expect_error(401, "unauthorized");
+        }
+    }
+
+    // The per-user limit counts every node's tickets: 10 per concert.
+    let (_, token) = cluster.node(0).register("limited", GOOD_CARD).await;
+    for server in &entry[..3] {
+        server
+            .post(
+                "/orders",
+                Some(&token),
+                json!({"concert_id": general, "quantity": 3}),
+            )
+            .await
+            .expect(201);
+    }
+    front
+        .post(
+            "/orders",
+            Some(&token),
+            json!({"concert_id": general, "quantity": 2}),
+        )
+        .await
+        .expect_error(409, "ticket_limit_reached");
+
+    // The users list gathers every node's users, a page at a time.
+    let mut listed = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = front
+            .get(
+                &format!("/users?offset={offset}&limit=2"),
+                Some(ADMIN_TOKEN),
+            )
+            .await
+            .expect(200);
+        listed.extend(
+            page["users"]
+                .as_array()
+                .expect("users")
+                .iter()
+                .map(|user| user["username"].clone()),
+        );
+        match page["next_offset"].as_u64() {
+            Some(next) => offset = next,
+            None => break,
+        }
+    }
+    assert_eq!(listed.len(), entry.len() + 1, "every user once: {listed:?}");
+
+    // Counts agree everywhere and add up.
+    for server in &entry {
+        let (remaining, held, sold, capacity) = server.availability(&general).await;
+        assert_eq!((held, sold, capacity), (0, 2 * entry.len() as u64 + 9, 100));
+        assert_eq!(remaining, capacity - sold);
+        let (_, held, sold, _) = server.availability(&seated).await;
+        assert_eq!((held, sold), (0, 2 * entry.len() as u64));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn buyers_racing_through_every_process_never_oversell() {
+    const BUYERS: usize = 40;
+    const GENERAL_CAPACITY: u64 = 60;
+    let cluster = Cluster::start(3, 1, &["--payment-latency-ms", "20"]);
+    let entry = cluster.entry_points();
+    let front = &cluster.fronts[0];
+    let general = front.create_general(GENERAL_CAPACITY, 6, 1_000).await;
+    let seated = front.create_seated(&["A", "B"], 2, 10, 4).await;
+    let users = front
+        .post(
+            "/admin/users/bulk",
+            Some(ADMIN_TOKEN),
+            json!({"prefix": "racer", "count": BUYERS,
+                   "card": {"type": "visa", "holder_name": "Racer", "number": GOOD_CARD,
+                            "exp_month": 12, "exp_year": 2030, "cvv": "123"}}),
+        )
+        .await
+        .expect(201);
+    let users: Vec<(String, String)> = users["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|user| {
+            (
+                user["id"].as_str().expect("id").to_owned(),
+                user["token"].as_str().expect("token").to_owned(),
+            )
+        })
+        .collect();
+    let homes: BTreeSet<&str> = users
+        .iter()
+        .map(|(id, _)| id.split_once('-').expect("a node in the id").0)
+        .collect();
+    assert_eq!(homes.len(), 3, "buyers live on every node");
+
+    // Everyone at once, each through another process: a general-admission order and a pair of seats that
+    // overlaps its neighbours' pairs.
+    let seat_labels: Vec<String> = ["A", "B"]
+        .iter()
+        .flat_map(|section| {
+            (1..=2).flat_map(move |row| (1..=10).map(move |seat| format!("{section}-{row}-{seat}")))
+        })
+        .collect();
+    let orders = users.iter().enumerate().map(|(index, (_, token))| {
+        let server = entry[index % entry.len()];
+        let quantity = 1 + (index % 4) as u64;
+        let pair = vec![
+            seat_labels[index % seat_labels.len()].clone(),
+            seat_labels[(index + 1) % seat_labels.len()].clone(),
+        ];
+        let (general, seated) = (general.clone(), seated.clone());
+        async move {
+            let general_reply = server
+                .post(
+                    "/orders",
+                    Some(token),
+                    json!({"concert_id": general, "quantity": quantity}),
+                )
+                .await;
+            let seated_reply = server
+                .post(
+                    "/orders",
+                    Some(token),
+                    json!({"concert_id": seated, "seats": pair}),
+                )
+                .await;
+            (quantity, general_reply, seated_reply)
+        }
+    });
+    let outcomes = join_all(orders).await;
+
+    let mut granted = 0;
+    let mut sold_seats: BTreeSet<String> = BTreeSet::new();
+    let mut refused_general = Vec::new();
+    for (index, (quantity, general_reply, seated_reply)) in outcomes.iter().enumerate() {
+        match general_reply.status.as_u16() {
+            201 => {
+                let tickets = general_reply.body["tickets"].as_array().expect("tickets");
+                assert_eq!(tickets.len() as u64, *quantity, "a 201 carries its tickets");
+                granted += quantity;
+            }
+            409 => {
+                assert_eq!(general_reply.code(), "sold_out", "{}", general_reply.body);
+                refused_general.push(*quantity);
+            }
+            status => panic!(
+                "buyer {index}: general admission answered {status}: {}",
+                general_reply.body
+            ),
+        }
+        match seated_reply.status.as_u16() {
+            201 => {
+                for ticket in seated_reply.body["tickets"].as_array().expect("tickets") {
+                    let seat = ticket["seat"].as_str().expect("a seat").to_owned();
+                    assert!(sold_seats.insert(seat.clone()), "seat {seat} sold twice");
+                }
+            }
+            409 => assert_eq!(seated_reply.code(), "seat_taken", "{}", seated_reply.body),
+            status => panic!(
+                "buyer {index}: seats answered {status}: {}",
+                seated_reply.body
+            ),
+        }
+    }
+    assert!(granted <= GENERAL_CAPACITY);
+    for server in &entry {
+        let (remaining, held, sold, _) = server.availability(&general).await;
+        assert_eq!(
+            (held, sold),
+            (0, granted),
+            "every sale counted once, nothing left held"
+        );
+        for quantity in &refused_general {
+            assert!(
+                remaining < *quantity,
+                "sold out for {quantity} while {remaining} remain"
+            );
+        }
+        let (_, held, sold, _) = server.availability(&seated).await;
+        assert_eq!((held, sold), (0, sold_seats.len() as u64));
+        let map = server
+            .get(&format!("/concerts/{seated}/seats"), None)
+            .await
+            .expect(200);
+        let sold_on_map: BTreeSet<String> = map["seats"]
+            .as_array()
+            .expect("seats")
+            .iter()
+            .filter(|seat| seat["status"] == "sold")
+            .map(|seat| seat["id"].as_str().expect("id").to_owned())
+            .collect();
+        assert_eq!(
+            sold_on_map, sold_seats,
+            "the seat map sells exactly the seats of the 201s"
+        );
+    }
+    // Every 201's tickets are in its buyer's list, read through another process.
+    for (index, ((id, token), (_, general_reply, seated_reply))) in
+        users.iter().zip(&outcomes).enumerate()
+    {
+        let listed = entry[(index + 1) % entry.len()]
+            .get(&format!("/users/{id}/tickets"), Some(token))
+            .await
+            .expect(200);
+        let listed: BTreeSet<String> = listed["tickets"]
+            .as_array()
+            .expect("tickets")
+            .iter()
+            .map(|ticket| ticket["id"].as_str().expect("id").to_owned())
+            .collect();
+        for reply in [general_reply, seated_reply] {
+            for ticket in reply.body["tickets"].as_array().into_iter().flatten() {
+                assert!(
+                    listed.contains(ticket["id"].as_str().expect("id")),
+                    "buyer {index} lost a ticket"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Starts a cluster of real `boxoffice serve` processes on 127.0.0.1: shard nodes with free internal ports and
+//! temporary data dirs, and fronts; kills and restarts nodes.
+
+use super::{ADMIN_TOKEN, Server};
+use std::process::Stdio;
+
+/// The cluster secret of every test cluster.
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789abcdef";
+
+pub struct Cluster {
+    /// `None` while a node is down.
+    pub nodes: Vec<Option<Server>>,
+    pub fronts: Vec<Server>,
+    /// `--cluster-nodes`.
+    pub node_list: String,
+    internal_addresses: Vec<String>,
+    extra_args: Vec<String>,
+    /// Data dirs of nodes that are down, kept for their restart.
+    stopped: Vec<Option<tempfile::TempDir>>,
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the node binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Cluster {
+    /// `nodes` shard nodes and `fronts` fronts, every process with `extra_args`.
+    pub fn start(nodes: usize, fronts: usize, extra_args: &[&str]) -> Cluster {
+        let internal_addresses: Vec<String> = (0..nodes)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let node_list = internal_addresses
+            .iter()
+            .map(|address| format!("http://{address}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            nodes: (0..nodes).map(|_| None).collect(),
+            fronts: Vec::new(),
+            node_list,
+            internal_addresses,
+            extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
+            stopped: (0..nodes).map(|_| None).collect(),
+        };
+        // Nodes start concurrently: each is ready once recovered, whatever its peers.
+        let started: Vec<Server> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..nodes)
+                .map(|node| {
+                    let cluster = &cluster;
+                    scope
+                        .spawn(move || cluster.launch_node(node, tempfile::tempdir().expect("dir")))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().expect("node starts"))
+                .collect()
+        });
+        for (node, server) in started.into_iter().enumerate() {
+            cluster.nodes[node] = Some(server);
+        }
+        for _ in 0..fronts {
+            let front = cluster.launch_front();
+            cluster.fronts.push(front);
+        }
+        cluster
+    }
+
+    fn launch_node(&self, node: usize, data_dir: tempfile::TempDir) -> Server {
+        let node_id = node.to_string();
+        let mut args: Vec<&str> = vec![
+            "--node-id",
+            &node_id,
+            "--cluster-nodes",
+            &self.node_list,
+            "--internal-listen",
+            &self.internal_addresses[node],
+        ];
+        args.extend(self.extra_args.iter().map(String::as_str));
+        let filter = std::env::var("BOXOFFICE_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        Server::launch_with(
+            data_dir,
+            "127.0.0.1:0",
+            &args,
+            &[("BOXOFFICE_CLUSTER_SECRET", CLUSTER_SECRET)],
+            Stdio::inherit(),
+            &filter,
+            &[],
+        )
+    }
+
+    fn launch_front(&self) -> Server {
+        let mut args: Vec<&str> = vec!["--role", "front", "--cluster-nodes", &self.node_list];
+        args.extend(self.extra_args.iter().map(String::as_str));
+        let filter = std::env::var("BOXOFFICE_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        Server::launch_with(
+            tempfile::tempdir().expect("dir"),
+            "127.0.0.1:0",
+            &args,
+            &[("BOXOFFICE_CLUSTER_SECRET", CLUSTER_SECRET)],
+            Stdio::inherit(),
+            &filter,
+            &[],
+        )
+    }
+
+    pub fn node(&self, node: usize) -> &Server {
+        self.nodes[node].as_ref().expect("the node is up")
+    }
+
+    /// Every process that answers the public API: the shard nodes that are up, then the fronts.
+    pub fn entry_points(&self) -> Vec<&Server> {
+        self.nodes
+            .iter()
+            .flatten()
+            .chain(self.fronts.iter())
+            .collect()
+    }
+
+    /// Kills shard node `node` with SIGKILL; its data dir is kept for [`Cluster::restart`].
+    pub fn kill(&mut self, node: usize) {
+        let server = self.nodes[node].take().expect("the node is up");
+        self.stopped[node] = Some(server.kill());
+    }
+
+    /// Starts shard node `node` again on its data dir and internal port; waits until it has recovered.
+    pub fn restart(&mut self, node: usize) {
+        let data_dir = self.stopped[node].take().expect("the node is down");
+        self.nodes[node] = Some(self.launch_node(node, data_dir));
+    }
+
+    /// The admin token every process shares.
+    pub fn admin() -> &'static str {
+        ADMIN_TOKEN
+    }
+}
