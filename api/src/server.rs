@@ -123,6 +123,11 @@ impl Node {
                 tickets_per_user_max: args.max_tickets_per_user,
             },
         ));
+        if let Some(node) = node {
+            // A cluster node's book is complete only once every node has been read (`cluster::book`): nothing of
+            // its users' may be bought, held or read before, not even between `ready` and that task's start.
+            desk.set_book_waiting_for(node);
+        }
         let users = Arc::new(UserStore::new(
             args.token_ttl_s * 1000,
             clock,
