@@ -74,6 +74,7 @@ async fn same_everywhere(cluster: &Cluster, path: &str, token: Option<&str>) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_endpoint_answers_the_same_through_every_process() {
     let cluster = Cluster::start(3, 1, &["--payment-latency-ms", "5"]);
+    cluster.wait_connected().await;
     let entry = cluster.entry_points();
     let front = &cluster.fronts[0];
 
@@ -363,6 +364,7 @@ async fn buyers_racing_through_every_process_never_oversell() {
     const BUYERS: usize = 40;
     const GENERAL_CAPACITY: u64 = 60;
     let cluster = Cluster::start(3, 1, &["--payment-latency-ms", "20"]);
+    cluster.wait_connected().await;
     let entry = cluster.entry_points();
     let front = &cluster.fronts[0];
     let general = front.create_general(GENERAL_CAPACITY, 6, 1_000).await;

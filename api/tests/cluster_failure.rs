@@ -149,6 +149,7 @@ fn is_unavailable(reply: &Reply) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_killed_mid_sale_costs_only_what_needs_it_and_loses_nothing() {
     let mut cluster = Cluster::start(3, 1, &FLAGS[2..]);
+    cluster.wait_connected().await;
     let general = cluster.fronts[0].create_general(1_000_000, 6, 1_000).await;
     let by_node = buyers(&cluster.fronts[0], "sale", 60).await;
     assert_eq!(by_node.len(), 3, "buyers on every node");
@@ -436,6 +437,7 @@ impl Straddle {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_order_across_nodes_ends_confirmed_or_released_wherever_a_kill_cuts_it() {
     let mut cluster = Cluster::start(3, 1, &FLAGS);
+    cluster.wait_connected().await;
 
     // 1. The other seat's node is down before the order: nothing is reserved or charged; 503.
     let order = straddle(&cluster, "before", 0).await;

@@ -19,6 +19,27 @@ pub struct Cluster {
     stopped: Vec<Option<tempfile::TempDir>>,
 }
 
+/// Waits until `server` sees all `nodes` shard nodes up (`GET /admin/cluster`): a node that tried a peer before it
+/// started backs off for a moment before it tries again.
+pub async fn wait_connected(server: &Server, nodes: usize) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let view = server.get("/admin/cluster", Some(ADMIN_TOKEN)).await;
+        let up = view.body["nodes"].as_array().map_or(0, |nodes| {
+            nodes.iter().filter(|node| node["state"] == "up").count()
+        });
+        if view.status.as_u16() == 200 && up == nodes {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cluster never formed: {}",
+            view.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (free when asked; the node binds it right after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -131,6 +152,14 @@ impl Cluster {
     pub fn restart(&mut self, node: usize) {
         let data_dir = self.stopped[node].take().expect("the node is down");
         self.nodes[node] = Some(self.launch_node(node, data_dir));
+    }
+
+    /// Waits until every process sees every shard node up.
+    pub async fn wait_connected(&self) {
+        let nodes = self.nodes.len();
+        for server in self.entry_points() {
+            wait_connected(server, nodes).await;
+        }
     }
 
     /// The admin token every process shares.
