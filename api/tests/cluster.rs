@@ -94,6 +94,53 @@ async fn every_endpoint_answers_the_same_through_every_process() {
     same_everywhere(&cluster, &format!("/concerts/{seated}/seats"), None).await;
     same_everywhere(&cluster, "/admin/cluster", Some(ADMIN_TOKEN)).await;
 
+    // The internal port answers only the cluster's secret, and each node reports its peers in its metrics.
+    let internal = |secret: Option<&str>| {
+        let mut curl = std::process::Command::new("curl");
+        curl.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--http2-prior-knowledge",
+        ]);
+        if let Some(secret) = secret {
+            curl.args(["-H", &format!("x-boxoffice-cluster-secret: {secret}")]);
+        }
+        let output = curl
+            .arg(format!(
+                "http://{}/internal/v1/status",
+                cluster.internal_address(0)
+            ))
+            .output()
+            .expect("curl (Debian package curl)");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(internal(None), "401");
+    assert_eq!(
+        internal(Some("a-wrong-secret-of-enough-length-0123456789")),
+        "401"
+    );
+    assert_eq!(internal(Some(common::cluster::CLUSTER_SECRET)), "200");
+    let metrics = cluster
+        .node(1)
+        .client
+        .get(format!("{}/metrics", cluster.node(1).base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for series in [
+        "boxoffice_cluster_peer_latency_seconds",
+        "boxoffice_cluster_peer_reachable{peer=\"0\"} 1",
+        "boxoffice_cluster_peer_in_flight",
+    ] {
+        assert!(metrics.contains(series), "{series} in /metrics");
+    }
+
     // Errors are those of a single node, wherever they are answered.
     for server in &entry {
         server

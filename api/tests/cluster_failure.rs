@@ -527,3 +527,94 @@ async fn an_order_across_nodes_ends_confirmed_or_released_wherever_a_kill_cuts_i
     .await;
     assert!(!order.sold(&cluster).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_last_tickets_are_found_on_any_node_and_never_sold_out_while_a_node_may_hold_them() {
+    let mut cluster = Cluster::start(3, 1, &FLAGS[2..]);
+    cluster.wait_connected().await;
+    // Twelve tickets, two on each of six shards: each node's own shards hold four.
+    let general = cluster.fronts[0].create_general(12, 6, 1_000).await;
+    let by_node = buyers(&cluster.fronts[0], "last", 40).await;
+    let home = *by_node.keys().next().expect("a node");
+    let (first, second) = (&by_node[&home][0].1, &by_node[&home][1].1);
+    let home_server = home as usize;
+
+    // Ten tickets for one buyer of one node: served by one of its shards, after unsold count moved into it from
+    // the other nodes' shards.
+    let order = cluster
+        .node(home_server)
+        .post(
+            "/orders",
+            Some(first),
+            json!({"concert_id": general, "quantity": 10}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(order["tickets"].as_array().expect("tickets").len(), 10);
+    let (remaining, _, sold, _) = cluster.fronts[0].availability(&general).await;
+    assert_eq!((remaining, sold), (2, 10));
+
+    // The other nodes, one of which holds the last two, stop answering: not sold out, but unavailable.
+    let others: Vec<usize> = (0..3).filter(|node| *node != home_server).collect();
+    for node in &others {
+        cluster.kill(*node);
+    }
+    let reply = cluster
+        .node(home_server)
+        .post(
+            "/orders",
+            Some(second),
+            json!({"concert_id": general, "quantity": 2}),
+        )
+        .await;
+    assert!(
+        is_unavailable(&reply) && reply.code() == "node_unavailable",
+        "{}",
+        reply.body
+    );
+    for node in &others {
+        cluster.restart(*node);
+    }
+    cluster.wait_connected().await;
+    eventually("the last two tickets are sold", || async {
+        let reply = cluster
+            .node(home_server)
+            .post(
+                "/orders",
+                Some(second),
+                json!({"concert_id": general, "quantity": 2}),
+            )
+            .await;
+        assert_ne!(reply.code(), "sold_out", "{}", reply.body);
+        reply.status.as_u16() == 201
+    })
+    .await;
+    // Now the concert as a whole is out, and every node says so.
+    let other = by_node
+        .iter()
+        .find(|(node, _)| **node != home)
+        .expect("another node's buyer")
+        .1[0]
+        .1
+        .clone();
+    for server in cluster.entry_points() {
+        // A restarted node answers for its users once it has read their orders back from every node.
+        eventually("sold out, answered by every process", || async {
+            let reply = server
+                .post(
+                    "/orders",
+                    Some(&other),
+                    json!({"concert_id": general, "quantity": 1}),
+                )
+                .await;
+            if is_unavailable(&reply) {
+                return false;
+            }
+            reply.expect_error(409, "sold_out");
+            true
+        })
+        .await;
+        let (remaining, held, sold, _) = server.availability(&general).await;
+        assert_eq!((remaining, held, sold), (0, 0, 12));
+    }
+}

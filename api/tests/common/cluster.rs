@@ -129,6 +129,11 @@ impl Cluster {
         )
     }
 
+    /// Node `node`'s internal address, `127.0.0.1:PORT`.
+    pub fn internal_address(&self, node: usize) -> &str {
+        &self.internal_addresses[node]
+    }
+
     pub fn node(&self, node: usize) -> &Server {
         self.nodes[node].as_ref().expect("the node is up")
     }
