@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::inspect;
 use common::{ADMIN_TOKEN, DECLINED_CARD, GOOD_CARD, Server};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -198,28 +199,6 @@ async fn sold_seats(server: &Server, concert_id: &str) -> usize {
         .iter()
         .filter(|seat| seat["status"] == "sold")
         .count()
-}
-
-/// Runs `boxoffice inspect --json` on a stopped node's data dir; asserts it exits 0 and returns its report.
-fn inspect(data_dir: &std::path::Path) -> Value {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_boxoffice"))
-        .args(["inspect", "--json", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run inspect");
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
-        panic!(
-            "inspect printed no JSON: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    assert!(
-        output.status.success(),
-        "inspect found violations: {report}"
-    );
-    assert_eq!(report["violations"], json!([]));
-    report
 }
 
 fn serve_flags() -> Vec<String> {

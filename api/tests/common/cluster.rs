@@ -159,6 +159,18 @@ impl Cluster {
         self.nodes[node] = Some(self.launch_node(node, data_dir));
     }
 
+    /// Stops every process with SIGTERM (each exits 0 after its final snapshots); returns the nodes' data dirs.
+    pub fn stop(self) -> Vec<tempfile::TempDir> {
+        let Cluster { nodes, fronts, .. } = self;
+        for front in fronts {
+            front.stop();
+        }
+        nodes
+            .into_iter()
+            .map(|node| node.expect("every node is up").stop())
+            .collect()
+    }
+
     /// Waits until every process sees every shard node up.
     pub async fn wait_connected(&self) {
         let nodes = self.nodes.len();

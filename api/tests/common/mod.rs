@@ -434,6 +434,28 @@ impl Drop for Server {
     }
 }
 
+/// Runs `boxoffice inspect --json` on a stopped node's data dir; asserts it exits 0 and returns its report.
+pub fn inspect(data_dir: &std::path::Path) -> Value {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_boxoffice"))
+        .args(["inspect", "--json", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run inspect");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "inspect printed no JSON: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert!(
+        output.status.success(),
+        "inspect found violations: {report}"
+    );
+    assert_eq!(report["violations"], json!([]));
+    report
+}
+
 /// Every file under `dir`, recursively, with its contents: what a scan for leaked secrets reads.
 pub fn files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     let mut found = Vec::new();
