@@ -96,7 +96,7 @@ fn routes(state: AppState) -> axum::Router {
         .route("/app.js", get(routes::web::script))
         .route("/app.css", get(routes::web::stylesheet))
         .route("/health", get(ops::health))
-        .route("/health/ready", get(ops::health))
+        .route("/health/ready", get(ops::ready))
         .route("/health/live", get(ops::live))
         .route("/admin/cluster", get(ops::cluster))
         .route("/metrics", get(ops::metrics))

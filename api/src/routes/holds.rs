@@ -14,7 +14,8 @@ use engine::ids::HoldId;
     responses((status = 201, body = HoldResponse), (status = 401, body = crate::error::ErrorBody),
               (status = 404, body = crate::error::ErrorBody),
               (status = 409, body = crate::error::ErrorBody, description = "seat_taken, sold_out, ticket_limit_reached or hold_limit_reached"),
-              (status = 422, body = crate::error::ErrorBody)))]
+              (status = 422, body = crate::error::ErrorBody),
+              (status = 503, body = crate::error::ErrorBody, description = "(in a cluster) node_unavailable, with Retry-After")))]
 pub async fn create(
     State(state): State<AppState>,
     UserCaller(user): UserCaller,
@@ -45,7 +46,7 @@ pub async fn cancel(
     responses((status = 201, body = OrderResponse), (status = 401, body = crate::error::ErrorBody),
               (status = 402, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
               (status = 410, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody),
-              (status = 503, body = crate::error::ErrorBody)))]
+              (status = 503, body = crate::error::ErrorBody, description = "payment_unavailable or (in a cluster) node_unavailable, with Retry-After")))]
 pub async fn purchase(
     State(state): State<AppState>,
     UserCaller(user): UserCaller,

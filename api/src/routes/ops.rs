@@ -28,6 +28,13 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<HealthResponse
     }
 }
 
+/// The same as `/health`: 200 once the node has recovered (a front: once it reaches a shard node).
+#[utoipa::path(get, path = "/health/ready", tag = "operations",
+    responses((status = 200, body = HealthResponse), (status = 503, body = crate::error::ErrorBody)))]
+pub async fn ready(state: State<AppState>) -> Result<Json<HealthResponse>, ApiError> {
+    health(state).await
+}
+
 /// 200 whenever the process serves HTTP, recovering included: what a liveness probe asks, so that it never kills
 /// a node that is still replaying its journal.
 #[utoipa::path(get, path = "/health/live", tag = "operations", responses((status = 200, body = HealthResponse)))]

@@ -19,7 +19,7 @@ use engine::ids::OrderId;
               (status = 402, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
               (status = 409, body = crate::error::ErrorBody, description = "sold_out, seat_taken or ticket_limit_reached"),
               (status = 422, body = crate::error::ErrorBody),
-              (status = 503, body = crate::error::ErrorBody, description = "overloaded, with Retry-After")))]
+              (status = 503, body = crate::error::ErrorBody, description = "overloaded, payment_unavailable or (in a cluster) node_unavailable, with Retry-After")))]
 pub async fn create(
     State(state): State<AppState>,
     UserCaller(user): UserCaller,
