@@ -158,7 +158,11 @@ impl ShardHandle {
         else {
             unreachable!("only remote shards are asked over the network");
         };
-        peers.call(*node, concert, self.shard, request).await
+        match peers.call(*node, concert, self.shard, request).await {
+            // The owner has not learned of the concert yet (it was down when it was created): not ready, not gone.
+            Err(EngineError::ConcertNotFound) => Err(EngineError::NodeUnavailable { node: *node }),
+            other => other,
+        }
     }
 
     fn remaining_hint(&self) -> u64 {
