@@ -568,3 +568,125 @@ async fn buyers_racing_through_every_process_never_oversell() {
         }
     }
 }
+
+/// `(seat, status, change)` of the next `count` seat events, sorted (one request's seats on different nodes may be
+/// published in either order), and the id of the last.
+async fn seat_changes(
+    stream: &mut common::sse::EventStream,
+    count: usize,
+) -> (Vec<(String, String, String)>, String) {
+    let mut changes = Vec::new();
+    let mut last = String::new();
+    for _ in 0..count {
+        let event = stream.next_seat().await;
+        last = event.id.clone().expect("seat events have ids");
+        changes.push(common::sse::seat_triple(&event.data));
+    }
+    changes.sort();
+    (changes, last)
+}
+
+fn changes(items: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+    let mut list: Vec<(String, String, String)> = items
+        .iter()
+        .map(|(seat, status, change)| {
+            (
+                (*seat).to_owned(),
+                (*status).to_owned(),
+                (*change).to_owned(),
+            )
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_live_feed_carries_every_node_and_resumes_on_any_process() {
+    use common::sse::{EventStream, counts};
+    let cluster = Cluster::start(3, 1, &["--payment-latency-ms", "5"]);
+    cluster.wait_connected().await;
+    let front = &cluster.fronts[0];
+    let seated = front.create_seated(&["A", "B"], 2, 6, 3).await;
+    let owners = seats_by_node(&placement(front, &seated).await, 2, 6);
+    let nodes: Vec<u64> = owners.keys().copied().collect();
+    assert_eq!(nodes.len(), 3, "a shard on every node");
+    let (_, buyer) = front.register("watched", GOOD_CARD).await;
+    let (first, second, third) = (
+        &owners[&nodes[0]][0],
+        &owners[&nodes[1]][0],
+        &owners[&nodes[2]][0],
+    );
+
+    // A subscriber on node 0 starts from a snapshot whose id names every node's feed.
+    let mut watcher = EventStream::open(cluster.node(0), &seated, None).await;
+    let snapshot = watcher.expect_next().await;
+    assert_eq!(snapshot.event, "snapshot");
+    let id = snapshot.id.expect("a snapshot has an id");
+    assert_eq!(id.split('.').count(), 3, "one position per node: {id}");
+    assert_eq!(counts(&snapshot.data), (24, 0, 0));
+
+    // Seats of nodes 0 and 2 bought through node 1, a seat of node 1 held and cancelled through the front.
+    cluster
+        .node(1)
+        .post(
+            "/orders",
+            Some(&buyer),
+            json!({"concert_id": seated, "seats": [first, third]}),
+        )
+        .await
+        .expect(201);
+    let (bought, after_order) = seat_changes(&mut watcher, 4).await;
+    assert_eq!(
+        bought,
+        changes(&[
+            (first, "held", "held"),
+            (first, "sold", "sold"),
+            (third, "held", "held"),
+            (third, "sold", "sold"),
+        ])
+    );
+    let hold = front
+        .hold(&buyer, json!({"concert_id": seated, "seats": [second]}))
+        .await;
+    front
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/holds/{hold}"),
+            Some(&buyer),
+            None,
+            &[],
+        )
+        .await
+        .expect(204);
+    let (cancelled, _) = seat_changes(&mut watcher, 2).await;
+    assert_eq!(
+        cancelled,
+        changes(&[(second, "free", "released"), (second, "held", "held")])
+    );
+    watcher.await_availability((22, 0, 2)).await;
+
+    // Resumed on another node after the order: exactly the changes since, no snapshot.
+    let mut resumed = EventStream::open(cluster.node(2), &seated, Some(&after_order)).await;
+    let (missed, _) = seat_changes(&mut resumed, 2).await;
+    assert_eq!(
+        missed, cancelled,
+        "the changes since the id, from another node"
+    );
+    // And resumed through the front, from the first snapshot: everything since.
+    let mut again = EventStream::open(front, &seated, Some(&id)).await;
+    let (all, _) = seat_changes(&mut again, 6).await;
+    let mut expected = bought.clone();
+    expected.extend(cancelled.clone());
+    expected.sort();
+    assert_eq!(all, expected);
+    // A fresh subscriber through the front sees the seat map everyone sees.
+    let mut fresh = EventStream::open(front, &seated, None).await;
+    let snapshot = fresh.expect_next().await;
+    let map = front
+        .get(&format!("/concerts/{seated}/seats"), None)
+        .await
+        .expect(200);
+    assert_eq!(snapshot.data["seats"], map["seats"]);
+    assert_eq!(counts(&snapshot.data), (22, 0, 2));
+}

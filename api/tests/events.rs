@@ -3,147 +3,29 @@
 
 mod common;
 
+use common::sse::{EVENT_TIMEOUT, EventStream, counts, seat_triple};
 use common::{DECLINED_CARD, GOOD_CARD, Server};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeSet;
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// How long a test waits for the next event before it calls the stream stuck (a hang detector).
-const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
-
-#[derive(Debug, Clone)]
-struct Sse {
-    id: Option<String>,
-    event: String,
-    data: Value,
-}
-
-/// A minimal server-sent events reader over a streaming response.
-struct EventStream {
-    response: reqwest::Response,
-    buffer: String,
-    /// The `retry:` field, once seen.
-    retry_ms: Option<u64>,
-}
-
-impl EventStream {
-    async fn open(server: &Server, concert: &str, last_event_id: Option<&str>) -> EventStream {
-        let mut request = server
-            .client
-            .get(format!("{}/concerts/{concert}/events", server.base));
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id);
-        }
-        let response = request.send().await.expect("the stream opens");
-        assert_eq!(response.status(), 200);
-        assert_eq!(
-            response.headers()["content-type"].to_str().unwrap(),
-            "text/event-stream"
-        );
-        assert_eq!(response.headers()["cache-control"], "no-cache");
-        EventStream {
-            response,
-            buffer: String::new(),
-            retry_ms: None,
-        }
+/// The next `count` seat events as (seat, status, change), sorted: a request's seats on different shards may
+/// be published in either order. Checks that their positions grow.
+async fn seat_step(
+    stream: &mut EventStream,
+    count: usize,
+    last_position: &mut u64,
+) -> Vec<(String, String, String)> {
+    let mut step = Vec::new();
+    for _ in 0..count {
+        let event = stream.next_seat().await;
+        let position = position_of(event.id.as_deref().expect("seat events have ids"));
+        assert!(position > *last_position, "positions grow: {event:?}");
+        *last_position = position;
+        step.push(seat_triple(&event.data));
     }
-
-    /// The next event, or `None` when the server ended the stream.
-    async fn next(&mut self) -> Option<Sse> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = Sse {
-                    id: None,
-                    event: "message".into(),
-                    data: Value::Null,
-                };
-                let mut has_data = false;
-                for line in block.lines() {
-                    if line.starts_with(':') || line.is_empty() {
-                        continue;
-                    }
-                    let (field, value) = line.split_once(": ").unwrap_or((line, ""));
-                    match field {
-                        "id" => event.id = Some(value.to_owned()),
-                        "event" => event.event = value.to_owned(),
-                        "data" => {
-                            assert!(!has_data, "data fits one line: {block}");
-                            has_data = true;
-                            event.data = serde_json::from_str(value)
-                                .unwrap_or_else(|_| panic!("data is JSON: {value}"));
-                        }
-                        "retry" => self.retry_ms = Some(value.parse().expect("retry in ms")),
-                        other => panic!("unknown field {other} in {block:?}"),
-                    }
-                }
-                if has_data {
-                    return Some(event);
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout(EVENT_TIMEOUT, self.response.chunk())
-                .await
-                .expect("an event within the timeout")
-                .expect("the stream reads");
-            match chunk {
-                Some(bytes) => self
-                    .buffer
-                    .push_str(std::str::from_utf8(&bytes).expect("utf-8")),
-                None => return None,
-            }
-        }
-    }
-
-    async fn expect_next(&mut self) -> Sse {
-        self.next().await.expect("the stream goes on")
-    }
-
-    /// The next `seat` event, skipping availability updates.
-    async fn next_seat(&mut self) -> Sse {
-        loop {
-            let event = self.expect_next().await;
-            match event.event.as_str() {
-                "seat" => return event,
-                "availability" => continue,
-                other => panic!("unexpected {other} event: {event:?}"),
-            }
-        }
-    }
-
-    /// The next `count` seat events as (seat, status, change), sorted: a request's seats on different shards may
-    /// be published in either order. Checks that their positions grow.
-    async fn seat_step(
-        &mut self,
-        count: usize,
-        last_position: &mut u64,
-    ) -> Vec<(String, String, String)> {
-        let mut step = Vec::new();
-        for _ in 0..count {
-            let event = self.next_seat().await;
-            let position = position_of(event.id.as_deref().expect("seat events have ids"));
-            assert!(position > *last_position, "positions grow: {event:?}");
-            *last_position = position;
-            step.push(seat_triple(&event.data));
-        }
-        step.sort();
-        step
-    }
-
-    /// Reads availability events until one equals `expected` (updates are coalesced, so earlier ones may differ).
-    async fn await_availability(&mut self, expected: (u64, u64, u64)) {
-        loop {
-            let event = self.expect_next().await;
-            if event.event == "availability" {
-                let got = counts(&event.data);
-                assert_eq!(got.0 + got.1 + got.2, expected.0 + expected.1 + expected.2);
-                if got == expected {
-                    return;
-                }
-            }
-        }
-    }
+    step.sort();
+    step
 }
 
 fn position_of(id: &str) -> u64 {
@@ -152,25 +34,6 @@ fn position_of(id: &str) -> u64 {
         .1
         .parse()
         .expect("a position")
-}
-
-fn seat_triple(data: &Value) -> (String, String, String) {
-    let field = |name: &str| {
-        data[name]
-            .as_str()
-            .unwrap_or_else(|| panic!("{name} in {data}"))
-            .to_owned()
-    };
-    (field("id"), field("status"), field("change"))
-}
-
-fn counts(data: &Value) -> (u64, u64, u64) {
-    let field = |name: &str| {
-        data[name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{name} in {data}"))
-    };
-    (field("remaining"), field("held"), field("sold"))
 }
 
 fn triples(items: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
@@ -247,14 +110,14 @@ async fn a_subscriber_sees_every_change_of_a_scripted_sale_in_order() {
     // A hold across both shards (A-1-1 on shard 0, B-2-3 on shard 1), then its purchase.
     let first = hold(&server, &alice, &concert, &["A-1-1", "B-2-3"]).await;
     assert_eq!(
-        stream.seat_step(2, &mut position).await,
+        seat_step(&mut stream, 2, &mut position).await,
         triples(&[("A-1-1", "held", "held"), ("B-2-3", "held", "held")])
     );
     purchase(&server, &alice, &first, "alice-1")
         .await
         .expect(201);
     assert_eq!(
-        stream.seat_step(2, &mut position).await,
+        seat_step(&mut stream, 2, &mut position).await,
         triples(&[("A-1-1", "sold", "sold"), ("B-2-3", "sold", "sold")])
     );
     stream.await_availability((10, 0, 2)).await;
@@ -262,23 +125,23 @@ async fn a_subscriber_sees_every_change_of_a_scripted_sale_in_order() {
     // A cancelled hold.
     let second = hold(&server, &alice, &concert, &["A-2-2"]).await;
     assert_eq!(
-        stream.seat_step(1, &mut position).await,
+        seat_step(&mut stream, 1, &mut position).await,
         triples(&[("A-2-2", "held", "held")])
     );
     cancel(&server, &alice, &second).await;
     assert_eq!(
-        stream.seat_step(1, &mut position).await,
+        seat_step(&mut stream, 1, &mut position).await,
         triples(&[("A-2-2", "free", "released")])
     );
 
     // A hold left to expire (--hold-ttl-s 2).
     hold(&server, &alice, &concert, &["B-1-1"]).await;
     assert_eq!(
-        stream.seat_step(1, &mut position).await,
+        seat_step(&mut stream, 1, &mut position).await,
         triples(&[("B-1-1", "held", "held")])
     );
     assert_eq!(
-        stream.seat_step(1, &mut position).await,
+        seat_step(&mut stream, 1, &mut position).await,
         triples(&[("B-1-1", "free", "expired")])
     );
 
@@ -294,11 +157,11 @@ async fn a_subscriber_sees_every_change_of_a_scripted_sale_in_order() {
         .await
         .expect_error(402, "payment_declined");
     assert_eq!(
-        stream.seat_step(1, &mut position).await,
+        seat_step(&mut stream, 1, &mut position).await,
         triples(&[("A-1-3", "held", "held")])
     );
     assert_eq!(
-        stream.seat_step(1, &mut position).await,
+        seat_step(&mut stream, 1, &mut position).await,
         triples(&[("A-1-3", "free", "released")])
     );
 
@@ -318,11 +181,11 @@ async fn a_subscriber_sees_every_change_of_a_scripted_sale_in_order() {
         .expect("a seat")
         .to_owned();
     assert_eq!(
-        stream.seat_step(1, &mut position).await,
+        seat_step(&mut stream, 1, &mut position).await,
         triples(&[(&seat, "held", "held")])
     );
     assert_eq!(
-        stream.seat_step(1, &mut position).await,
+        seat_step(&mut stream, 1, &mut position).await,
         triples(&[(&seat, "sold", "sold")])
     );
     stream.await_availability((9, 0, 3)).await;
