@@ -154,6 +154,7 @@ impl From<EngineError> for ApiError {
             EngineError::CardRequired => (S::UNPROCESSABLE_ENTITY, "card_required"),
             EngineError::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable"),
             EngineError::NodeUnavailable { .. } => (S::SERVICE_UNAVAILABLE, "node_unavailable"),
+            EngineError::Recovering => (S::SERVICE_UNAVAILABLE, "recovering"),
             EngineError::TicketLimitReached { .. } => (S::CONFLICT, "ticket_limit_reached"),
             EngineError::HoldLimitReached { .. } => (S::CONFLICT, "hold_limit_reached"),
         };

@@ -690,3 +690,89 @@ async fn the_live_feed_carries_every_node_and_resumes_on_any_process() {
     assert_eq!(snapshot.data["seats"], map["seats"]);
     assert_eq!(counts(&snapshot.data), (22, 0, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adding_a_node_moves_nothing_and_new_concerts_use_it() {
+    let mut cluster = Cluster::start(2, 1, &[]);
+    cluster.wait_connected().await;
+    let before = cluster.fronts[0].create_general(100, 4, 1_000).await;
+    let placement_before = placement(&cluster.fronts[0], &before).await;
+    // A user whose name a third node would win: registered now, it lives on node 0 or 1 for good.
+    let moved = (0..)
+        .map(|i| format!("grower{i}"))
+        .find(|name| {
+            cluster::placement::user_home(name, 2) != cluster::placement::user_home(name, 3)
+        })
+        .expect("some name");
+    let (id, token) = cluster.fronts[0].register(&moved, GOOD_CARD).await;
+    cluster.fronts[0]
+        .post(
+            "/orders",
+            Some(&token),
+            json!({"concert_id": before, "quantity": 2}),
+        )
+        .await
+        .expect(201);
+
+    cluster.add_node();
+    cluster.wait_connected().await;
+    let front = &cluster.fronts[0];
+    // Restarted nodes read their users' orders back from every node before they answer for them.
+    let mut ready = front
+        .get(&format!("/users/{id}/tickets"), Some(&token))
+        .await;
+    while ready.status.as_u16() == 503 {
+        assert!(ready.retry_after.is_some(), "{}", ready.body);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        ready = front
+            .get(&format!("/users/{id}/tickets"), Some(&token))
+            .await;
+    }
+    assert_eq!(
+        placement(front, &before).await,
+        placement_before,
+        "an existing concert keeps its placement"
+    );
+    let after = front.create_general(100, 6, 1_000).await;
+    assert!(
+        placement(front, &after).await.contains(&2),
+        "a new concert uses the new node"
+    );
+
+    // The user is found where it registered: its token, its login, its name still taken, its tickets.
+    let login = front
+        .post(
+            "/users/verify",
+            None,
+            json!({"username": moved, "password": "correct horse battery"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(login["id"], id.as_str());
+    front
+        .post(
+            "/users",
+            None,
+            json!({"username": moved, "password": "another password"}),
+        )
+        .await
+        .expect_error(409, "username_taken");
+    let tickets = front
+        .get(&format!("/users/{id}/tickets"), Some(&token))
+        .await
+        .expect(200);
+    assert_eq!(tickets["tickets"].as_array().expect("tickets").len(), 2);
+    for concert in [&before, &after] {
+        cluster
+            .node(2)
+            .post(
+                "/orders",
+                Some(&token),
+                json!({"concert_id": concert, "quantity": 1}),
+            )
+            .await
+            .expect(201);
+    }
+    let (_, held, sold, _) = front.availability(&before).await;
+    assert_eq!((held, sold), (0, 3));
+}

@@ -410,14 +410,17 @@ impl Desk {
         self.book_ready.store(true, Ordering::Release);
     }
 
-    /// `Ok` when the book holds every order and hold of this node's users.
+    /// `Ok` when the book holds every order and hold of this node's users; else `Recovering` while it is being
+    /// read, or `NodeUnavailable` for the node it waits for.
     pub fn book_ready(&self) -> Result<(), EngineError> {
         if self.book_ready.load(Ordering::Acquire) {
             return Ok(());
         }
-        Err(EngineError::NodeUnavailable {
-            node: self.waiting_for.load(Ordering::Acquire),
-        })
+        let node = self.waiting_for.load(Ordering::Acquire);
+        if node == self.router.node() {
+            return Err(EngineError::Recovering);
+        }
+        Err(EngineError::NodeUnavailable { node })
     }
 
     pub fn router(&self) -> &Arc<Router> {

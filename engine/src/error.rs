@@ -42,6 +42,8 @@ pub enum EngineError {
     CardRequired,
     /// A shard stopped answering; the node is shutting down or broken.
     Unavailable,
+    /// The node is still rebuilding what the request needs after its start; the client should retry shortly.
+    Recovering,
     /// Another node of the cluster, which owns what the request needs, did not answer in time. What it holds may
     /// be there; the client should retry after a pause.
     NodeUnavailable {
@@ -91,6 +93,7 @@ impl fmt::Display for EngineError {
             }
             Self::CardRequired => write!(f, "a card on file is required to pay"),
             Self::Unavailable => write!(f, "the sale is temporarily unavailable"),
+            Self::Recovering => write!(f, "the node is recovering its state, retry shortly"),
             Self::NodeUnavailable { node } => write!(
                 f,
                 "node {node} of the cluster, which holds what this request needs, does not answer; retry shortly"

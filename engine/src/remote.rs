@@ -151,6 +151,7 @@ pub enum RemoteError {
     },
     /// Anything else: the remote node failed; its log has the detail.
     Unavailable,
+    Recovering,
 }
 
 impl From<EngineError> for RemoteError {
@@ -167,6 +168,7 @@ impl From<EngineError> for RemoteError {
                 Self::AlreadyCheckedIn { checked_in_at_ms }
             }
             EngineError::Overloaded => Self::Overloaded,
+            EngineError::Recovering => Self::Recovering,
             EngineError::NodeUnavailable { node } => Self::NodeUnavailable { node },
             other => {
                 tracing::warn!(error = %other, "a shard request failed");
@@ -190,6 +192,7 @@ impl From<RemoteError> for EngineError {
                 Self::AlreadyCheckedIn { checked_in_at_ms }
             }
             RemoteError::Overloaded => Self::Overloaded,
+            RemoteError::Recovering => Self::Recovering,
             RemoteError::NodeUnavailable { node } => Self::NodeUnavailable { node },
             RemoteError::Unavailable => Self::Unavailable,
         }

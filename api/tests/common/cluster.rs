@@ -171,6 +171,53 @@ impl Cluster {
             .collect()
     }
 
+    /// Adds a shard node the way an operator does: every process is stopped (SIGTERM) and started again with the
+    /// new node appended to the list, the old nodes on their data dirs.
+    pub fn add_node(&mut self) {
+        let fronts = self.fronts.len();
+        for front in self.fronts.drain(..) {
+            front.stop();
+        }
+        let dirs: Vec<tempfile::TempDir> = self
+            .nodes
+            .iter_mut()
+            .map(|node| node.take().expect("every node is up").stop())
+            .collect();
+        self.internal_addresses
+            .push(format!("127.0.0.1:{}", free_port()));
+        self.node_list = self
+            .internal_addresses
+            .iter()
+            .map(|address| format!("http://{address}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.nodes.push(None);
+        self.stopped.push(None);
+        let mut dirs: Vec<tempfile::TempDir> = dirs;
+        dirs.push(tempfile::tempdir().expect("dir"));
+        let started: Vec<Server> = std::thread::scope(|scope| {
+            let handles: Vec<_> = dirs
+                .into_iter()
+                .enumerate()
+                .map(|(node, dir)| {
+                    let cluster = &*self;
+                    scope.spawn(move || cluster.launch_node(node, dir))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().expect("node starts"))
+                .collect()
+        });
+        for (node, server) in started.into_iter().enumerate() {
+            self.nodes[node] = Some(server);
+        }
+        for _ in 0..fronts {
+            let front = self.launch_front();
+            self.fronts.push(front);
+        }
+    }
+
     /// Waits until every process sees every shard node up.
     pub async fn wait_connected(&self) {
         let nodes = self.nodes.len();
