@@ -23,7 +23,6 @@ use engine::ids::{ConcertId, random_hex};
 use engine::payment::{PaymentPool, PaymentPoolConfig, SimulatedProvider};
 use engine::remote::NodeId;
 use engine::router::Router;
-use futures_util::StreamExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use persistence::ledger::SimulatorLedger;
 use persistence::storage::{Storage, StorageOptions};
@@ -40,8 +39,6 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// Directory in the data directory holding the payment simulator's ledger.
 pub const SIMULATOR_LEDGER_DIR: &str = "payment-sim";
-/// Orders recovered in flight that are settled with the provider at once at most.
-const SETTLE_IN_FLIGHT_MAX: usize = 1024;
 /// File in the data directory of a cluster's shard node holding its node id.
 pub const NODE_ID_FILE: &str = "cluster-node-id";
 /// How often a cluster node retries releases and moves that could not reach another node.
@@ -381,12 +378,7 @@ async fn recover(
             .map_err(|error| format!("cannot restart a concert: {error}"))?;
     }
     let in_flight_count = in_flight.len();
-    let outcomes: Vec<_> = futures_util::stream::iter(in_flight)
-        .map(|order| desk.settle_in_flight(order))
-        .buffer_unordered(SETTLE_IN_FLIGHT_MAX)
-        .collect()
-        .await;
-    let confirmed = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    let confirmed = desk.settle_all(in_flight).await;
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         read_ms = recovered.elapsed.as_millis() as u64,

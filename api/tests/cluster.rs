@@ -4,55 +4,11 @@
 
 mod common;
 
-use common::cluster::Cluster;
-use common::{ADMIN_TOKEN, GOOD_CARD, Server};
+use common::cluster::{Cluster, placement, seats_by_node};
+use common::{ADMIN_TOKEN, GOOD_CARD};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
-
-/// A seated concert's seat ids owned by each node, from its placement and layout (`A` and `B`, `rows` rows of
-/// `per_row`, cut into `shards` contiguous ranges).
-fn seats_by_node(placement: &[u64], rows: u32, per_row: u32) -> BTreeMap<u64, Vec<String>> {
-    let labels: Vec<String> = ["A", "B"]
-        .iter()
-        .flat_map(|section| {
-            (1..=rows).flat_map(move |row| {
-                (1..=per_row).map(move |seat| format!("{section}-{row}-{seat}"))
-            })
-        })
-        .collect();
-    let capacity = labels.len() as u64;
-    let shards = placement.len() as u64;
-    let mut by_node: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    for (index, label) in labels.into_iter().enumerate() {
-        let index = index as u64;
-        let shard = (0..shards)
-            .find(|shard| index < (shard + 1) * capacity / shards)
-            .expect("a shard owns every seat");
-        by_node
-            .entry(placement[shard as usize])
-            .or_default()
-            .push(label);
-    }
-    by_node
-}
-
-async fn placement(server: &Server, concert: &str) -> Vec<u64> {
-    let view = server
-        .get("/admin/cluster", Some(ADMIN_TOKEN))
-        .await
-        .expect(200);
-    let concerts = view["concerts"].as_array().expect("concerts");
-    concerts
-        .iter()
-        .find(|entry| entry["id"] == concert)
-        .expect("the concert is placed")["shards"]
-        .as_array()
-        .expect("shards")
-        .iter()
-        .map(|node| node.as_u64().expect("a node id"))
-        .collect()
-}
+use std::collections::BTreeSet;
 
 /// The same GET answers the same body through every process.
 async fn same_everywhere(cluster: &Cluster, path: &str, token: Option<&str>) -> Value {
@@ -218,28 +174,24 @@ async fn every_endpoint_answers_the_same_through_every_process() {
 
         // An order, retried with its key through another process, is the same order.
         let key = format!("key-{index}");
-        let order = server
-            .send(
-                reqwest::Method::POST,
-                "/orders",
-                Some(&token),
-                Some(json!({"concert_id": general, "quantity": 2})),
-                &[("idempotency-key", &key)],
-            )
-            .await
-            .expect(201);
-        let again = next
-            .send(
-                reqwest::Method::POST,
-                "/orders",
-                Some(&token),
-                Some(json!({"concert_id": general, "quantity": 2})),
-                &[("idempotency-key", &key)],
-            )
-            .await
-            .expect(201);
+        let mut placed = Vec::new();
+        for process in [server, next] {
+            placed.push(
+                process
+                    .send(
+                        reqwest::Method::POST,
+                        "/orders",
+                        Some(&token),
+                        Some(json!({"concert_id": general, "quantity": 2})),
+                        &[("idempotency-key", &key)],
+                    )
+                    .await
+                    .expect(201),
+            );
+        }
+        let order = &placed[0];
         assert_eq!(
-            order["id"], again["id"],
+            placed[0]["id"], placed[1]["id"],
             "a retry through another process reads the first outcome"
         );
         let order_path = format!("/orders/{}", order["id"].as_str().expect("id"));

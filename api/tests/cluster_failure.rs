@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::cluster::Cluster;
+use common::cluster::{Cluster, placement, seats_by_node};
 use common::{ADMIN_TOKEN, GOOD_CARD, Reply, Server};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
@@ -54,51 +54,6 @@ async fn buyers(
             .push((id, user["token"].as_str().expect("token").to_owned()));
     }
     by_node
-}
-
-/// The node that owns each seat of a seated concert (sections `A` and `B` of `rows` × `per_row`).
-async fn seat_owners(
-    server: &Server,
-    concert: &str,
-    rows: u32,
-    per_row: u32,
-) -> BTreeMap<u64, Vec<String>> {
-    let view = server
-        .get("/admin/cluster", Some(ADMIN_TOKEN))
-        .await
-        .expect(200);
-    let placement: Vec<u64> = view["concerts"]
-        .as_array()
-        .expect("concerts")
-        .iter()
-        .find(|entry| entry["id"] == concert)
-        .expect("placed")["shards"]
-        .as_array()
-        .expect("shards")
-        .iter()
-        .map(|node| node.as_u64().expect("node"))
-        .collect();
-    let labels: Vec<String> = ["A", "B"]
-        .iter()
-        .flat_map(|section| {
-            (1..=rows).flat_map(move |row| {
-                (1..=per_row).map(move |seat| format!("{section}-{row}-{seat}"))
-            })
-        })
-        .collect();
-    let capacity = labels.len() as u64;
-    let shards = placement.len() as u64;
-    let mut owners: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    for (index, label) in labels.into_iter().enumerate() {
-        let shard = (0..shards)
-            .find(|shard| (index as u64) < (shard + 1) * capacity / shards)
-            .expect("owned");
-        owners
-            .entry(placement[shard as usize])
-            .or_default()
-            .push(label);
-    }
-    owners
 }
 
 /// Polls until `check` passes, for up to a minute (a hang detector, not a timing assertion).
@@ -329,7 +284,7 @@ struct Straddle {
 async fn straddle(cluster: &Cluster, prefix: &str, round: usize) -> Straddle {
     let front = &cluster.fronts[0];
     let concert = front.create_seated(&["A", "B"], 2, 6, 3).await;
-    let owners = seat_owners(front, &concert, 2, 6).await;
+    let owners = seats_by_node(&placement(front, &concert).await, 2, 6);
     let by_node = buyers(front, prefix, 12).await;
     let (&home, users) = by_node.iter().next().expect("a buyer");
     let (user, token) = users[0].clone();

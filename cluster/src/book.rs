@@ -12,15 +12,12 @@ use engine::EngineError;
 use engine::desk::Desk;
 use engine::router::ConcertHandle;
 use engine::shard_state::ShardBookView;
-use futures_util::StreamExt;
 use futures_util::future::join_all;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Pause before asking nodes that did not answer again.
 pub const BOOK_RETRY_DELAY: Duration = Duration::from_secs(1);
-/// Orders caught in payment that are settled at once at most.
-pub const SETTLE_IN_FLIGHT_MAX: usize = 1024;
 
 /// Fills `desk`'s book from every node's view of `concerts`, then settles what was in flight. Marks the book
 /// incomplete first; returns once it is complete and every recovered order is settled.
@@ -43,12 +40,7 @@ pub async fn rebuild(desk: Arc<Desk>, concerts: Vec<Arc<ConcertHandle>>) {
     }
     desk.set_book_ready();
     let count = in_flight.len();
-    let outcomes: Vec<_> = futures_util::stream::iter(in_flight)
-        .map(|order| desk.settle_in_flight(order))
-        .buffer_unordered(SETTLE_IN_FLIGHT_MAX)
-        .collect()
-        .await;
-    let confirmed = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    let confirmed = desk.settle_all(in_flight).await;
     tracing::info!(
         concerts = concerts.len(),
         in_flight = count,

@@ -70,10 +70,14 @@ pub async fn create(
     spec: ConcertSpec,
 ) -> ApiResult<Arc<ConcertHandle>> {
     let others = cluster.others();
-    for (node, answer) in others
-        .iter()
-        .zip(join_all(others.iter().map(|node| status(cluster, *node))).await)
-    {
+    for (node, answer) in others.iter().zip(
+        join_all(
+            others
+                .iter()
+                .map(|node| super::internal::node_status(cluster, *node)),
+        )
+        .await,
+    ) {
         if answer.is_err() {
             return Err(EngineError::NodeUnavailable { node: *node }.into());
         }
@@ -107,24 +111,6 @@ pub async fn create(
         }
     }
     Ok(concert)
-}
-
-/// `Ok` when `node` answers its status.
-async fn status(cluster: &ClusterState, node: NodeId) -> Result<(), EngineError> {
-    match cluster
-        .peers
-        .internal(
-            node,
-            Method::GET,
-            "/internal/v1/status",
-            InternalBody::Empty,
-            INTERNAL_CALL_TIMEOUT,
-        )
-        .await?
-    {
-        (StatusCode::OK, _) => Ok(()),
-        _ => Err(EngineError::NodeUnavailable { node }),
-    }
 }
 
 /// Fetches, from every other node, the concerts this node lacks; forever, every [`CATALOG_SYNC_INTERVAL`].

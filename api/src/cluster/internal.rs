@@ -207,6 +207,26 @@ async fn users_bulk(
     ))
 }
 
+/// `node`'s state (`up` or `recovering`), or `NodeUnavailable` when it does not answer.
+pub async fn node_status(cluster: &ClusterState, node: NodeId) -> Result<String, EngineError> {
+    let (status, body) = cluster
+        .peers
+        .internal(
+            node,
+            Method::GET,
+            "/internal/v1/status",
+            InternalBody::Empty,
+            INTERNAL_CALL_TIMEOUT,
+        )
+        .await?;
+    if status != StatusCode::OK {
+        return Err(EngineError::NodeUnavailable { node });
+    }
+    serde_json::from_slice::<NodeStatus>(&body)
+        .map(|status| status.state)
+        .map_err(|_| EngineError::NodeUnavailable { node })
+}
+
 /// Asks `node` whether it has `username`.
 pub async fn username_exists(
     cluster: &ClusterState,

@@ -2,6 +2,7 @@
 //! temporary data dirs, and fronts; kills and restarts nodes.
 
 use super::{ADMIN_TOKEN, Server};
+use std::collections::BTreeMap;
 use std::process::Stdio;
 
 /// The cluster secret of every test cluster.
@@ -17,6 +18,52 @@ pub struct Cluster {
     extra_args: Vec<String>,
     /// Data dirs of nodes that are down, kept for their restart.
     stopped: Vec<Option<tempfile::TempDir>>,
+}
+
+/// A concert's placement as `GET /admin/cluster` through `server` gives it: the node of each shard.
+pub async fn placement(server: &Server, concert: &str) -> Vec<u64> {
+    let view = server
+        .get("/admin/cluster", Some(ADMIN_TOKEN))
+        .await
+        .expect(200);
+    view["concerts"]
+        .as_array()
+        .expect("concerts")
+        .iter()
+        .find(|entry| entry["id"] == concert)
+        .expect("the concert is placed")["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|node| node.as_u64().expect("a node id"))
+        .collect()
+}
+
+/// The seat ids each node owns of a seated concert of sections `A` and `B` of `rows` rows of `per_row` seats,
+/// cut into `placement.len()` contiguous shards.
+pub fn seats_by_node(placement: &[u64], rows: u32, per_row: u32) -> BTreeMap<u64, Vec<String>> {
+    let labels: Vec<String> = ["A", "B"]
+        .iter()
+        .flat_map(|section| {
+            (1..=rows).flat_map(move |row| {
+                (1..=per_row).map(move |seat| format!("{section}-{row}-{seat}"))
+            })
+        })
+        .collect();
+    let capacity = labels.len() as u64;
+    let shards = placement.len() as u64;
+    let mut by_node: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for (index, label) in labels.into_iter().enumerate() {
+        let index = index as u64;
+        let shard = (0..shards)
+            .find(|shard| index < (shard + 1) * capacity / shards)
+            .expect("a shard owns every seat");
+        by_node
+            .entry(placement[shard as usize])
+            .or_default()
+            .push(label);
+    }
+    by_node
 }
 
 /// Waits until `server` sees all `nodes` shard nodes up (`GET /admin/cluster`): a node that tried a peer before it

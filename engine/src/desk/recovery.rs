@@ -30,6 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Orders recovered in flight that are settled with the provider at once at most.
+pub const SETTLE_IN_FLIGHT_MAX: usize = 1024;
 /// How often recovery asks an unreachable provider about a charge before voiding it.
 const STATUS_ATTEMPTS_MAX: u32 = 5;
 /// Pause between two such attempts.
@@ -366,6 +368,17 @@ impl Desk {
         }
         let _ = sender.send(Some(outcome.clone()));
         outcome
+    }
+
+    /// Settles every order recovered in flight, [`SETTLE_IN_FLIGHT_MAX`] at once; returns how many ended confirmed.
+    pub async fn settle_all(self: &Arc<Self>, in_flight: Vec<InFlightOrder>) -> usize {
+        use futures_util::StreamExt;
+        let outcomes: Vec<OrderOutcome> = futures_util::stream::iter(in_flight)
+            .map(|order| self.settle_in_flight(order))
+            .buffer_unordered(SETTLE_IN_FLIGHT_MAX)
+            .collect()
+            .await;
+        outcomes.iter().filter(|outcome| outcome.is_ok()).count()
     }
 
     /// The provider's record of the charge for `order_id`, or `None` when it cannot tell.
