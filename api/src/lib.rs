@@ -75,19 +75,23 @@ pub fn app(state: AppState) -> axum::Router {
         ))
 }
 
-/// What a shard node's internal port serves besides shard requests and feeds: the same public API, for requests
-/// other processes forward (never forwarded again), and the internal routes.
+/// What a shard node's internal port serves for requests other processes forward: the public API, never
+/// forwarded again.
+pub fn forwarded_app(state: AppState) -> axum::Router {
+    routes(state.clone()).layer(middleware::from_fn_with_state(
+        state.guards(),
+        limit_duration,
+    ))
+}
+
+/// The internal routes a shard node's internal port serves to the other processes of its cluster.
 pub fn internal_app(state: AppState) -> axum::Router {
     crate::cluster::internal::routes()
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::cluster::internal::wait_for_recovery,
         ))
-        .with_state(state.clone())
-        .merge(routes(state.clone()).layer(middleware::from_fn_with_state(
-            state.guards(),
-            limit_duration,
-        )))
+        .with_state(state)
 }
 
 fn routes(state: AppState) -> axum::Router {

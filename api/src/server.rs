@@ -266,6 +266,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
                 Some(node.router.clone()),
                 Some(Arc::new(cluster::feed::NodeFeeds)),
                 state.recovered.clone(),
+                crate::forwarded_app(state.clone()),
                 crate::internal_app(state.clone()),
             );
             let mut stopped = state.shutdown.subscribe();

@@ -97,6 +97,20 @@ async fn every_endpoint_answers_the_same_through_every_process() {
         assert!(metrics.contains(series), "{series} in /metrics");
     }
 
+    // No internal path is reachable from outside, whatever token a request carries.
+    for server in &entry {
+        for token in [None, Some("1.not-a-token"), Some(ADMIN_TOKEN)] {
+            server
+                .post("/internal/v1/shard", token, json!({}))
+                .await
+                .expect_error(404, "not_found");
+            server
+                .get("/internal/v1/concerts", token)
+                .await
+                .expect_error(404, "not_found");
+        }
+    }
+
     // Errors are those of a single node, wherever they are answered.
     for server in &entry {
         server

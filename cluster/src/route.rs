@@ -52,6 +52,16 @@ pub fn target(
     is_admin: impl Fn(&str) -> bool,
 ) -> Target {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Nothing under /internal/ is public: answered here, as a path that does not exist.
+    if segments.first() == Some(&"internal") {
+        return Target::Here;
+    }
+    // A registration and a login go where the username is, whatever token they carry.
+    match (method, segments.as_slice()) {
+        (&Method::POST, ["users"]) => return Target::UsernameHome,
+        (&Method::POST, ["users", "verify"]) => return Target::UsernameOwner,
+        _ => {}
+    }
     let own = matches!(
         segments.as_slice(),
         [""] | ["app.js"]
@@ -65,7 +75,7 @@ pub fn target(
         return Target::Here;
     }
     match bearer {
-        Some(token) if is_admin(token) => admin_target(method, &segments),
+        Some(token) if is_admin(token) => admin_target(&segments),
         // A user's request, whatever it asks for, goes to the user's node: it knows the token, and answers
         // `403` for what only the admin may do exactly as a single node would.
         Some(token) => match token_node(token) {
@@ -73,18 +83,13 @@ pub fn target(
             // Not a token of this cluster: any node answers 401 the same way.
             None => Target::AnyShardNode,
         },
-        None => match (method, segments.as_slice()) {
-            (&Method::POST, ["users"]) => Target::UsernameHome,
-            (&Method::POST, ["users", "verify"]) => Target::UsernameOwner,
-            _ => Target::AnyShardNode,
-        },
+        None => Target::AnyShardNode,
     }
 }
 
 /// The admin's requests: those about one user go to the user's node, everything else to a shard node that
 /// gathers from every node if it must.
-fn admin_target(method: &Method, segments: &[&str]) -> Target {
-    let _ = method;
+fn admin_target(segments: &[&str]) -> Target {
     match segments {
         ["users", id, ..] if *id != "verify" && *id != "logout" => {
             match UserId::from(*id).home_node() {
@@ -167,6 +172,25 @@ mod tests {
                 Target::AnyShardNode,
             ),
             (Method::GET, "/nowhere", None, Target::AnyShardNode),
+            (
+                Method::POST,
+                "/internal/v1/shard",
+                Some("1.x"),
+                Target::Here,
+            ),
+            (Method::GET, "/internal/v1/concerts", None, Target::Here),
+            (
+                Method::POST,
+                "/users",
+                Some("2.abcdef"),
+                Target::UsernameHome,
+            ),
+            (
+                Method::POST,
+                "/users/verify",
+                Some(ADMIN),
+                Target::UsernameOwner,
+            ),
         ];
         for (method, path, bearer, expected) in cases {
             check(method, path, bearer, expected);

@@ -6,9 +6,11 @@
 //! - `POST /internal/v1/shard`: a request to one of this node's shards ([`ConcertHandle::serve`]), answered once
 //!   what it changed is durable. It runs in a task of its own, so a caller that gives up cannot cut it in half.
 //! - `POST /internal/v1/feed`: this node's feed of a concert, streamed (see [`crate::feed`]).
-//! - anything else: a public request another process forwarded, or one of the `api` crate's internal routes,
-//!   served by the app the node gives [`InternalService::new`], with a [`Forwarded`] extension saying for what
-//!   scope and from which client address.
+//! - `/internal/v1/...` (anything else under [`wire::API_PREFIX`]): the `api` crate's internal routes, served by
+//!   the `internal` app the node gives [`InternalService::new`].
+//! - a request that carries `x-boxoffice-scope`: a public request another process forwarded, served by the
+//!   node's public app (never an internal path, whatever its path says) with a [`Forwarded`] extension saying
+//!   for what scope and from which client address.
 //!
 //! Limits: [`INTERNAL_CONNECTIONS_MAX`] connections (beyond, new ones wait in the backlog),
 //! [`STREAMS_PER_CONNECTION_MAX`] concurrent requests on one, [`SHARD_CALL_BYTES_MAX`] per shard request body, and
@@ -63,24 +65,29 @@ pub struct InternalService {
     /// False while the node recovers: its shards are not all there yet, so shard requests and feeds answer as an
     /// unavailable node.
     recovered: Arc<AtomicBool>,
-    app: axum::Router,
+    /// Public requests forwarded by other processes.
+    forwarded: axum::Router,
+    /// The `api` crate's internal routes.
+    internal: axum::Router,
 }
 
 impl InternalService {
-    /// `router` and `feeds` are a shard node's; a front has neither and answers only forwarded requests.
+    /// `router` and `feeds` are a shard node's; a front has neither.
     pub fn new(
         secret: Secret,
         router: Option<Arc<Router>>,
         feeds: Option<Arc<NodeFeeds>>,
         recovered: Arc<AtomicBool>,
-        app: axum::Router,
+        forwarded: axum::Router,
+        internal: axum::Router,
     ) -> Arc<Self> {
         Arc::new(Self {
             secret,
             router,
             feeds,
             recovered,
-            app,
+            forwarded,
+            internal,
         })
     }
 
@@ -101,10 +108,27 @@ impl InternalService {
                 "no valid cluster secret",
             );
         }
-        match request.uri().path() {
+        let path = request.uri().path();
+        // A forwarded public request never reaches an internal path, whatever path its client asked for.
+        if request.headers().contains_key(SCOPE_HEADER) {
+            if path.starts_with(wire::INTERNAL_PREFIX) {
+                return error(StatusCode::NOT_FOUND, "not_found", "no such resource");
+            }
+            return self.forwarded(request).await;
+        }
+        match path {
             SHARD_PATH => self.shard(request).await,
             FEED_PATH => self.feed(request).await,
-            _ => self.forwarded(request).await,
+            path if path.starts_with(wire::API_PREFIX) => {
+                let (mut parts, body) = request.into_parts();
+                parts.headers.remove(SECRET_HEADER);
+                let request = Request::from_parts(parts, Body::new(body));
+                match self.internal.clone().oneshot(request).await {
+                    Ok(response) => response,
+                    Err(infallible) => match infallible {},
+                }
+            }
+            _ => error(StatusCode::NOT_FOUND, "not_found", "no such resource"),
         }
     }
 
@@ -199,7 +223,7 @@ impl InternalService {
         }
         parts.extensions.insert(Forwarded { scope, client });
         let request = Request::from_parts(parts, Body::new(body));
-        match self.app.clone().oneshot(request).await {
+        match self.forwarded.clone().oneshot(request).await {
             Ok(response) => response,
             Err(infallible) => match infallible {},
         }

@@ -9,6 +9,8 @@ use engine::ids::ConcertId;
 use engine::remote::{RemoteError, ShardReply, ShardRequest};
 use serde::{Deserialize, Serialize};
 
+/// Every internal path starts with this; no public request is ever served under it.
+pub const INTERNAL_PREFIX: &str = "/internal/";
 /// Path of a request to one shard.
 pub const SHARD_PATH: &str = "/internal/v1/shard";
 /// Path of a node's live feed of one concert.

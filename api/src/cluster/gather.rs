@@ -191,8 +191,9 @@ async fn user_count(cluster: &ClusterState, node: NodeId) -> ApiResult<usize> {
 }
 
 /// `POST /admin/users/bulk` over the cluster: each user is created on the node its username is placed on. Every
-/// node is asked first whether one of its usernames is taken, so that a taken name creates nobody (two bulk
-/// creations racing for the same names on different nodes could still both pass that check).
+/// node a username may live on (`user_candidates`: its node, and older ones if the list grew) is asked first
+/// whether it has it, so that a taken name creates nobody (two bulk creations racing for the same names through
+/// different nodes could still both pass that check).
 pub async fn create_users(
     state: &AppState,
     cluster: &ClusterState,
@@ -201,13 +202,15 @@ pub async fn create_users(
 ) -> ApiResult<Vec<RegisteredResponse>> {
     let nodes = cluster.config.node_count();
     let mut by_node: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
+    let mut candidates: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
     for username in &usernames {
-        by_node
-            .entry(cluster::placement::user_home(username, nodes))
-            .or_default()
-            .push(username.clone());
+        let places = cluster::placement::user_candidates(username, nodes);
+        by_node.entry(places[0]).or_default().push(username.clone());
+        for node in places {
+            candidates.entry(node).or_default().push(username.clone());
+        }
     }
-    for (node, names) in &by_node {
+    for (node, names) in &candidates {
         let taken = if Some(*node) == cluster.node() {
             names.iter().any(|name| state.users.username_taken(name))
         } else {
