@@ -62,6 +62,13 @@ impl Journal for Durable {
             .and_then(|storage| storage.snapshot_every_events())
     }
 
+    fn barrier(&self) -> Commit {
+        match self.0.get() {
+            Some(storage) => storage.barrier(),
+            None => Commit::done(),
+        }
+    }
+
     fn save_snapshot(&self, snapshot: ShardSnapshot) -> Commit {
         match self.0.get() {
             Some(storage) => storage.save_snapshot(snapshot),

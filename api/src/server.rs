@@ -182,28 +182,33 @@ impl Node {
 
     /// Sweeps old idempotency keys, ended holds and expired tokens, and compacts histograms, until aborted; in a
     /// cluster, also retries what could not reach another node.
-    pub fn spawn_upkeep(&self) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_upkeep(&self) -> Vec<tokio::task::JoinHandle<()>> {
         let (desk, users, metrics, router) = (
             self.desk.clone(),
             self.users.clone(),
             self.state.metrics.clone(),
             self.router.clone(),
         );
-        let clustered = self.state.cluster.is_some();
-        tokio::spawn(async move {
-            let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-            let mut repair = tokio::time::interval(CLUSTER_UPKEEP_INTERVAL);
+        let mut tasks = vec![tokio::spawn(async move {
+            let mut interval = tokio::time::interval(SWEEP_INTERVAL);
             loop {
-                tokio::select! {
-                    _ = sweep.tick() => {
-                        desk.sweep();
-                        users.sweep();
-                        metrics.run_upkeep();
-                    }
-                    _ = repair.tick(), if clustered => router.upkeep().await,
-                }
+                interval.tick().await;
+                desk.sweep();
+                users.sweep();
+                metrics.run_upkeep();
             }
-        })
+        })];
+        if self.state.cluster.is_some() {
+            // Its own task: a round that waits for a node that does not answer must not hold up the sweep.
+            tasks.push(tokio::spawn(async move {
+                let mut interval = tokio::time::interval(CLUSTER_UPKEEP_INTERVAL);
+                loop {
+                    interval.tick().await;
+                    router.upkeep().await;
+                }
+            }));
+        }
+        tasks
     }
 
     /// Writes the final snapshots, closes the journal and the simulator's ledger, and stops the arbiters.
@@ -287,7 +292,9 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|error| format!("server task failed: {error}"))?
         .map_err(|error| format!("server failed: {error}"))?;
-    upkeep.abort();
+    for task in upkeep {
+        task.abort();
+    }
     if let Some(internal) = internal {
         internal.abort();
     }

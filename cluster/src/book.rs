@@ -4,8 +4,8 @@
 //! reservations being paid for). After a restart the node reads, for every concert, what each shard holds for its
 //! users (`ShardRequest::BookView`; its own shards in process), and only when it has heard from every node does
 //! it fill its book and settle the orders the restart caught in payment. Until then its users' orders, holds,
-//! tickets and check-ins answer `503 node_unavailable` (`Desk::book_ready`), naming the node it still waits for;
-//! everything else (concerts, seats, events, profiles) is served meanwhile. A node that does not answer is asked
+//! tickets and check-ins answer `503 recovering`, or `503 node_unavailable` naming the node it still waits for
+//! (`Desk::book_ready`); everything else (concerts, seats, events, profiles) is served meanwhile. A node that does not answer is asked
 //! again every [`BOOK_RETRY_DELAY`].
 
 use engine::EngineError;
@@ -54,8 +54,7 @@ pub async fn rebuild(desk: Arc<Desk>, concerts: Vec<Arc<ConcertHandle>>) {
 async fn gather(concerts: &[Arc<ConcertHandle>]) -> Result<Vec<Vec<ShardBookView>>, EngineError> {
     let mut all = Vec::with_capacity(concerts.len());
     for concert in concerts {
-        let home = concert_home(concert);
-        let mut views = concert.book_views(Some(home)).await?;
+        let mut views = concert.book_views(Some(concert.node())).await?;
         let remote: Vec<u32> = (0..concert.shard_count())
             .filter(|shard| !concert.local_shards().contains(shard))
             .collect();
@@ -65,9 +64,4 @@ async fn gather(concerts: &[Arc<ConcertHandle>]) -> Result<Vec<Vec<ShardBookView
         all.push(views);
     }
     Ok(all)
-}
-
-/// This node, as the concert's handle knows it.
-fn concert_home(concert: &ConcertHandle) -> u32 {
-    concert.node()
 }

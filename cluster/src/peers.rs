@@ -27,7 +27,7 @@ use axum::http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use bytes::Bytes;
 use engine::EngineError;
 use engine::ids::ConcertId;
-use engine::remote::{NodeId, PeerShards, ShardReply, ShardRequest};
+use engine::remote::{NodeId, PeerError, PeerShards, ShardReply, ShardRequest};
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 use hyper::client::conn::http2::SendRequest;
@@ -333,7 +333,7 @@ impl Peers {
         concert: &ConcertId,
         shard: u32,
         request: ShardRequest,
-    ) -> Result<ShardReply, EngineError> {
+    ) -> Result<ShardReply, PeerError> {
         let call = request.name();
         let retry = request.is_idempotent();
         let body = Bytes::from(wire::encode(&ShardCall::V1 {
@@ -348,20 +348,30 @@ impl Peers {
             match self.send(node, call, request, SHARD_CALL_TIMEOUT).await {
                 Ok(response) => break response,
                 Err(Failure::NotSent(_)) if retry && attempt == 1 => continue,
-                Err(failure) => return Err(self.unavailable(node, call, failure)),
+                Err(failure) => {
+                    return Err(match failure {
+                        Failure::Busy => PeerError::NotSent { node, busy: true },
+                        Failure::NotSent(_) => PeerError::NotSent { node, busy: false },
+                        Failure::Lost(_) => PeerError::Lost { node },
+                    });
+                }
             }
         };
-        let (status, bytes) = self.read(node, response).await?;
+        let lost = PeerError::Lost { node };
+        let (status, bytes) = self.read(node, response).await.map_err(|_| lost.clone())?;
         if status != StatusCode::OK {
             self.nodes[node as usize].error("status");
             tracing::error!(peer = node, call, %status, "a peer refused a shard request");
-            return Err(EngineError::NodeUnavailable { node });
+            // Refused before it was decoded (a wrong secret, another version): it had no effect.
+            return Err(PeerError::NotSent { node, busy: false });
         }
         match wire::decode::<ShardAnswer>(&bytes) {
-            Ok(ShardAnswer::V1(answer)) => answer.map_err(EngineError::from),
+            Ok(ShardAnswer::V1(answer)) => {
+                answer.map_err(|error| PeerError::Answered(EngineError::from(error)))
+            }
             Err(error) => {
                 tracing::error!(peer = node, call, %error, "a peer answered a shard request undecodably");
-                Err(EngineError::NodeUnavailable { node })
+                Err(lost)
             }
         }
     }
@@ -509,7 +519,7 @@ impl PeerShards for PeerLink {
         concert: &ConcertId,
         shard: u32,
         request: ShardRequest,
-    ) -> BoxFuture<'static, Result<ShardReply, EngineError>> {
+    ) -> BoxFuture<'static, Result<ShardReply, PeerError>> {
         let (peers, concert) = (self.0.clone(), concert.clone());
         Box::pin(async move { peers.call_shard(node, &concert, shard, request).await })
     }

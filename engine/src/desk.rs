@@ -597,9 +597,19 @@ impl Desk {
         loop {
             match concert.confirm(parts, &order.id, issued.clone()).await {
                 Ok(()) => break,
-                Err(EngineError::NodeUnavailable { node }) => {
-                    // Charged: the parts stay reserved on that node, and confirming is idempotent. Keep at it.
-                    tracing::warn!(order_id = %order.id, node, "charged order waits for a node to confirm its part");
+                Err(
+                    error @ (EngineError::NodeUnavailable { .. }
+                    | EngineError::Overloaded
+                    | EngineError::Recovering
+                    | EngineError::Unavailable),
+                ) if concert
+                    .placement
+                    .iter()
+                    .any(|node| *node != self.router.node()) =>
+                {
+                    // Charged: the parts stay reserved, and confirming is idempotent. Keep at it until every node
+                    // that owns a part takes it.
+                    tracing::warn!(order_id = %order.id, %error, "charged order waits to confirm its parts");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(CONFIRM_RETRY_DELAY_MAX);
                 }

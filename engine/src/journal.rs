@@ -83,6 +83,12 @@ pub trait Journal: Send + Sync + 'static {
         None
     }
 
+    /// Completes once every record appended before it is durable: what a request repeated after its reply was lost
+    /// waits for, so that it is never answered before the first one's effect is on disk.
+    fn barrier(&self) -> Commit {
+        Commit::done()
+    }
+
     /// Stores a snapshot, off the calling actor; the commit completes once it is durable.
     fn save_snapshot(&self, _snapshot: ShardSnapshot) -> Commit {
         Commit::done()

@@ -71,9 +71,11 @@ pub enum ShardRequest {
         to_shard: u32,
         seq: u64,
     },
-    /// What the shard holds for the users of node `home`, for that node's book.
+    /// A page of what the shard holds for the users of node `home`, for that node's book: the tickets after
+    /// `after`.
     BookView {
         home: NodeId,
+        after: Option<TicketId>,
     },
 }
 
@@ -199,8 +201,32 @@ impl From<RemoteError> for EngineError {
     }
 }
 
+/// Why a call to another node's shard has no reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerError {
+    /// The request never left (no connection, too many in flight, or refused before it was read): it had no
+    /// effect.
+    NotSent { node: NodeId, busy: bool },
+    /// Sent, and no answer came within the deadline or the connection broke: it may have taken effect.
+    Lost { node: NodeId },
+    /// The node answered with this outcome.
+    Answered(EngineError),
+}
+
+impl From<PeerError> for EngineError {
+    fn from(error: PeerError) -> Self {
+        match error {
+            PeerError::NotSent { busy: true, .. } => EngineError::Overloaded,
+            PeerError::NotSent { node, .. } | PeerError::Lost { node } => {
+                EngineError::NodeUnavailable { node }
+            }
+            PeerError::Answered(error) => error,
+        }
+    }
+}
+
 /// How a node reaches the shards other nodes own. Implementations bound what is in flight per node and give
-/// every call a deadline; a call that gets no answer is `EngineError::NodeUnavailable`.
+/// every call a deadline.
 pub trait PeerShards: Send + Sync + 'static {
     fn call(
         &self,
@@ -208,5 +234,5 @@ pub trait PeerShards: Send + Sync + 'static {
         concert: &crate::ids::ConcertId,
         shard: u32,
         request: ShardRequest,
-    ) -> BoxFuture<'static, Result<ShardReply, EngineError>>;
+    ) -> BoxFuture<'static, Result<ShardReply, PeerError>>;
 }

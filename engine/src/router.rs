@@ -21,7 +21,7 @@ use crate::error::EngineError;
 use crate::feed::ConcertFeed;
 use crate::ids::{ConcertId, OrderId, TicketId, UserId};
 use crate::journal::{Commit, Journal};
-use crate::remote::{NodeId, PeerShards, RemoteReserved, ShardReply, ShardRequest};
+use crate::remote::{NodeId, PeerError, PeerShards, RemoteReserved, ShardReply, ShardRequest};
 use crate::shard::{
     BeginPurchase, CheckIn, Confirm, GetAvailability, GetBookView, GetPendingMoves, GetSeats,
     GetState, MoveAcknowledged, MoveIn, MoveOut, Release, ReleaseFor, Reserve, ShardActor,
@@ -51,6 +51,11 @@ pub const GATHER_ATTEMPTS_MAX: u32 = 8;
 pub const REPAIRS_MAX: usize = 100_000;
 /// Pause between two rounds of a general-admission order that found tickets in transit between shards.
 const GATHER_RETRY_DELAY: Duration = Duration::from_millis(20);
+/// How long an order waits for its concert's turn to move count or gather seats before it answers `overloaded`:
+/// a turn can take a remote call's deadline, and the orders waiting behind it each hold a payment slot.
+pub const TURN_WAIT_MAX: Duration = Duration::from_secs(5);
+/// Repairs tried at once in one round of [`Router::upkeep`].
+const REPAIRS_AT_ONCE: usize = 64;
 
 /// What a caller asks one concert for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -148,7 +153,7 @@ impl ShardHandle {
     }
 
     /// Sends `request` to the node that owns this remote shard.
-    async fn ask(&self, request: ShardRequest) -> Result<ShardReply, EngineError> {
+    async fn ask_peer(&self, request: ShardRequest) -> Result<ShardReply, PeerError> {
         let ShardLink::Remote {
             node,
             concert,
@@ -160,9 +165,21 @@ impl ShardHandle {
         };
         match peers.call(*node, concert, self.shard, request).await {
             // The owner has not learned of the concert yet (it was down when it was created): not ready, not gone.
-            Err(EngineError::ConcertNotFound) => Err(EngineError::NodeUnavailable { node: *node }),
+            Err(PeerError::Answered(EngineError::ConcertNotFound)) => Err(PeerError::NotSent {
+                node: *node,
+                busy: false,
+            }),
+            Err(error @ (PeerError::NotSent { .. } | PeerError::Lost { .. })) => {
+                // Until it answers again, do not count on its tickets.
+                self.note_remaining(0);
+                Err(error)
+            }
             other => other,
         }
+    }
+
+    async fn ask(&self, request: ShardRequest) -> Result<ShardReply, EngineError> {
+        self.ask_peer(request).await.map_err(EngineError::from)
     }
 
     fn remaining_hint(&self) -> u64 {
@@ -178,12 +195,13 @@ impl ShardHandle {
         }
     }
 
+    /// A reservation: granted (with its commit) or refused; `Err` with whether it may have been made anyway.
     async fn reserve(
         &self,
         owner: &UserId,
         claim: Claim,
         purpose: &Purpose,
-    ) -> Result<Result<(RemoteReserved, Commit), ReserveRefusal>, EngineError> {
+    ) -> Result<Result<(RemoteReserved, Commit), ReserveRefusal>, (EngineError, bool)> {
         if self.is_local() {
             let reply = self
                 .tell(Reserve {
@@ -191,7 +209,8 @@ impl ShardHandle {
                     claim,
                     purpose: purpose.clone(),
                 })
-                .await?;
+                .await
+                .map_err(|error| (error, false))?;
             return Ok(reply.map(|reserved| {
                 (
                     RemoteReserved {
@@ -209,7 +228,11 @@ impl ShardHandle {
             claim,
             purpose: purpose.clone(),
         };
-        match self.ask(request).await? {
+        let reply = self.ask_peer(request).await.map_err(|error| {
+            let maybe_made = matches!(error, PeerError::Lost { .. });
+            (EngineError::from(error), maybe_made)
+        })?;
+        match reply {
             ShardReply::Reserved(Ok(reserved)) => {
                 self.note_remaining(reserved.remaining);
                 Ok(Ok((reserved, Commit::done())))
@@ -220,7 +243,7 @@ impl ShardHandle {
                 }
                 Ok(Err(refusal))
             }
-            other => Err(unexpected(other)),
+            other => Err((unexpected(other), false)),
         }
     }
 
@@ -417,18 +440,32 @@ impl ShardHandle {
         )
     }
 
+    /// What the shard holds for the users of node `home` (every user with `None`), read a page at a time.
     async fn book_view(&self, home: Option<NodeId>) -> Result<ShardBookView, EngineError> {
-        let include: Box<dyn Fn(&UserId) -> bool + Send> = match home {
-            None => Box::new(|_| true),
-            Some(home) => Box::new(move |user: &UserId| user.home_node() == Some(home)),
-        };
+        let mut view = self.book_view_page(home, None).await?;
+        while let Some(after) = view.next.take() {
+            let page = self.book_view_page(home, Some(after)).await?;
+            view.extend(page);
+        }
+        Ok(view)
+    }
+
+    async fn book_view_page(
+        &self,
+        home: Option<NodeId>,
+        after: Option<TicketId>,
+    ) -> Result<ShardBookView, EngineError> {
         if self.is_local() {
-            return self.tell(GetBookView { include }).await;
+            let include: Box<dyn Fn(&UserId) -> bool + Send> = match home {
+                None => Box::new(|_| true),
+                Some(home) => Box::new(move |user: &UserId| user.home_node() == Some(home)),
+            };
+            return self.tell(GetBookView { include, after }).await;
         }
         let Some(home) = home else {
             unreachable!("a remote shard is asked for one node's users");
         };
-        match self.ask(ShardRequest::BookView { home }).await? {
+        match self.ask(ShardRequest::BookView { home, after }).await? {
             ShardReply::BookView(view) => Ok(view),
             other => Err(unexpected(other)),
         }
@@ -700,43 +737,50 @@ impl Router {
             .collect()
     }
 
-    /// Releases and moves still waiting for a node that did not answer.
-    pub fn repairs_pending(&self) -> usize {
-        self.repairs.len()
-    }
-
     /// Retries the releases that could not reach their node and delivers the moves this node's shards sent that
-    /// their receivers have not acknowledged. Called periodically; a round ends early for a node that still does
-    /// not answer.
+    /// their receivers have not acknowledged. Called periodically, from a task of its own; a node that fails once
+    /// is not asked again in the same round.
     pub async fn upkeep(&self) {
-        for repair in self.repairs.take() {
-            let Some(concert) = self.concert(&repair.concert) else {
-                continue;
-            };
-            let shard = &concert.shards[repair.shard as usize];
-            let outcome = match &repair.work {
-                RepairWork::Release {
-                    reservation_id,
-                    reason,
-                } => shard.release(*reservation_id, *reason).await,
-                RepairWork::ReleaseFor { key, reason } => {
-                    shard.release_for(key.clone(), *reason).await
+        use futures_util::StreamExt;
+        let failed: Mutex<HashSet<NodeId>> = Mutex::new(HashSet::new());
+        let repairs = self.repairs.take();
+        futures_util::stream::iter(repairs)
+            .for_each_concurrent(REPAIRS_AT_ONCE, |repair| {
+                let failed = &failed;
+                async move {
+                    let Some(concert) = self.concert(&repair.concert) else {
+                        return;
+                    };
+                    let shard = &concert.shards[repair.shard as usize];
+                    let node = shard.node(self.node);
+                    if failed.lock().expect("failed nodes lock").contains(&node) {
+                        self.repairs.push(repair);
+                        return;
+                    }
+                    let outcome = match &repair.work {
+                        RepairWork::Release {
+                            reservation_id,
+                            reason,
+                        } => shard.release(*reservation_id, *reason).await,
+                        RepairWork::ReleaseFor { key, reason } => {
+                            shard.release_for(key.clone(), *reason).await
+                        }
+                    };
+                    let outcome = match outcome {
+                        Ok(commit) => commit.wait().await.map_err(|_| EngineError::Unavailable),
+                        Err(error) => Err(error),
+                    };
+                    match outcome {
+                        Ok(()) => tracing::info!(concert_id = %repair.concert, shard = repair.shard, "repair done"),
+                        Err(error) => {
+                            tracing::debug!(concert_id = %repair.concert, shard = repair.shard, %error, "repair still waits");
+                            failed.lock().expect("failed nodes lock").insert(node);
+                            self.repairs.push(repair);
+                        }
+                    }
                 }
-            };
-            let outcome = match outcome {
-                Ok(commit) => commit.wait().await.map_err(|_| EngineError::Unavailable),
-                Err(error) => Err(error),
-            };
-            match outcome {
-                Ok(()) => {
-                    tracing::info!(concert_id = %repair.concert, shard = repair.shard, "repair done")
-                }
-                Err(error) => {
-                    tracing::debug!(concert_id = %repair.concert, shard = repair.shard, %error, "repair still waits");
-                    self.repairs.push(repair);
-                }
-            }
-        }
+            })
+            .await;
         for concert in self.concerts() {
             if !concert.spec.is_seated() {
                 concert.deliver_pending_moves().await;
@@ -782,10 +826,6 @@ impl Repairs {
         let mut queue = self.0.lock().expect("repairs lock");
         metrics::gauge!("boxoffice_repairs_pending").set(0.0);
         queue.drain(..).collect()
-    }
-
-    fn len(&self) -> usize {
-        self.0.lock().expect("repairs lock").len()
     }
 }
 
@@ -916,18 +956,19 @@ impl ConcertHandle {
                 seats: reserved.seats,
                 commit,
             })),
-            Err(error @ EngineError::NodeUnavailable { .. }) => {
-                self.repairs.push(Repair {
-                    concert: self.spec.id.clone(),
-                    shard: shard as u32,
-                    work: RepairWork::ReleaseFor {
-                        key: purpose.key(),
-                        reason: ReleaseReason::Abandoned,
-                    },
-                });
+            Err((error, maybe_made)) => {
+                if maybe_made {
+                    self.repairs.push(Repair {
+                        concert: self.spec.id.clone(),
+                        shard: shard as u32,
+                        work: RepairWork::ReleaseFor {
+                            key: purpose.key(),
+                            reason: ReleaseReason::Abandoned,
+                        },
+                    });
+                }
                 Err(error)
             }
-            Err(error) => Err(error),
         }
     }
 
@@ -980,7 +1021,9 @@ impl ConcertHandle {
         }
         // Near the end: move count into the buyer's shard and serve the order from it, or find that the concert
         // really lacks the tickets.
-        let _turn = self.move_turn.lock().await;
+        let _turn = tokio::time::timeout(TURN_WAIT_MAX, self.move_turn.lock())
+            .await
+            .map_err(|_| EngineError::Overloaded)?;
         for attempt in 0..GATHER_ATTEMPTS_MAX {
             let Some(&receiver) = order.iter().find(|shard| !unreachable.contains(shard)) else {
                 break;
@@ -1098,7 +1141,11 @@ impl ConcertHandle {
 
     /// Delivers every move this node's shards sent and their receivers have not acknowledged, in order.
     async fn deliver_pending_moves(&self) {
-        for donor in self.shards.iter().filter(|shard| shard.is_local()) {
+        let pending = self.shards.iter().filter(|shard| match &shard.link {
+            ShardLink::Local { gauges, .. } => gauges.moves_pending.load(Ordering::Acquire),
+            ShardLink::Remote { .. } => false,
+        });
+        for donor in pending {
             let Ok(pending) = donor.tell(GetPendingMoves).await else {
                 continue;
             };
@@ -1156,7 +1203,9 @@ impl ConcertHandle {
         }
         // Whatever is held now belongs to a granted reservation or to one being granted whole, never to another
         // gathering.
-        let _turn = self.gather_turn.lock().await;
+        let _turn = tokio::time::timeout(TURN_WAIT_MAX, self.gather_turn.lock())
+            .await
+            .map_err(|_| EngineError::Overloaded)?;
         for _ in 0..GATHER_ATTEMPTS_MAX {
             let total = self.availability().await?;
             if total.remaining < u64::from(quantity) {
@@ -1432,7 +1481,11 @@ impl ConcertHandle {
                 owner,
                 claim,
                 purpose,
-            } => match handle.reserve(&owner, claim, &purpose).await? {
+            } => match handle
+                .reserve(&owner, claim, &purpose)
+                .await
+                .map_err(|(error, _)| error)?
+            {
                 Ok((reserved, commit)) => {
                     durable(commit).await?;
                     ShardReply::Reserved(Ok(reserved))
@@ -1491,8 +1544,8 @@ impl ConcertHandle {
                 durable(handle.move_acknowledged(to_shard, seq).await?).await?;
                 ShardReply::Done
             }
-            ShardRequest::BookView { home } => {
-                ShardReply::BookView(handle.book_view(Some(home)).await?)
+            ShardRequest::BookView { home, after } => {
+                ShardReply::BookView(handle.book_view_page(Some(home), after).await?)
             }
         })
     }

@@ -14,15 +14,15 @@ use crate::feed::{ConcertFeed, SeatChangeKind};
 use crate::ids::{ConcertId, OrderId, TicketId, UserId};
 use crate::journal::{Commit, Journal, JournalRecord, ShardSnapshot};
 use crate::shard_state::{
-    Availability, Claim, IssuedTicket, MoveArrival, OrderMeta, PendingMove, Purpose, PurposeKey,
-    ReleaseReason, ReservationId, ReserveRefusal, SeatStatus, ShardBookView, ShardEvent,
-    ShardState,
+    Availability, BOOK_VIEW_TICKETS_MAX, Claim, IssuedTicket, MoveArrival, OrderMeta, PendingMove,
+    Purpose, PurposeKey, ReleaseReason, ReservationId, ReserveRefusal, SeatStatus, ShardBookView,
+    ShardEvent, ShardState,
 };
 use actix::prelude::*;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Messages a shard's mailbox holds before senders wait. FACTS.md: 1024 gave +28% over actix's default of 16.
@@ -37,6 +37,8 @@ pub const WITHDRAWN_PURPOSES_MAX: usize = 65_536;
 #[derive(Debug)]
 pub struct ShardGauges {
     pub remaining: AtomicU64,
+    /// Whether the shard has sent moves its receivers have not acknowledged: what `Router::upkeep` looks for.
+    pub moves_pending: AtomicBool,
     concert_remaining: metrics::Gauge,
 }
 
@@ -44,6 +46,7 @@ impl ShardGauges {
     pub fn new(remaining: u64, concert_remaining: metrics::Gauge) -> Self {
         Self {
             remaining: AtomicU64::new(remaining),
+            moves_pending: AtomicBool::new(false),
             concert_remaining,
         }
     }
@@ -122,6 +125,14 @@ impl ShardActor {
         }
         if before != after {
             self.feed.set_counts(self.shard, after);
+        }
+        if matches!(
+            event,
+            ShardEvent::MovedOut { .. } | ShardEvent::MoveAcknowledged { .. }
+        ) {
+            self.gauges
+                .moves_pending
+                .store(self.state.has_pending_moves(), Ordering::Release);
         }
         let commit = self.journal.append(JournalRecord {
             concert_id: self.concert_id.clone(),
@@ -234,6 +245,9 @@ impl Actor for ShardActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(SHARD_MAILBOX_MAX);
+        self.gauges
+            .moves_pending
+            .store(self.state.has_pending_moves(), Ordering::Release);
         // Holds restored from a journal or snapshot get their timers back.
         let holds: Vec<(ReservationId, u64)> = self
             .state
@@ -353,8 +367,8 @@ impl Handler<Confirm> for ShardActor {
 
     fn handle(&mut self, message: Confirm, _ctx: &mut Self::Context) -> Self::Result {
         if self.state.is_confirmed(&message.order_id, &message.tickets) {
-            // A confirmation repeated after its reply was lost: the tickets exist.
-            return Ok(Commit::done());
+            // A confirmation repeated after its reply was lost: the tickets exist, durable once the first is.
+            return Ok(self.journal.barrier());
         }
         let event = self.state.decide_confirm(
             message.reservation_id,
@@ -377,10 +391,15 @@ impl Handler<Release> for ShardActor {
     type Result = Result<Commit, EngineError>;
 
     fn handle(&mut self, message: Release, _ctx: &mut Self::Context) -> Self::Result {
-        let event = self
+        match self
             .state
-            .decide_release(message.reservation_id, message.reason)?;
-        Ok(self.commit(event))
+            .decide_release(message.reservation_id, message.reason)
+        {
+            Ok(event) => Ok(self.commit(event)),
+            // Gone already (released, expired or sold): whatever ended it is durable once this completes.
+            Err(EngineError::HoldNotFound) => Ok(self.journal.barrier()),
+            Err(error) => Err(error),
+        }
     }
 }
 
@@ -398,6 +417,10 @@ impl Handler<ReleaseFor> for ShardActor {
     fn handle(&mut self, message: ReleaseFor, _ctx: &mut Self::Context) -> Self::Result {
         let events = self.state.decide_release_for(&message.key, message.reason);
         self.withdraw(message.key);
+        if events.is_empty() {
+            // Nothing held for it: never reserved, or released by an earlier repeat durable once this completes.
+            return MessageResult(vec![self.journal.barrier()]);
+        }
         MessageResult(events.into_iter().map(|event| self.commit(event)).collect())
     }
 }
@@ -443,7 +466,9 @@ impl Handler<MoveIn> for ShardActor {
             .decide_move_in(message.from_shard, message.seq, message.count);
         let commit = match &arrival {
             MoveArrival::Apply(event) => self.commit(event.clone()),
-            MoveArrival::Repeated | MoveArrival::Early { .. } => Commit::done(),
+            // Applied by an earlier delivery: durable once this completes, before anyone acknowledges it.
+            MoveArrival::Repeated => self.journal.barrier(),
+            MoveArrival::Early { .. } => Commit::done(),
         };
         MessageResult((arrival, commit))
     }
@@ -467,7 +492,7 @@ impl Handler<MoveAcknowledged> for ShardActor {
                 .decide_move_acknowledged(message.to_shard, message.seq)
             {
                 Some(event) => self.commit(event),
-                None => Commit::done(),
+                None => self.journal.barrier(),
             },
         )
     }
@@ -486,18 +511,24 @@ impl Handler<GetPendingMoves> for ShardActor {
     }
 }
 
-/// What this shard holds for the users `include` accepts, for the book of their node.
+/// A page of what this shard holds for the users `include` accepts, for the book of their node.
 #[derive(Message)]
 #[rtype(result = "ShardBookView")]
 pub struct GetBookView {
     pub include: Box<dyn Fn(&UserId) -> bool + Send>,
+    pub after: Option<TicketId>,
 }
 
 impl Handler<GetBookView> for ShardActor {
     type Result = MessageResult<GetBookView>;
 
     fn handle(&mut self, message: GetBookView, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.state.book_view(self.shard, message.include))
+        MessageResult(self.state.book_view_page(
+            self.shard,
+            message.include,
+            message.after.as_ref(),
+            BOOK_VIEW_TICKETS_MAX,
+        ))
     }
 }
 

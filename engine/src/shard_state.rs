@@ -51,13 +51,13 @@ impl Availability {
         self.held += other.held;
         self.sold += other.sold;
     }
-}
 
-impl Availability {
-    /// Counts of a concert whose shards hold `held` and `sold` between them: whatever is neither is for sale,
-    /// tickets moving between two shards included.
+    /// Counts of a concert whose shards hold `held` and have sold `sold` between them: whatever is neither is for
+    /// sale, tickets moving between two shards included. Shards are read one after another, so while tickets
+    /// move, a sum can count one twice: it is clamped to the capacity, never trusted to fit it.
     pub fn of_concert(capacity: u64, held: u64, sold: u64) -> Self {
-        assert!(held + sold <= capacity, "held and sold fit the capacity");
+        let sold = sold.min(capacity);
+        let held = held.min(capacity - sold);
         Self {
             remaining: capacity - held - sold,
             held,
@@ -302,14 +302,30 @@ impl From<ShardStateV1> for ShardState {
     }
 }
 
+/// Tickets one page of a book view carries at most: about 12 MB, whatever the shard's size.
+pub const BOOK_VIEW_TICKETS_MAX: usize = 100_000;
+
 /// What one shard holds for some users: their tickets (with their orders' meta) and their reservations. A node
 /// rebuilds its book of orders and holds from these views of every shard, its own and (in a cluster) other nodes'.
+/// Read in pages of tickets in id order; the first page carries the reservations.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardBookView {
     pub shard: u32,
     pub tickets: Vec<(TicketId, TicketRecord)>,
     pub reservations: Vec<(ReservationId, Reservation)>,
     pub orders: Vec<(OrderId, OrderMeta)>,
+    /// When more tickets follow: the id the next page starts after.
+    pub next: Option<TicketId>,
+}
+
+impl ShardBookView {
+    /// Adds the next page.
+    pub fn extend(&mut self, page: ShardBookView) {
+        self.tickets.extend(page.tickets);
+        self.reservations.extend(page.reservations);
+        self.orders.extend(page.orders);
+        self.next = page.next;
+    }
 }
 
 impl ShardState {
@@ -348,6 +364,13 @@ impl ShardState {
         self.moves.moved_out
     }
 
+    pub fn has_pending_moves(&self) -> bool {
+        self.moves
+            .outgoing
+            .values()
+            .any(|outgoing| !outgoing.unacknowledged.is_empty())
+    }
+
     /// Moves this shard sent that their receivers have not acknowledged, oldest first per receiver.
     pub fn pending_moves(&self) -> Vec<PendingMove> {
         self.moves
@@ -368,11 +391,34 @@ impl ShardState {
 
     /// The tickets, reservations and order meta of the users `include` accepts.
     pub fn book_view(&self, shard: u32, include: impl Fn(&UserId) -> bool) -> ShardBookView {
-        let tickets: Vec<(TicketId, TicketRecord)> = self
+        self.book_view_page(shard, include, None, usize::MAX)
+    }
+
+    /// One page of [`ShardState::book_view`]: at most `limit` tickets, those whose id follows `after`, in id
+    /// order; the reservations with the first page.
+    pub fn book_view_page(
+        &self,
+        shard: u32,
+        include: impl Fn(&UserId) -> bool,
+        after: Option<&TicketId>,
+        limit: usize,
+    ) -> ShardBookView {
+        let mut ids: Vec<&TicketId> = self
             .tickets
             .iter()
-            .filter(|(_, ticket)| include(&ticket.owner))
-            .map(|(id, ticket)| (id.clone(), ticket.clone()))
+            .filter(|(id, ticket)| include(&ticket.owner) && after.is_none_or(|after| *id > after))
+            .map(|(id, _)| id)
+            .collect();
+        let more = ids.len() > limit;
+        if more {
+            ids.select_nth_unstable(limit);
+            ids.truncate(limit);
+        }
+        ids.sort_unstable();
+        let next = more.then(|| ids.last().map(|id| (*id).clone())).flatten();
+        let tickets: Vec<(TicketId, TicketRecord)> = ids
+            .into_iter()
+            .map(|id| (id.clone(), self.tickets[id].clone()))
             .collect();
         let mut order_ids: Vec<&OrderId> =
             tickets.iter().map(|(_, ticket)| &ticket.order_id).collect();
@@ -382,16 +428,21 @@ impl ShardState {
             .into_iter()
             .filter_map(|id| Some((id.clone(), self.orders.get(id)?.clone())))
             .collect();
-        ShardBookView {
-            shard,
-            orders,
-            reservations: self
+        let reservations = match after {
+            Some(_) => Vec::new(),
+            None => self
                 .reservations
                 .iter()
                 .filter(|(_, reservation)| include(&reservation.owner))
                 .map(|(id, reservation)| (*id, reservation.clone()))
                 .collect(),
+        };
+        ShardBookView {
+            shard,
+            orders,
+            reservations,
             tickets,
+            next,
         }
     }
 

@@ -244,6 +244,8 @@ enum Item {
         payload: Vec<u8>,
         done: Done,
     },
+    /// Completes once every record queued before it is durable.
+    Barrier { done: Done },
     /// Queued by `close` behind every record already queued.
     Stop,
 }
@@ -271,6 +273,7 @@ impl LogWriter {
             active,
             batch: Vec::new(),
             waiting: Vec::new(),
+            barriers: Vec::new(),
             batch_records: metrics::histogram!("boxoffice_journal_batch_records"),
             sync_seconds: metrics::histogram!("boxoffice_journal_sync_seconds"),
             queue_depth: metrics::gauge!("boxoffice_journal_queue_depth"),
@@ -325,6 +328,23 @@ impl LogWriter {
         if let Err(mpsc::SendError(record)) = self.inner.queue.send(record) {
             shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
             record.fail("journal closed");
+        }
+        receiver
+    }
+
+    /// Completes once every record queued before it is durable (or with `Err` if one of them is not known to be);
+    /// writes nothing itself.
+    pub fn barrier(&self) -> oneshot::Receiver<Result<(), JournalError>> {
+        let (done, receiver) = oneshot::channel();
+        let shared = &self.inner.shared;
+        if let Some(reason) = shared.poison.get() {
+            fail(done, reason);
+            return receiver;
+        }
+        shared.queue_depth.fetch_add(1, Ordering::Relaxed);
+        if let Err(mpsc::SendError(item)) = self.inner.queue.send(Item::Barrier { done }) {
+            shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            item.fail("journal closed");
         }
         receiver
     }
@@ -398,8 +418,9 @@ impl Drop for Inner {
 
 impl Item {
     fn fail(self, reason: &str) {
-        if let Item::Record { done, .. } = self {
-            fail(done, reason);
+        match self {
+            Item::Record { done, .. } | Item::Barrier { done } => fail(done, reason),
+            Item::Stop => {}
         }
     }
 }
@@ -482,6 +503,8 @@ struct Writer {
     batch: Vec<u8>,
     /// The appenders of the batch being built.
     waiting: Vec<Waiting>,
+    /// Barriers queued with the batch being built.
+    barriers: Vec<Done>,
     batch_records: metrics::Histogram,
     sync_seconds: metrics::Histogram,
     queue_depth: metrics::Gauge,
@@ -515,15 +538,23 @@ impl Writer {
     /// Adds a record to the batch, or fails it at once if the writer is poisoned; returns whether `item` asks the
     /// writer to stop.
     fn take(&mut self, item: Item) -> bool {
-        let Item::Record {
-            stream,
-            seq,
-            crc,
-            payload,
-            done,
-        } = item
-        else {
-            return true;
+        let (stream, seq, crc, payload, done) = match item {
+            Item::Record {
+                stream,
+                seq,
+                crc,
+                payload,
+                done,
+            } => (stream, seq, crc, payload, done),
+            Item::Barrier { done } => {
+                self.shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                match self.shared.poison.get() {
+                    Some(reason) => fail(done, reason),
+                    None => self.barriers.push(done),
+                }
+                return false;
+            }
+            Item::Stop => return true,
         };
         self.shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
         if let Some(reason) = self.shared.poison.get() {
@@ -539,9 +570,13 @@ impl Writer {
         false
     }
 
-    /// Writes and syncs the batch, in a new segment if the current one is full, then answers its appenders.
+    /// Writes and syncs the batch, in a new segment if the current one is full, then answers its appenders and
+    /// the barriers queued with it (every record before a barrier is in this batch or an earlier one).
     fn commit(&mut self) {
         if self.waiting.is_empty() {
+            for done in self.barriers.drain(..) {
+                let _ = done.send(Ok(()));
+            }
             return;
         }
         let records = self.waiting.len();
@@ -558,12 +593,18 @@ impl Writer {
                     *seq_max = (*seq_max).max(seq);
                     let _ = done.send(Ok(()));
                 }
+                for done in self.barriers.drain(..) {
+                    let _ = done.send(Ok(()));
+                }
             }
             Err(error) => {
                 self.poison(&error);
                 let reason = self.shared.poison.get().expect("poisoned just above");
                 for waiting in self.waiting.drain(..) {
                     fail(waiting.done, reason);
+                }
+                for done in self.barriers.drain(..) {
+                    fail(done, reason);
                 }
             }
         }

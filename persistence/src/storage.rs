@@ -363,6 +363,10 @@ impl Journal for Storage {
         Some(self.snapshot_every_events)
     }
 
+    fn barrier(&self) -> Commit {
+        Commit::pending(self.inner.log.barrier())
+    }
+
     fn save_snapshot(&self, snapshot: ShardSnapshot) -> Commit {
         let (done, receiver) = oneshot::channel();
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);

@@ -5,13 +5,13 @@
 //! - `GET /internal/v1/concerts`: the ids of every concert this node knows, oldest first (postcard).
 //! - `GET /internal/v1/concerts/{id}`: one concert with its placement (postcard [`ConcertRecord`]).
 //! - `GET /internal/v1/placements`: every concert's id and placement (postcard).
-//!
-//! Until the node has recovered, everything but the status answers `503 recovering`.
 //! - `POST /internal/v1/concerts`: record a concert created elsewhere; idempotent (postcard [`ConcertRecord`]).
 //! - `GET /internal/v1/users/exists?username=`: whether this node has the username (JSON `true`/`false`).
 //! - `GET /internal/v1/users/count`: how many users this node has (JSON number).
 //! - `POST /internal/v1/users/taken`: whether any of `{"usernames":[...]}` is taken here (JSON `true`/`false`).
 //! - `POST /internal/v1/users/bulk`: create `{"usernames":[...],"card"?}` here, as `POST /admin/users/bulk` does.
+//!
+//! Until the node has recovered, everything but the status answers `503 recovering`.
 
 use super::{ClusterState, INTERNAL_CALL_TIMEOUT};
 use crate::dto::{BulkUsersResponse, CardRequest, RegisteredResponse};

@@ -1250,3 +1250,62 @@ fn tickets_carry_their_seats() {
         .collect();
     assert_eq!(seats, expected);
 }
+
+#[test]
+fn book_views_read_in_pages_give_the_whole_view() {
+    let mut driver = Driver::new(30, false);
+    for number in 0..25u8 {
+        let owner = user(number % 3);
+        let order_id = OrderId(format!("o_{number}"));
+        let purpose = Purpose::Order {
+            order_id: order_id.clone(),
+            meta: OrderMeta::default(),
+        };
+        let claim = Claim::Quantity {
+            quantity: 1,
+            up_to: false,
+        };
+        let Ok(ShardEvent::Reserved { reservation_id, .. }) =
+            driver.reserve(&owner, &claim, purpose)
+        else {
+            panic!("reserved");
+        };
+        if number < 20 {
+            let tickets = driver.new_tickets(reservation_id);
+            driver
+                .confirm(reservation_id, &order_id, tickets)
+                .expect("confirmed");
+        }
+    }
+    let include = |owner: &UserId| owner != &user(2);
+    let whole = driver.state.book_view(4, include);
+    assert!(whole.next.is_none());
+    let mut paged = driver.state.book_view_page(4, include, None, 4);
+    let mut pages = 1;
+    while let Some(after) = paged.next.clone() {
+        let page = driver.state.book_view_page(4, include, Some(&after), 4);
+        assert!(
+            page.reservations.is_empty(),
+            "reservations come with the first page"
+        );
+        paged.extend(page);
+        pages += 1;
+    }
+    let mut expected = whole.tickets.clone();
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(paged.tickets, expected, "every ticket once, in id order");
+    assert_eq!(pages, expected.len().div_ceil(4));
+    assert!(
+        paged
+            .tickets
+            .iter()
+            .all(|(_, ticket)| include(&ticket.owner))
+    );
+    assert_eq!(paged.reservations.len(), whole.reservations.len());
+    let unpaid = (20..25).filter(|number| number % 3 != 2).count();
+    assert_eq!(
+        whole.reservations.len(),
+        unpaid,
+        "the unpaid reservations of users 0 and 1"
+    );
+}

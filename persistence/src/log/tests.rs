@@ -468,6 +468,58 @@ fn a_failed_write_fails_its_batch_and_every_later_append() {
     assert_eq!((log.stats().records_appended, log.stats().batches), (0, 0));
 }
 
+#[test]
+fn a_barrier_completes_after_every_record_before_it_and_fails_with_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig::new(dir.path());
+    let (log, _, _) = open_and_read(&config).expect("log opens");
+    // Alone, a barrier writes nothing and completes.
+    log.barrier()
+        .blocking_recv()
+        .expect("the writer answers")
+        .expect("nothing before it");
+    // Behind records, it completes once they are durable: they read back after a reopen.
+    let written = records(20, 64);
+    let commits: Vec<_> = written
+        .iter()
+        .map(|record| {
+            log.append(
+                Arc::clone(&record.stream),
+                record.seq,
+                record.payload.clone(),
+            )
+        })
+        .collect();
+    log.barrier()
+        .blocking_recv()
+        .expect("the writer answers")
+        .expect("every record before it is durable");
+    for mut commit in commits {
+        assert!(
+            matches!(commit.try_recv(), Ok(Ok(()))),
+            "answered before the barrier"
+        );
+    }
+    log.close();
+    let (_, read) = read_back(&config);
+    assert_eq!(read, written);
+
+    // Behind a failed write, it fails too.
+    let path = segment_files(dir.path()).pop().expect("a segment exists");
+    let active = ActiveSegment {
+        index: 0,
+        file: File::open(&path).expect("file opens"),
+        path,
+        bytes: SEGMENT_HEADER_BYTES,
+        seqs_max: HashMap::new(),
+    };
+    let log = LogWriter::start(&config, Vec::new(), active).expect("writer starts");
+    let lost = log.append("a".into(), 1, b"lost".to_vec());
+    let barrier = log.barrier().blocking_recv();
+    assert!(matches!(barrier, Ok(Err(_))), "{barrier:?}");
+    assert!(matches!(lost.blocking_recv(), Ok(Err(_))));
+}
+
 /// Finds how many of `written`'s last records fill a segment of `segment_bytes` bytes.
 fn records_in_last_segment(written: &[Record], segment_bytes: u64) -> usize {
     let mut bytes = SEGMENT_HEADER_BYTES;
