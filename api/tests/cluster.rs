@@ -337,13 +337,45 @@ async fn every_endpoint_answers_the_same_through_every_process() {
         .await
         .expect_error(409, "ticket_limit_reached");
 
+    // Bulk users through a front land on their own nodes, however many there are (internal calls are cut in parts).
+    let bulk = front
+        .post(
+            "/admin/users/bulk",
+            Some(ADMIN_TOKEN),
+            json!({"prefix": "many", "count": 1_200}),
+        )
+        .await
+        .expect(201);
+    let homes: BTreeSet<&str> = bulk["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|user| {
+            user["id"]
+                .as_str()
+                .expect("id")
+                .split_once('-')
+                .expect("node")
+                .0
+        })
+        .collect();
+    assert_eq!(homes.len(), 3, "{homes:?}");
+    front
+        .post(
+            "/admin/users/bulk",
+            Some(ADMIN_TOKEN),
+            json!({"prefix": "many", "count": 1_200}),
+        )
+        .await
+        .expect_error(409, "username_taken");
+
     // The users list gathers every node's users, a page at a time.
     let mut listed = Vec::new();
     let mut offset = 0;
     loop {
         let page = front
             .get(
-                &format!("/users?offset={offset}&limit=2"),
+                &format!("/users?offset={offset}&limit=500"),
                 Some(ADMIN_TOKEN),
             )
             .await
@@ -360,7 +392,7 @@ async fn every_endpoint_answers_the_same_through_every_process() {
             None => break,
         }
     }
-    assert_eq!(listed.len(), entry.len() + 1, "every user once: {listed:?}");
+    assert_eq!(listed.len(), entry.len() + 1 + 1_200, "every user once");
 
     // Counts agree everywhere and add up.
     for server in &entry {

@@ -45,9 +45,12 @@ pub const REQUESTS_IN_FLIGHT_PER_PEER: usize = 16_384;
 /// How long opening a connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often an open connection is pinged.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a ping may go unanswered before the connection is given up.
-pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Generous: a node whose cores are saturated by a burst answers pings late, and a connection given up fails
+/// every request on it. A peer cut off is noticed within interval + timeout, inside a request's deadline; a shard
+/// request fails on its own deadline sooner.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// After a failed connection, how long calls to that peer fail at once instead of dialling again.
 pub const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 /// Deadline of a request to a shard of another node.

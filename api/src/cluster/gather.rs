@@ -190,6 +190,10 @@ async fn user_count(cluster: &ClusterState, node: NodeId) -> ApiResult<usize> {
         .map_err(|_| EngineError::NodeUnavailable { node }.into())
 }
 
+/// Usernames one internal call of a bulk creation carries at most: the call's body stays within the API's
+/// 64 KiB limit whatever the usernames' lengths (64 characters at most).
+const BULK_PART_USERS_MAX: usize = 500;
+
 /// `POST /admin/users/bulk` over the cluster: each user is created on the node its username is placed on. Every
 /// node a username may live on (`user_candidates`: its node, and older ones if the list grew) is asked first
 /// whether it has it, so that a taken name creates nobody (two bulk creations racing for the same names through
@@ -211,22 +215,25 @@ pub async fn create_users(
         }
     }
     for (node, names) in &candidates {
-        let taken = if Some(*node) == cluster.node() {
-            names.iter().any(|name| state.users.username_taken(name))
-        } else {
-            let body = serde_json::to_vec(&Usernames {
-                usernames: names.clone(),
-            })
-            .expect("names serialize");
-            internal_json::<bool>(
-                cluster,
-                *node,
-                "/internal/v1/users/taken",
-                body,
-                StatusCode::OK,
-            )
-            .await?
-        };
+        let mut taken = false;
+        for part in names.chunks(BULK_PART_USERS_MAX) {
+            taken |= if Some(*node) == cluster.node() {
+                part.iter().any(|name| state.users.username_taken(name))
+            } else {
+                let body = serde_json::to_vec(&Usernames {
+                    usernames: part.to_vec(),
+                })
+                .expect("names serialize");
+                internal_json::<bool>(
+                    cluster,
+                    *node,
+                    "/internal/v1/users/taken",
+                    body,
+                    StatusCode::OK,
+                )
+                .await?
+            };
+        }
         if taken {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -254,18 +261,22 @@ pub async fn create_users(
                     })
                     .collect::<Vec<_>>());
             }
-            let body =
-                serde_json::to_vec(&serde_json::json!({"usernames": names, "card": card_json}))
-                    .expect("a bulk part serializes");
-            let created: BulkUsersResponse = internal_json(
-                cluster,
-                node,
-                "/internal/v1/users/bulk",
-                body,
-                StatusCode::CREATED,
-            )
-            .await?;
-            Ok(created.users)
+            let mut users = Vec::with_capacity(names.len());
+            for part in names.chunks(BULK_PART_USERS_MAX) {
+                let body =
+                    serde_json::to_vec(&serde_json::json!({"usernames": part, "card": card_json}))
+                        .expect("a bulk part serializes");
+                let created: BulkUsersResponse = internal_json(
+                    cluster,
+                    node,
+                    "/internal/v1/users/bulk",
+                    body,
+                    StatusCode::CREATED,
+                )
+                .await?;
+                users.extend(created.users);
+            }
+            Ok(users)
         }
     });
     let mut created: HashMap<String, RegisteredResponse> = HashMap::with_capacity(usernames.len());

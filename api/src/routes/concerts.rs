@@ -49,6 +49,25 @@ pub async fn create(
         layout,
         body.shards,
     )?;
+    // In a cluster a concert gets a shard on every node unless told otherwise: each node's buyers buy from a
+    // shard of their own node, and one hot concert uses the whole cluster.
+    let spec = match (&fan_out, body.shards) {
+        (Some(cluster), None) if spec.shards < cluster.config.node_count() => {
+            let shards = cluster
+                .config
+                .node_count()
+                .min(spec.capacity().min(u64::from(engine::concert::SHARDS_MAX)) as u32);
+            ConcertSpec::new(
+                spec.id,
+                spec.name,
+                spec.starts_at,
+                spec.price_cents,
+                spec.layout,
+                Some(shards),
+            )?
+        }
+        _ => spec,
+    };
     let concert = match &fan_out {
         // In a cluster every node records it, with the shards spread over every node.
         Some(cluster) => crate::cluster::catalog::create(&state, cluster, spec).await?,

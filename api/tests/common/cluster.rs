@@ -87,12 +87,23 @@ pub async fn wait_connected(server: &Server, nodes: usize) {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; the node binds it right after).
+/// A free TCP port on 127.0.0.1 for a node's internal port, which its peers must know before it starts. Chosen
+/// below the kernel's ephemeral range (32768 and up), where no outgoing connection takes it meanwhile, spread by
+/// process id so that test binaries running side by side rarely try the same ones, and free when checked.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(offset < SPAN, "no free port left below the ephemeral range");
+        let port = (FIRST + (start + offset * 37) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Cluster {
