@@ -18,7 +18,8 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// The node to load (loopback only); ignored with --spawn.
+    /// The node to load (loopback only), or several, comma-separated (a cluster's nodes or fronts): connections
+    /// are spread over them round-robin, setup calls go to the first; ignored with --spawn.
     #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
     pub target: String,
     /// The node's admin token; with --spawn the run chooses its own.
@@ -33,6 +34,15 @@ pub struct Global {
     /// temporary data dir for every burst, and stop it with SIGTERM afterwards.
     #[arg(long, global = true, value_name = "PATH_TO_BINARY")]
     pub spawn: Option<PathBuf>,
+    /// With --spawn: start a cluster of N shard nodes (and --fronts) instead of one node, for every burst; the
+    /// load goes to the fronts if there are any, else to the nodes.
+    #[arg(long, global = true, requires = "spawn", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub spawn_cluster: Option<u32>,
+    /// With --spawn-cluster: fronts (processes that own nothing and forward every order to its buyer's node).
+    #[arg(long, global = true, default_value_t = 0, value_name = "M",
+          value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub fronts: u32,
     /// Where the report goes; default target/load/<scenario>-<timestamp>/.
     #[arg(long, global = true)]
     pub out: Option<PathBuf>,
@@ -79,12 +89,15 @@ pub enum Scenario {
     FlashSale(FlashSaleArgs),
     /// Orders per second of a durable node with a 0 ms provider, of the same node without durability and of a
     /// bare axum endpoint, each a closed loop of the same kept-alive connections, and their ratios (needs
-    /// --spawn).
+    /// --spawn); with --spawn-cluster also of a cluster on the same machine, and the cost of a forwarding hop.
     Throughput(ThroughputArgs),
     /// The bare axum endpoint `throughput` measures, started by it. Its alias `serve` lets it be started exactly
     /// as `boxoffice serve` is.
     #[command(name = "serve-bare", alias = "serve", hide = true)]
     ServeBare(BareArgs),
+    /// One of `burst --client-processes`'s clients: talks with its parent over stdin and stdout.
+    #[command(name = "burst-client", hide = true)]
+    BurstClient,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -98,6 +111,12 @@ pub struct ThroughputArgs {
     /// Orders sent before the measured window, not counted in the rate.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=600))]
     pub warmup_s: u64,
+    /// The loops to run, in this order: `durable` (one node), `cluster` (the --spawn-cluster cluster, lanes over
+    /// its entry points), `hop` (the cost of a forwarding hop, on an N-node cluster without fronts), `none` (one
+    /// node without durability), `bare` (a bare axum endpoint). Default: durable,none,bare, with
+    /// --spawn-cluster durable,cluster,hop,none,bare.
+    #[arg(long, value_delimiter = ',', value_parser = ["durable", "cluster", "hop", "none", "bare"])]
+    pub runs: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -125,6 +144,10 @@ pub struct BurstArgs {
     /// (say what the target runs with).
     #[arg(long)]
     pub payment_latency_ms: Option<u64>,
+    /// Run the lanes in this many child processes, each with a slice of the buyers and its own open-files limit,
+    /// every connection opened before a common start: one process holds about 18,000 connections here.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub client_processes: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -189,9 +212,17 @@ pub struct PlanArgs {
     /// all at once unless --concurrency).
     #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
     pub calibration_orders: u64,
-    /// Then run the planned burst and compare the prediction with the measurement.
+    /// Then run the planned burst and compare the prediction with the measurement (with --spawn-cluster, on that
+    /// cluster: the prediction then counts the forwarding the calibration measured).
     #[arg(long)]
     pub verify: bool,
+    /// Skip the calibration of forwarding: how much more CPU a forwarded order costs than one sent to its buyer's
+    /// node, as a share of the latter, e.g. 0.8 (measured with --spawn-cluster; 0 when neither).
+    #[arg(long)]
+    pub forward_cpu_share: Option<f64>,
+    /// Skip the calibration of forwarding: the latency one forwarding hop adds to an order, in milliseconds.
+    #[arg(long)]
+    pub hop_latency_ms: Option<f64>,
     /// Orders in flight at most in the calibration and verification bursts; default: all at once.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub concurrency: Option<u64>,

@@ -6,7 +6,8 @@
 //! connections to one server port (the kernel's ephemeral port range), so 100,000 at once need four or more.
 //!
 //! Only loopback targets are accepted: a load generator that can open 100,000 connections is not pointed at
-//! someone else's machine by a typo.
+//! someone else's machine by a typo. `--target` may list several (a cluster's nodes or fronts, comma-separated):
+//! [`parse_targets`] checks each.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -23,6 +24,44 @@ use tokio::net::TcpSocket;
 pub const SOURCE_ADDRESSES_MAX: u32 = 254;
 /// Connections one source address is given at most, below the ephemeral port range (32768-60999 by default).
 pub const CONNECTIONS_PER_SOURCE_ADDRESS_MAX: u64 = 25_000;
+
+/// Where a run's requests go: the targets lanes are spread over (setup calls go to the first), and, when the run
+/// started a cluster, its shard nodes' public endpoints (node `k` at `k`), whose `/metrics` a burst reads.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub targets: Vec<Target>,
+    pub nodes: Vec<Target>,
+}
+
+impl Endpoints {
+    /// `bases` (at least one), each connected to from `source_addresses` addresses; no known nodes.
+    pub fn new(
+        bases: &[String],
+        source_addresses: u32,
+        request_timeout: Duration,
+    ) -> Result<Self, String> {
+        if bases.is_empty() {
+            return Err("no target".into());
+        }
+        let targets = bases
+            .iter()
+            .map(|base| Target::new(base, source_addresses, request_timeout))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            targets,
+            nodes: Vec::new(),
+        })
+    }
+
+    /// Where setup calls and checks go.
+    pub fn first(&self) -> &Target {
+        &self.targets[0]
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.targets.iter().map(Target::base).collect()
+    }
+}
 
 /// Where requests go, and from where.
 #[derive(Clone, Debug)]
@@ -98,6 +137,16 @@ impl Target {
         })
     }
 
+    /// `http://HOST:PORT`, as given.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.authority)
+    }
+
+    /// The source addresses connections come from (1: the kernel chooses).
+    pub fn source_addresses(&self) -> u32 {
+        (self.sources.len() as u32).max(1)
+    }
+
     /// Opens a kept-alive connection for lane `lane` (which picks the source address).
     pub async fn connect(&self, lane: usize) -> Result<Connection, Failure> {
         let socket = match self.address {
@@ -107,6 +156,7 @@ impl Target {
         .map_err(Failure::Connect)?;
         if !self.sources.is_empty() {
             let source = self.sources[lane % self.sources.len()];
+            defer_port_choice(&socket).map_err(Failure::Connect)?;
             socket
                 .bind(SocketAddr::new(source, 0))
                 .map_err(Failure::Connect)?;
@@ -159,6 +209,23 @@ impl Target {
         serde_json::from_slice(&answer).map_err(|error| format!("{what}: unexpected body: {error}"))
     }
 
+    /// The body of `GET path` answered 200, as text (e.g. `/metrics`).
+    pub async fn text(&self, path: &str) -> Result<String, String> {
+        let exchange = async {
+            let mut connection = self.connect(0).await?;
+            let request = connection.request(Method::GET, path, None, &[], None);
+            connection.send(request).await
+        };
+        let (status, body) = tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .unwrap_or(Err(Failure::Timeout))
+            .map_err(|failure| format!("GET {path}: {failure}"))?;
+        if status != StatusCode::OK {
+            return Err(format!("GET {path}: {status}"));
+        }
+        String::from_utf8(body.to_vec()).map_err(|_| format!("GET {path}: not UTF-8"))
+    }
+
     /// The status of `GET path`, or why there was none.
     pub async fn status(&self, path: &str) -> Result<StatusCode, Failure> {
         let exchange = async {
@@ -171,6 +238,48 @@ impl Target {
             .unwrap_or(Err(Failure::Timeout))?;
         Ok(status)
     }
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT` (Linux): a socket bound to a source address with port 0 gets its port when it
+/// connects, chosen for its destination, as an unbound socket does. Without it `bind` chooses a port no other socket
+/// on that address uses, whatever its destination, by a search through the ephemeral range that grows with the ports
+/// in use: opening 50,000 connections from two addresses took 20 s with the CPU in the kernel, and the reconnections
+/// of a burst starved everything else.
+#[cfg(target_os = "linux")]
+fn defer_port_choice(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const SOL_IP: i32 = 0;
+    const IP_BIND_ADDRESS_NO_PORT: i32 = 24;
+    unsafe extern "C" {
+        fn setsockopt(
+            fd: i32,
+            level: i32,
+            name: i32,
+            value: *const std::ffi::c_void,
+            length: u32,
+        ) -> i32;
+    }
+    let on: i32 = 1;
+    // SAFETY: the descriptor is the socket's own and open; the value points to an int of the length given.
+    let result = unsafe {
+        setsockopt(
+            socket.as_raw_fd(),
+            SOL_IP,
+            IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const i32).cast(),
+            std::mem::size_of::<i32>() as u32,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn defer_port_choice(_socket: &TcpSocket) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Whether a request may be sent a second time when its kept-alive connection turns out to have been closed.
@@ -348,6 +457,23 @@ pub fn parse_loopback(base: &str) -> Result<(String, SocketAddr), String> {
     Ok((authority.to_owned(), SocketAddr::new(ip, port)))
 }
 
+/// `--target`: one or more bases, comma-separated, each as [`parse_loopback`] accepts it; at least one, none twice.
+pub fn parse_targets(list: &str) -> Result<Vec<String>, String> {
+    let mut bases: Vec<String> = Vec::new();
+    for base in list.split(',').map(str::trim) {
+        if base.is_empty() {
+            return Err(format!("--target {list}: an empty entry"));
+        }
+        let (authority, _) = parse_loopback(base)?;
+        let base = format!("http://{authority}");
+        if bases.contains(&base) {
+            return Err(format!("--target lists {base} twice"));
+        }
+        bases.push(base);
+    }
+    Ok(bases)
+}
+
 /// Source addresses needed for `connections` at once, at [`CONNECTIONS_PER_SOURCE_ADDRESS_MAX`] each.
 pub fn source_addresses_for(connections: u64) -> u32 {
     let needed = connections
@@ -386,6 +512,23 @@ mod tests {
     }
 
     #[test]
+    fn several_targets_are_each_checked() {
+        assert_eq!(
+            parse_targets("http://127.0.0.1:1, http://localhost:2/").unwrap(),
+            ["http://127.0.0.1:1", "http://localhost:2"]
+        );
+        assert_eq!(
+            parse_targets("http://127.0.0.1:1").unwrap(),
+            ["http://127.0.0.1:1"]
+        );
+        assert!(parse_targets("http://127.0.0.1:1,http://10.0.0.1:2").is_err());
+        assert!(parse_targets("http://127.0.0.1:1,").is_err());
+        assert!(parse_targets("http://127.0.0.1:1,http://127.0.0.1:1/").is_err());
+        let target = Target::new("http://localhost:7", 1, Duration::from_secs(1)).unwrap();
+        assert_eq!(target.base(), "http://localhost:7");
+    }
+
+    #[test]
     fn enough_source_addresses_for_the_connections() {
         assert_eq!(source_addresses_for(0), 1);
         assert_eq!(source_addresses_for(10_000), 1);
@@ -402,6 +545,31 @@ mod tests {
             "sold_out"
         );
         assert_eq!(error_code(b"Bad Request"), "-");
+    }
+
+    #[tokio::test]
+    async fn connections_come_from_every_source_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let base = format!("http://{}", listener.local_addr().expect("bound"));
+        let target = Target::new(&base, 3, Duration::from_secs(5)).expect("a target");
+        let mut sources = Vec::new();
+        for lane in 0..6 {
+            let _connection = target.connect(lane).await.expect("connects");
+            let (accepted, from) = listener.accept().expect("accepted");
+            drop(accepted);
+            sources.push(from.ip().to_string());
+        }
+        assert_eq!(
+            sources,
+            [
+                "127.0.0.1",
+                "127.0.0.2",
+                "127.0.0.3",
+                "127.0.0.1",
+                "127.0.0.2",
+                "127.0.0.3"
+            ]
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `report.html`: the figures as tables and the charts as inline SVG, with the study's figures beside ours. One
 //! file, no script, nothing fetched.
 
-use crate::report::{BurstReport, Outcome, PlanReport, Report, Sample, ThroughputReport};
+use crate::report::{BurstReport, Outcome, Outcomes, PlanReport, Report, Sample, ThroughputReport};
 use crate::stats::{bands, histogram};
 use crate::study;
 use crate::svg::{
@@ -35,10 +35,16 @@ pub fn page(report: &Report, sections: &[String]) -> String {
         report.machine.source_addresses,
     ));
     if let Some(spawned) = &report.spawned {
-        html.push_str("<p>Servers started by the run, one per burst:</p><ul>");
+        html.push_str(
+            "<p>Servers started by the run (one node, or a cluster's processes, per burst or loop; the flags \
+             besides <code>--listen</code>, <code>--data-dir</code> and a cluster's own):</p><ul>",
+        );
         for run in &spawned.runs {
             html.push_str(&format!(
-                "<li><code>{} serve {}</code>: {}</li>",
+                "<li>{} {} (log <code>{}</code>): <code>{} serve {}</code>: {}</li>",
+                escape(&run.process),
+                escape(&run.url),
+                escape(&run.log),
                 escape(&spawned.binary),
                 escape(&run.flags.join(" ")),
                 escape(&run.exit)
@@ -87,6 +93,18 @@ pub fn burst_section(title: &str, burst: &BurstReport, samples: &[Sample]) -> St
             format_number(tcp.syncookies_sent as f64),
         ));
     }
+    if let Some(processes) = burst.parameters.client_processes {
+        html.push_str(&format!(
+            "<p>The lanes ran in {processes} client processes, every connection opened before the common start; \
+             every latency is from that start.</p>"
+        ));
+    }
+    html.push_str(&format!(
+        "<p>The requests left the client within {} s of the start (half of them within {} s).</p>",
+        format_number(burst.sent_ms.max / 1000.0),
+        format_number(burst.sent_ms.p50 / 1000.0)
+    ));
+    html.push_str(&spread_tables(burst));
     html.push_str(&comparison_chart(burst).render());
     html.push_str(&histogram_chart(samples).render());
     html.push_str(&over_time_chart(samples).render());
@@ -128,6 +146,64 @@ pub fn figures_table(bursts: &[BurstReport]) -> String {
         ));
     }
     html.push_str("</table>");
+    html
+}
+
+/// Where the orders went: by target and, in a cluster, by the node of their buyer (with what the node's own
+/// `/metrics` counted when known).
+pub fn spread_tables(burst: &BurstReport) -> String {
+    let head = "<th>orders</th><th>201</th><th>409</th><th>503</th><th>other errors</th>";
+    let cells = |o: &Outcomes| {
+        [
+            o.orders,
+            o.ok_201,
+            o.conflict_409,
+            o.unavailable_503,
+            o.errors,
+        ]
+        .iter()
+        .map(|n| format!("<td>{}</td>", format_number(*n as f64)))
+        .collect::<String>()
+    };
+    let mut html = String::new();
+    if burst.targets.len() > 1 {
+        html.push_str(&format!(
+            "<p>By target (lanes spread round-robin):</p><table><tr><th>target</th>{head}</tr>"
+        ));
+        for target in &burst.targets {
+            html.push_str(&format!(
+                "<tr><td>{}</td>{}</tr>",
+                escape(&target.url),
+                cells(&target.outcomes)
+            ));
+        }
+        html.push_str("</table>");
+    }
+    if !burst.nodes.is_empty() {
+        html.push_str(&format!(
+            "<p>By the shard node of the buyer (which executes the order, wherever it was sent):</p><table><tr>\
+             <th>node</th>{head}<th>the node's /metrics: orders it coordinated</th></tr>"
+        ));
+        for node in &burst.nodes {
+            let coordinated = node.coordinated.as_ref().map_or("-".to_owned(), |counts| {
+                counts
+                    .iter()
+                    .map(|(outcome, n)| format!("{n} {outcome}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
+            html.push_str(&format!(
+                "<tr><td>{}{}</td>{}<td>{}</td></tr>",
+                node.node,
+                node.url
+                    .as_ref()
+                    .map_or(String::new(), |url| format!(" ({})", escape(url))),
+                cells(&node.outcomes),
+                escape(&coordinated)
+            ));
+        }
+        html.push_str("</table>");
+    }
     html
 }
 
@@ -420,6 +496,38 @@ pub fn plan_section(plan: &PlanReport) -> String {
             ),
         ),
     ];
+    if c.forward_cpu_share > 0.0 || c.hop_latency_s > 0.0 || plan.forwarding.is_some() {
+        rows.insert(
+            1,
+            (
+                "forwarding".to_owned(),
+                format!(
+                    "a forwarded order costs {:.0}% more CPU than one sent to its buyer's node (all processes), \
+                     +{:.2} ms of latency ({})",
+                    c.forward_cpu_share * 100.0,
+                    c.hop_latency_s * 1000.0,
+                    plan.forwarding
+                        .as_ref()
+                        .map_or("given".to_owned(), |hop| format!(
+                            "measured on a {}-node cluster: the loops below",
+                            hop.nodes
+                        ))
+                ),
+            ),
+        );
+        rows.push((
+            "the question's cluster".to_owned(),
+            format!(
+                "{} node(s){}: {:.0}% of the orders forwarded, CPU per order x{:.3}; the sized nodes spend {:.0}% \
+                 of their CPU forwarding",
+                q.nodes,
+                if q.fronts { " behind fronts" } else { "" },
+                p.forwarded_share * 100.0,
+                p.cost_factor,
+                p.required_forwarding_share.unwrap_or(0.0) * 100.0
+            ),
+        ));
+    }
     if let Some(v) = &plan.verification {
         rows.push((
             "measured".to_owned(),
@@ -445,10 +553,13 @@ pub fn plan_section(plan: &PlanReport) -> String {
         ));
     }
     html.push_str("</table>");
+    if let Some(hop) = &plan.forwarding {
+        html.push_str(&runs_table(hop.runs()));
+    }
     html
 }
 
-/// `throughput`: the ratios, the three rates as bars, and a row per run.
+/// `throughput`: the ratios, the rates as bars, and a row per run.
 pub fn throughput_section(report: &ThroughputReport) -> String {
     let ratio =
         |ratio: Option<f64>| ratio.map_or("not measured yet".to_owned(), |r| format!("{r:.3}"));
@@ -462,7 +573,19 @@ pub fn throughput_section(report: &ThroughputReport) -> String {
         ratio(report.ratio_durable_to_bare),
         ratio(report.ratio_durable_to_none),
     );
-    let colors = [BLUE, ORANGE, GREY];
+    if report.cluster.is_some() {
+        html.push_str(&format!(
+            "<p>The cluster on the same machine / one durable node: <b>{}</b>.</p>",
+            ratio(report.ratio_cluster_to_durable)
+        ));
+    }
+    if let Some(hop) = &report.hop {
+        html.push_str(&format!(
+            "<p>{}.</p>",
+            escape(&crate::forwarding::hop_line(hop))
+        ));
+    }
+    let colors = [BLUE, VERMILLION, GREEN, PURPLE, GREEN, PURPLE, ORANGE, GREY];
     html.push_str(
         &BarChart {
             title: "Orders answered 201 per second, measured window".into(),
@@ -475,12 +598,18 @@ pub fn throughput_section(report: &ThroughputReport) -> String {
         }
         .render(),
     );
-    html.push_str(
+    html.push_str(&runs_table(report.runs()));
+    html
+}
+
+/// A row per closed loop.
+fn runs_table<'a>(runs: impl Iterator<Item = &'a crate::report::ThroughputRun>) -> String {
+    let mut html = String::from(
         "<table><tr><th>endpoint</th><th>orders/s</th><th>201s in window</th><th>orders sent</th><th>201s</th>\
-         <th>errors</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>counts add up</th>\
-         <th>server exit</th></tr>",
+         <th>errors</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>server CPU us/order</th>\
+         <th>counts add up</th><th>server exit</th></tr>",
     );
-    for run in report.runs() {
+    for run in runs {
         let latency = |pick: fn(&crate::stats::Summary) -> f64| {
             run.latency_ms
                 .as_ref()
@@ -488,7 +617,7 @@ pub fn throughput_section(report: &ThroughputReport) -> String {
         };
         html.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&run.endpoint),
             format_number(run.created_per_s),
             format_number(run.measured_created as f64),
@@ -499,6 +628,8 @@ pub fn throughput_section(report: &ThroughputReport) -> String {
             latency(|l| l.p90),
             latency(|l| l.p99),
             latency(|l| l.max),
+            run.cpu_us_per_order
+                .map_or("-".to_owned(), format_number),
             match &run.invariants {
                 None => "-",
                 Some(counts) if counts.hold => "yes",
@@ -526,6 +657,8 @@ mod tests {
                 } else {
                     Outcome::Ok
                 },
+                target: (i % 2) as u32,
+                node: Some((i % 3) as u32),
             })
             .collect();
         let parameters = BurstParameters {
@@ -533,13 +666,16 @@ mod tests {
             concurrency: 50,
             capacity: 49,
             payment_latency_ms: Some(latency_ms),
+            client_processes: None,
         };
-        let report = summarize(
+        let mut report = summarize(
             parameters,
             &samples,
             0.1,
             Invariants::check(49, 0, 0, 49, 49),
         );
+        report.targets =
+            crate::report::by_target(&samples, &["http://a".into(), "http://b".into()]);
         (report, samples)
     }
 
@@ -551,6 +687,8 @@ mod tests {
         assert!(html.contains("Burst &lt;50&gt;"));
         assert!(html.contains("172.4 s"), "the study's longest");
         assert!(html.contains("409 sold out"));
+        assert!(html.contains("By target") && html.contains("http://b"));
+        assert!(html.contains("By the shard node"));
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //!   and without durability and against [`bare`], a bare axum endpoint in a process of its own.
 //! - [`burst`]: the study's experiment: set up buyers and a concert off the clock, then every buyer orders one
 //!   ticket at the same moment; the counts are checked through the API afterwards.
-//! - [`client`]: the HTTP client (kept-alive connections from one or more loopback source addresses);
-//!   [`server`]: `--spawn`, a server of our own per burst; [`limits`]: the open-files limit; [`netstat`]: the
+//! - [`client`]: the HTTP client (kept-alive connections from one or more loopback source addresses, to one or more
+//!   targets); [`server`]: `--spawn`, a server (or with `--spawn-cluster` a cluster) of our own per burst;
+//!   [`processes`]: `--client-processes`, a burst's lanes in child processes started on one instant;
+//!   [`forwarding`]: the cost of a cluster's forwarding hop; [`limits`]: the open-files limit; [`netstat`]: the
 //!   kernel's TCP counters around a burst.
 //! - Pure, unit-tested: [`stats`] (percentiles, histogram bins, bands over time), [`peak`] (the search), [`model`] (the
 //!   planner's model of a burst),
@@ -20,11 +22,13 @@ pub mod cli;
 pub mod client;
 pub mod flash;
 pub mod flash_page;
+pub mod forwarding;
 pub mod html;
 pub mod limits;
 pub mod model;
 pub mod netstat;
 pub mod peak;
+pub mod processes;
 pub mod report;
 pub mod scenario;
 pub mod seat_feed;

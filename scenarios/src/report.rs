@@ -29,6 +29,21 @@ pub struct Sample {
     /// When its response had been read.
     pub done_ms: f64,
     pub outcome: Outcome,
+    /// The target it was sent to: its place in the run's list (`--target`, or the spawned cluster's entry points).
+    pub target: u32,
+    /// The shard node its buyer lives on (the `u_<node>-` of the buyer's id in a cluster); `None` on a single node.
+    pub node: Option<u32>,
+}
+
+impl Outcome {
+    /// The HTTP status it came with, when one came: 201, 409, or the status an error names.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Outcome::Ok => Some(201),
+            Outcome::SoldOut => Some(409),
+            Outcome::Error(kind) => kind.split(' ').next().and_then(|code| code.parse().ok()),
+        }
+    }
 }
 
 impl Sample {
@@ -88,6 +103,102 @@ pub struct BurstParameters {
     pub capacity: u64,
     /// The server's simulated provider latency, when known (always with `--spawn`).
     pub payment_latency_ms: Option<u64>,
+    /// `--client-processes`: the lanes ran in this many processes of `boxoffice-load`, each with its connections
+    /// opened before the start; `None`: in this process, each lane connecting at the start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_processes: Option<u64>,
+}
+
+/// How the orders sent somewhere (a target, or by the users of a node) ended, by answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Outcomes {
+    pub orders: u64,
+    /// 201, the order confirmed.
+    pub ok_201: u64,
+    /// 409: sold out, or another conflict (the kinds are in the burst's `errors_by_kind`).
+    pub conflict_409: u64,
+    /// 503: overloaded, a node unavailable, a timeout.
+    pub unavailable_503: u64,
+    /// Any other status, and requests without an answer (transport errors).
+    pub errors: u64,
+}
+
+impl Outcomes {
+    fn count(&mut self, outcome: &Outcome) {
+        self.orders += 1;
+        match (outcome, outcome.status()) {
+            (Outcome::Ok, _) => self.ok_201 += 1,
+            (_, Some(409)) => self.conflict_409 += 1,
+            (_, Some(503)) => self.unavailable_503 += 1,
+            _ => self.errors += 1,
+        }
+    }
+}
+
+/// The orders one target was sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TargetOutcomes {
+    pub url: String,
+    #[serde(flatten)]
+    pub outcomes: Outcomes,
+}
+
+/// The orders of one shard node's users: the node that executed them, wherever they were sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeOutcomes {
+    pub node: u32,
+    #[serde(flatten)]
+    pub outcomes: Outcomes,
+    /// The node's public URL, when the run started the cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// What the node's `/metrics` counted over the burst (`boxoffice_orders_total` by outcome, the orders it
+    /// coordinated), when the run started the cluster: the same orders seen from the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coordinated: Option<BTreeMap<String, u64>>,
+}
+
+/// The orders of `samples` by the target they were sent to; `urls[i]` is target `i`. Every target is listed, even
+/// one that was sent nothing.
+pub fn by_target(samples: &[Sample], urls: &[String]) -> Vec<TargetOutcomes> {
+    let mut targets: Vec<TargetOutcomes> = urls
+        .iter()
+        .map(|url| TargetOutcomes {
+            url: url.clone(),
+            outcomes: Outcomes::default(),
+        })
+        .collect();
+    for sample in samples {
+        let at = sample.target as usize;
+        while targets.len() <= at {
+            targets.push(TargetOutcomes {
+                url: format!("target {}", targets.len()),
+                outcomes: Outcomes::default(),
+            });
+        }
+        targets[at].outcomes.count(&sample.outcome);
+    }
+    targets
+}
+
+/// The orders of `samples` by the node their buyer lives on; empty when no buyer lives on a known node (a single
+/// node). Orders of buyers on no known node, if some are, count under none.
+pub fn by_node(samples: &[Sample]) -> Vec<NodeOutcomes> {
+    let mut nodes: BTreeMap<u32, Outcomes> = BTreeMap::new();
+    for sample in samples {
+        if let Some(node) = sample.node {
+            nodes.entry(node).or_default().count(&sample.outcome);
+        }
+    }
+    nodes
+        .into_iter()
+        .map(|(node, outcomes)| NodeOutcomes {
+            node,
+            outcomes,
+            url: None,
+            coordinated: None,
+        })
+        .collect()
 }
 
 /// The figures of one burst. Latencies are in milliseconds from the start of the burst.
@@ -105,6 +216,9 @@ pub struct BurstReport {
     /// From sending each request rather than from the start of the burst; equal to `latency_ms` give or take
     /// the client's own scheduling when `concurrency == users`.
     pub service_ms: Summary,
+    /// When each request left the client, from the start of the burst: how simultaneous the burst was (above 0 when
+    /// orders waited for a lane, or the client took that long to write them all).
+    pub sent_ms: Summary,
     /// From the start of the burst to the last response.
     pub duration_s: f64,
     /// Responses per second over `duration_s`.
@@ -116,6 +230,11 @@ pub struct BurstReport {
     pub invariants: Invariants,
     /// The machine's TCP counters over the burst (Linux), when known.
     pub kernel_tcp: Option<TcpCounters>,
+    /// The orders by the target they were sent to, in the order of the targets.
+    pub targets: Vec<TargetOutcomes>,
+    /// In a cluster, the orders by the shard node of their buyer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeOutcomes>,
 }
 
 impl BurstReport {
@@ -149,6 +268,7 @@ pub fn summarize(
     assert_eq!(ok + sold_out + errors, orders);
     let latencies: Vec<f64> = samples.iter().map(Sample::latency_ms).collect();
     let services: Vec<f64> = samples.iter().map(Sample::service_ms).collect();
+    let sent: Vec<f64> = samples.iter().map(|sample| sample.sent_ms).collect();
     let latency_ms = Summary::of(&latencies).expect("samples");
     let duration_s = latency_ms.max / 1000.0;
     let per_s = |count: u64| {
@@ -167,16 +287,19 @@ pub fn summarize(
         errors_by_kind,
         latency_ms: latency_ms.rounded(3),
         service_ms: Summary::of(&services).expect("samples").rounded(3),
+        sent_ms: Summary::of(&sent).expect("samples").rounded(3),
         duration_s: round_to(duration_s, 3),
         throughput_per_s: per_s(orders),
         ok_per_s: per_s(ok),
         setup_s: round_to(setup_s, 3),
         invariants,
         kernel_tcp: None,
+        targets: Vec::new(),
+        nodes: by_node(samples),
     }
 }
 
-/// The servers a run started itself (`--spawn`), one per burst.
+/// The servers a run started itself (`--spawn`): one per burst, or one cluster's processes per burst.
 #[derive(Clone, Debug, Serialize)]
 pub struct SpawnedServers {
     pub binary: String,
@@ -185,6 +308,12 @@ pub struct SpawnedServers {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ServerRun {
+    /// `node`, or in a cluster `node 0`, `node 1`, ..., `front 0`, ...
+    pub process: String,
+    /// Its public URL.
+    pub url: String,
+    /// Its log (stderr, and stdout after the first line), in the report's directory.
+    pub log: String,
     /// The flags of `boxoffice serve` besides `--listen` and `--data-dir`.
     pub flags: Vec<String>,
     /// How it ended after SIGTERM (`exit status: 0` when all went well).
@@ -243,6 +372,9 @@ pub struct PlanReport {
     pub calibrated: bool,
     pub question: crate::model::Question,
     pub prediction: crate::model::Prediction,
+    /// With --spawn-cluster: the forwarding hop the calibration measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<crate::forwarding::Hop>,
     pub verification: Option<Verification>,
 }
 
@@ -258,8 +390,8 @@ pub struct Verification {
     pub throughput_error_percent: f64,
 }
 
-/// `throughput`: three closed loops of the same `connections`, one after the other, each on a server of its own;
-/// a run is filled in when it has been measured, the ratios when both of their runs have.
+/// `throughput`: closed loops of the same `connections`, one after the other, each on servers of its own; a run is
+/// filled in when it has been measured, the ratios when both of their runs have.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ThroughputReport {
     pub connections: u64,
@@ -268,6 +400,14 @@ pub struct ThroughputReport {
     pub seconds: u64,
     /// boxoffice with `--durability fsync`: every 201 on disk first.
     pub durable: Option<ThroughputRun>,
+    /// A cluster (`--spawn-cluster N`, `--fronts M`) on the same machine, durable: lanes spread over its entry
+    /// points, buyers in turn (so an order usually reaches a process that is not its buyer's node and is
+    /// forwarded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ThroughputRun>,
+    /// The cost of a forwarding hop, measured on an N-node cluster of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hop: Option<crate::forwarding::Hop>,
     /// boxoffice with `--durability none`.
     pub durability_none: Option<ThroughputRun>,
     /// The bare axum endpoint (`boxoffice-load serve-bare`).
@@ -276,6 +416,9 @@ pub struct ThroughputReport {
     pub ratio_durable_to_bare: Option<f64>,
     /// Durable orders per second over those without durability: what durability leaves of the rate.
     pub ratio_durable_to_none: Option<f64>,
+    /// The cluster's orders per second over the single durable node's, on the same machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_cluster_to_durable: Option<f64>,
 }
 
 impl ThroughputReport {
@@ -289,13 +432,17 @@ impl ThroughputReport {
         };
         self.ratio_durable_to_bare = ratio(&self.durable, &self.bare);
         self.ratio_durable_to_none = ratio(&self.durable, &self.durability_none);
+        self.ratio_cluster_to_durable = ratio(&self.cluster, &self.durable);
     }
 
-    /// The runs measured so far, in the order they run.
+    /// The runs measured so far, in the order they run (the hop's loops included).
     pub fn runs(&self) -> impl Iterator<Item = &ThroughputRun> {
-        [&self.durable, &self.durability_none, &self.bare]
+        let hop = self.hop.iter().flat_map(|hop| hop.runs());
+        [&self.durable, &self.cluster]
             .into_iter()
             .flatten()
+            .chain(hop)
+            .chain([&self.durability_none, &self.bare].into_iter().flatten())
     }
 }
 
@@ -324,8 +471,15 @@ pub struct ThroughputRun {
     pub latency_ms: Option<Summary>,
     /// The concert's counts afterwards against `created`; none for the bare endpoint.
     pub invariants: Option<Invariants>,
-    /// How the server ended after SIGTERM.
+    /// How the server ended after SIGTERM (each process of a cluster: `node 0: exit status: 0; ...`).
     pub exit: String,
+    /// CPU time (user and system, `/proc/PID/stat`) the server processes spent within the measured window, in
+    /// seconds, all processes together; `None` where it could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_s: Option<f64>,
+    /// `cpu_s` per order answered within the window, in microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_order: Option<f64>,
 }
 
 /// Writes `report.json`, `report.html` and (for a single burst) `samples.csv` into `dir`.
@@ -351,18 +505,20 @@ pub fn write(
     Ok(())
 }
 
-/// One line per order: when it was sent and answered (ms from the start of the burst) and how it ended.
+/// One line per order: when it was sent and answered (ms from the start of the burst), how it ended, the target it
+/// was sent to (its place in the list) and its buyer's node (empty on a single node).
 pub fn samples_csv(samples: &[Sample]) -> String {
-    let mut csv = String::from("sent_ms,done_ms,outcome\n");
+    let mut csv = String::from("sent_ms,done_ms,outcome,target,node\n");
     for sample in samples {
         let outcome = match &sample.outcome {
             Outcome::Ok => "ok",
             Outcome::SoldOut => "sold_out",
             Outcome::Error(kind) => kind,
         };
+        let node = sample.node.map_or(String::new(), |node| node.to_string());
         csv.push_str(&format!(
-            "{:.3},{:.3},{outcome}\n",
-            sample.sent_ms, sample.done_ms
+            "{:.3},{:.3},{outcome},{},{node}\n",
+            sample.sent_ms, sample.done_ms, sample.target
         ));
     }
     csv
@@ -377,6 +533,8 @@ mod tests {
             sent_ms,
             done_ms,
             outcome,
+            target: 0,
+            node: None,
         }
     }
 
@@ -386,6 +544,7 @@ mod tests {
             concurrency: 2,
             capacity: 3,
             payment_latency_ms: Some(1400),
+            client_processes: None,
         }
     }
 
@@ -454,6 +613,63 @@ mod tests {
     }
 
     #[test]
+    fn orders_are_counted_by_target_and_by_the_node_of_their_buyer() {
+        let at = |target: u32, node: Option<u32>, outcome: Outcome| Sample {
+            target,
+            node,
+            ..sample(0.0, 10.0, outcome)
+        };
+        let samples = [
+            at(0, Some(2), Outcome::Ok),
+            at(1, Some(2), Outcome::Ok),
+            at(1, Some(0), Outcome::SoldOut),
+            at(0, Some(0), Outcome::Error("503 node_unavailable".into())),
+            at(
+                1,
+                Some(1),
+                Outcome::Error("409 ticket_limit_reached".into()),
+            ),
+            at(1, Some(1), Outcome::Error("transport closed".into())),
+            at(0, Some(1), Outcome::Error("201 unexpected_body".into())),
+        ];
+        let urls = [
+            "http://127.0.0.1:1".to_owned(),
+            "http://127.0.0.1:2".to_owned(),
+        ];
+        let targets = by_target(&samples, &urls);
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[0].url, urls[0]);
+        let counts = |o: &Outcomes| {
+            (
+                o.orders,
+                o.ok_201,
+                o.conflict_409,
+                o.unavailable_503,
+                o.errors,
+            )
+        };
+        assert_eq!(counts(&targets[0].outcomes), (3, 1, 0, 1, 1));
+        assert_eq!(counts(&targets[1].outcomes), (4, 1, 2, 0, 1));
+        let nodes = by_node(&samples);
+        let listed: Vec<u32> = nodes.iter().map(|n| n.node).collect();
+        assert_eq!(listed, [0, 1, 2]);
+        assert_eq!(counts(&nodes[0].outcomes), (2, 0, 1, 1, 0));
+        assert_eq!(counts(&nodes[1].outcomes), (3, 0, 1, 0, 2));
+        assert_eq!(counts(&nodes[2].outcomes), (2, 2, 0, 0, 0));
+        let total: u64 = nodes.iter().map(|n| n.outcomes.orders).sum();
+        assert_eq!(total, samples.len() as u64, "every order counted once");
+        // A single node: no node is known, none listed; an unused target is listed all the same.
+        let single = [sample(0.0, 1.0, Outcome::Ok)];
+        assert!(by_node(&single).is_empty());
+        assert_eq!(by_target(&single, &urls)[1].outcomes, Outcomes::default());
+        let json = serde_json::to_value(&targets[0]).expect("json");
+        assert_eq!(json["unavailable_503"], 1);
+        assert_eq!(json["url"], "http://127.0.0.1:1");
+        let csv = samples_csv(&samples[..1]);
+        assert_eq!(csv.lines().nth(1), Some("0.000,10.000,ok,0,2"));
+    }
+
+    #[test]
     fn an_objective_holds_only_without_errors_and_within_the_limit() {
         let samples = [
             sample(0.0, 900.0, Outcome::Ok),
@@ -470,7 +686,7 @@ mod tests {
         let csv = samples_csv(&samples);
         assert_eq!(
             csv,
-            "sent_ms,done_ms,outcome\n0.000,900.000,ok\n0.000,1000.000,sold_out\n"
+            "sent_ms,done_ms,outcome,target,node\n0.000,900.000,ok,0,\n0.000,1000.000,sold_out,0,\n"
         );
     }
 }

@@ -1,12 +1,12 @@
-//! Runs a scenario end to end: raises the open-files limit, starts a server per burst with `--spawn` (or uses
-//! `--target`), runs the bursts, and rewrites the report after each one, so that a long run that fails half way
-//! keeps what it measured.
+//! Runs a scenario end to end: raises the open-files limit, starts a server (or with `--spawn-cluster` a cluster)
+//! per burst with `--spawn` (or uses the `--target`s), runs the bursts, and rewrites the report after each one, so
+//! that a long run that fails half way keeps what it measured.
 
 use crate::burst::{self, Plan};
 use crate::cli::{
     BurstArgs, Cli, FlashSaleArgs, Global, PeakArgs, PlanArgs, Scenario, SweepArgs, ThroughputArgs,
 };
-use crate::client::{Target, source_addresses_for};
+use crate::client::{Endpoints, Target, parse_targets, source_addresses_for};
 use crate::flash::{self, SEATED_CAPACITY_MAX};
 use crate::flash_page;
 use crate::html;
@@ -17,7 +17,7 @@ use crate::report::{
     self, BurstReport, Machine, PeakReport, PlanReport, Report, Sample, ServerRun, SpawnedServers,
     ThroughputReport, ThroughputRun, Verification,
 };
-use crate::server::{Spawned, Tuning, admin_token, serve_flags};
+use crate::server::{Cluster, ClusterShape, Spawned, Tuning, admin_token, serve_flags};
 use crate::study;
 use crate::throughput;
 use std::path::PathBuf;
@@ -25,8 +25,26 @@ use std::time::Duration;
 
 /// Runs the scenario; `Ok(true)` when every burst's counts added up.
 pub async fn run(cli: Cli) -> Result<bool, String> {
+    if cli.global.spawn_cluster.is_none() && cli.global.fronts > 0 {
+        return Err("--fronts needs --spawn-cluster".into());
+    }
+    if cli.global.spawn_cluster.is_some() && cli.global.durability == "none" {
+        return Err(
+            "a cluster's shard nodes keep their data: --durability none is for a single node"
+                .into(),
+        );
+    }
+    // With client processes this one holds no lane (each child raises its own limit), but the lanes of them all
+    // share the source addresses.
+    let mut lanes_elsewhere = 0;
     let concurrency_max = match &cli.command {
-        Scenario::Burst(args) => in_flight(args.concurrency, args.users),
+        Scenario::Burst(args) => {
+            let lanes = in_flight(args.concurrency, args.users);
+            if args.client_processes.is_some() {
+                lanes_elsewhere = lanes;
+            }
+            lanes - lanes_elsewhere
+        }
         Scenario::SweepPayment(args) => in_flight(args.concurrency, args.users),
         Scenario::Peak(args) => in_flight(args.concurrency, args.max_users),
         Scenario::Plan(args) => {
@@ -35,14 +53,29 @@ pub async fn run(cli: Cli) -> Result<bool, String> {
             }
             in_flight(args.concurrency, args.orders.max(args.calibration_orders))
         }
-        Scenario::FlashSale(args) => in_flight(args.concurrency, args.buyers) + args.subscribers,
+        Scenario::FlashSale(args) => {
+            if cli.global.spawn_cluster.is_some()
+                || (cli.global.spawn.is_none() && cli.global.target.contains(','))
+            {
+                return Err(
+                    "flash-sale runs against one node: one --target, no --spawn-cluster".into(),
+                );
+            }
+            in_flight(args.concurrency, args.buyers) + args.subscribers
+        }
         Scenario::Throughput(args) => {
-            check_throughput(&cli.global)?;
+            check_throughput(&cli.global, args)?;
             args.connections
         }
         Scenario::ServeBare(args) => return crate::bare::serve(args).await.map(|()| true),
+        Scenario::BurstClient => return crate::processes::child().await.map(|()| true),
     };
-    let mut runner = Runner::new(cli.global, scenario_name(&cli.command), concurrency_max)?;
+    let mut runner = Runner::new(
+        cli.global,
+        scenario_name(&cli.command),
+        concurrency_max,
+        concurrency_max + lanes_elsewhere,
+    )?;
     match cli.command {
         Scenario::Burst(args) => runner.burst(args).await,
         Scenario::SweepPayment(args) => runner.sweep(args).await,
@@ -50,7 +83,7 @@ pub async fn run(cli: Cli) -> Result<bool, String> {
         Scenario::Plan(args) => runner.plan(args).await,
         Scenario::FlashSale(args) => runner.flash_sale(args).await,
         Scenario::Throughput(args) => runner.throughput(args).await,
-        Scenario::ServeBare(_) => unreachable!("served above"),
+        Scenario::ServeBare(_) | Scenario::BurstClient => unreachable!("served above"),
     }
 }
 
@@ -63,11 +96,46 @@ fn scenario_name(scenario: &Scenario) -> &'static str {
         Scenario::FlashSale(_) => "flash-sale",
         Scenario::Throughput(_) => "throughput",
         Scenario::ServeBare(_) => "serve-bare",
+        Scenario::BurstClient => "burst-client",
+    }
+}
+
+/// What a run starts for a burst (or a loop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Servers {
+    Node,
+    Cluster(ClusterShape),
+}
+
+impl Servers {
+    /// The processes clients connect to.
+    fn entry_points(self) -> u64 {
+        match self {
+            Servers::Node => 1,
+            Servers::Cluster(shape) if shape.fronts > 0 => u64::from(shape.fronts),
+            Servers::Cluster(shape) => u64::from(shape.nodes),
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Servers::Node => "one node".into(),
+            Servers::Cluster(shape) => cluster_name(shape),
+        }
+    }
+}
+
+fn cluster_name(shape: ClusterShape) -> String {
+    match shape.fronts {
+        0 => format!("{}-node cluster", shape.nodes),
+        fronts => format!("{}-node cluster with {fronts} front(s)", shape.nodes),
     }
 }
 
 struct Runner {
     global: Global,
+    /// `--target`'s bases (unused with --spawn).
+    targets: Vec<String>,
     admin_token: String,
     report: Report,
     out: PathBuf,
@@ -77,7 +145,14 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(global: Global, scenario: &str, concurrency_max: u64) -> Result<Self, String> {
+    /// `concurrency_max`: connections this process opens at most; `lanes`: those of the whole run (child processes
+    /// included), which share the source addresses.
+    fn new(
+        global: Global,
+        scenario: &str,
+        concurrency_max: u64,
+        lanes: u64,
+    ) -> Result<Self, String> {
         let open_files_max = raise_open_files(concurrency_max + DESCRIPTORS_SPARE);
         if open_files_max < concurrency_max + DESCRIPTORS_SPARE {
             eprintln!(
@@ -86,6 +161,11 @@ impl Runner {
                 concurrency_max
             );
         }
+        let targets = if global.spawn.is_some() {
+            Vec::new()
+        } else {
+            parse_targets(&global.target)?
+        };
         let admin_token = match (&global.spawn, &global.admin_token) {
             (Some(_), _) => admin_token(),
             (None, Some(token)) => token.clone(),
@@ -106,17 +186,23 @@ impl Runner {
             .map_err(|error| format!("cannot create {}: {error}", out.display()))?;
         let source_addresses = global
             .source_addresses
-            .unwrap_or_else(|| source_addresses_for(concurrency_max));
+            .unwrap_or_else(|| source_addresses_for(lanes));
         let report = Report {
             scenario: scenario.to_owned(),
             command: command_line(),
             started_at: started_at
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
-            target: if global.spawn.is_some() {
-                "spawned".into()
-            } else {
-                global.target.clone()
+            target: match (&global.spawn, global.spawn_cluster) {
+                (Some(_), Some(nodes)) => format!(
+                    "spawned {}",
+                    cluster_name(ClusterShape {
+                        nodes,
+                        fronts: global.fronts
+                    })
+                ),
+                (Some(_), None) => "spawned".into(),
+                (None, _) => targets.join(","),
             },
             spawned: global.spawn.as_ref().map(|binary| SpawnedServers {
                 binary: binary.display().to_string(),
@@ -137,6 +223,7 @@ impl Runner {
         };
         Ok(Self {
             global,
+            targets,
             admin_token,
             report,
             out,
@@ -146,13 +233,26 @@ impl Runner {
         })
     }
 
-    /// Runs one burst of `users` orders, `concurrency` at once, on a fresh server with `--spawn`.
+    /// What `--spawn` starts: one node, or the `--spawn-cluster` cluster.
+    fn servers(&self) -> Servers {
+        match self.global.spawn_cluster {
+            Some(nodes) => Servers::Cluster(ClusterShape {
+                nodes,
+                fronts: self.global.fronts,
+            }),
+            None => Servers::Node,
+        }
+    }
+
+    /// Runs one burst of `users` orders, `concurrency` at once, on fresh `servers` with `--spawn` (against the
+    /// targets otherwise), its lanes in `client_processes` processes when given.
     async fn one_burst(
         &mut self,
         users: u64,
-        concurrency: u64,
+        (concurrency, client_processes): (u64, Option<u64>),
         capacity: u64,
         payment_latency_ms: Option<u64>,
+        servers: Servers,
     ) -> Result<(BurstReport, Vec<Sample>), String> {
         let plan = Plan {
             users,
@@ -161,38 +261,52 @@ impl Runner {
             payment_latency_ms,
             shards: self.global.shards,
             prefix: format!("load-{}-{}-", self.run_id, self.bursts_run),
+            client_processes,
         };
         self.bursts_run += 1;
         eprintln!(
-            "burst {}: {users} orders, {concurrency} at once, provider latency {}",
+            "burst {}: {users} orders, {concurrency} at once, provider latency {}{}",
             self.bursts_run,
-            payment_latency_ms.map_or("as the target runs".into(), |ms| format!("{ms} ms"))
+            payment_latency_ms.map_or("as the target runs".into(), |ms| format!("{ms} ms")),
+            match self.global.spawn {
+                Some(_) => format!(", on {}", servers.describe()),
+                None => String::new(),
+            }
         );
         let timeout = Duration::from_secs(self.global.request_timeout_s);
         let Some(binary) = self.global.spawn.clone() else {
-            let target = Target::new(&self.global.target, self.source_addresses, timeout)?;
-            return burst::run(&target, &self.admin_token, &plan).await;
+            let endpoints = Endpoints::new(&self.targets, self.source_addresses, timeout)?;
+            return burst::run(&endpoints, &self.admin_token, &plan).await;
         };
         let tuning = Tuning {
             durability: self.global.durability.clone(),
             payment_concurrency: self.global.payment_concurrency,
             extra: self.global.server_args.clone(),
         };
-        let flags = serve_flags(&tuning, users, concurrency, payment_latency_ms.unwrap_or(0));
-        let (measured, exit) = self
-            .on_server(&binary, &flags, async |target| {
-                burst::run(&target, &self.admin_token, &plan).await
+        // Each entry point takes its share of the connections.
+        let per_process = concurrency.div_ceil(servers.entry_points());
+        let flags = serve_flags(&tuning, users, per_process, payment_latency_ms.unwrap_or(0));
+        let (measured, runs) = self
+            .on_servers(&binary, servers, &flags, async |endpoints, _| {
+                burst::run(&endpoints, &self.admin_token, &plan).await
             })
             .await?;
-        self.record_server(flags, exit);
+        self.record_servers(runs);
         measured
     }
 
     async fn burst(&mut self, args: BurstArgs) -> Result<bool, String> {
         let concurrency = in_flight(args.concurrency, args.users);
         let capacity = args.capacity.unwrap_or(args.users);
+        let servers = self.servers();
         let (burst, samples) = self
-            .one_burst(args.users, concurrency, capacity, args.payment_latency_ms)
+            .one_burst(
+                args.users,
+                (concurrency, args.client_processes),
+                capacity,
+                args.payment_latency_ms,
+                servers,
+            )
             .await?;
         print_burst(&burst);
         let title = burst_title(&burst);
@@ -212,8 +326,15 @@ impl Runner {
         let concurrency = in_flight(args.concurrency, args.users);
         let mut sections = Vec::new();
         for latency_ms in args.latencies_ms {
+            let servers = self.servers();
             let (burst, samples) = self
-                .one_burst(args.users, concurrency, args.users, Some(latency_ms))
+                .one_burst(
+                    args.users,
+                    (concurrency, None),
+                    args.users,
+                    Some(latency_ms),
+                    servers,
+                )
                 .await?;
             print_burst(&burst);
             sections.push(html::burst_section(&burst_title(&burst), &burst, &samples));
@@ -240,8 +361,15 @@ impl Runner {
         let mut sections = Vec::new();
         while let Some(users) = search.next() {
             let concurrency = in_flight(args.concurrency, users);
+            let servers = self.servers();
             let (burst, samples) = self
-                .one_burst(users, concurrency, users, Some(args.payment_latency_ms))
+                .one_burst(
+                    users,
+                    (concurrency, None),
+                    users,
+                    Some(args.payment_latency_ms),
+                    servers,
+                )
                 .await?;
             let held = burst.holds(slo_ms);
             print_burst(&burst);
@@ -274,12 +402,15 @@ impl Runner {
         let question = question_of(&args, &self.global);
         let cores = args.cores.unwrap_or(self.report.machine.cores as u32);
         let mut sections = Vec::new();
-        let (calibration, calibrated) = match (args.service_rate, args.base_latency_ms) {
+        let (mut calibration, calibrated) = match (args.service_rate, args.base_latency_ms) {
             (Some(rate), Some(base_ms)) => (given(rate, base_ms, args.phase_share, cores)?, false),
             _ => {
                 let orders = args.calibration_orders;
                 let concurrency = in_flight(args.concurrency, orders);
-                let (fast, samples) = self.one_burst(orders, concurrency, orders, Some(0)).await?;
+                // On one node: the cluster's forwarding is calibrated apart.
+                let (fast, samples) = self
+                    .one_burst(orders, (concurrency, None), orders, Some(0), Servers::Node)
+                    .await?;
                 print_burst(&fast);
                 sections.push(html::burst_section(
                     &format!("Calibration 1: {}", burst_title(&fast)),
@@ -292,7 +423,13 @@ impl Runner {
                 let drain_ms = fast.latency_ms.max - fast.latency_ms.min;
                 let slow_ms = ((2.0 * drain_ms).ceil() as u64).max(200);
                 let (slow, samples) = self
-                    .one_burst(orders, concurrency, orders, Some(slow_ms))
+                    .one_burst(
+                        orders,
+                        (concurrency, None),
+                        orders,
+                        Some(slow_ms),
+                        Servers::Node,
+                    )
                     .await?;
                 print_burst(&slow);
                 sections.push(html::burst_section(
@@ -307,20 +444,48 @@ impl Runner {
                 (calibration, true)
             }
         };
-        let plan = plan_report(calibration, calibrated, question);
+        calibration.forward_cpu_share = args.forward_cpu_share.unwrap_or(0.0).max(0.0);
+        calibration.hop_latency_s = args.hop_latency_ms.unwrap_or(0.0).max(0.0) / 1000.0;
+        let mut forwarding = None;
+        match (self.global.spawn_cluster, args.forward_cpu_share) {
+            (Some(nodes), None) if nodes >= 2 => {
+                let hop = self.calibrate_forwarding(nodes, cores).await?;
+                calibration.forward_cpu_share = hop.cpu_share_added.unwrap_or(0.0).max(0.0);
+                if args.hop_latency_ms.is_none() {
+                    calibration.hop_latency_s =
+                        hop.latency_ms_added.unwrap_or(0.0).max(0.0) / 1000.0;
+                }
+                forwarding = Some(hop);
+            }
+            (Some(_), None) => eprintln!(
+                "a one-node cluster has no hop to measure: forwarding costs nothing in the plan (give \
+                 --forward-cpu-share)"
+            ),
+            _ => {}
+        }
+        let mut plan = plan_report(calibration, calibrated, question);
+        plan.forwarding = forwarding;
         let prediction = plan.prediction;
         self.report.plan = Some(plan);
         self.write_plan(&sections)?;
+        let hop_holds = self
+            .report
+            .plan
+            .as_ref()
+            .and_then(|plan| plan.forwarding.as_ref())
+            .is_none_or(|hop| hop.invariants.hold);
         if !args.verify {
-            return Ok(self.report.points.iter().all(|p| p.invariants.hold));
+            return Ok(hop_holds && self.report.points.iter().all(|p| p.invariants.hold));
         }
         let concurrency = in_flight(args.concurrency, args.orders);
+        let servers = self.servers();
         let (burst, samples) = self
             .one_burst(
                 args.orders,
-                concurrency,
+                (concurrency, None),
                 args.orders,
                 Some(args.payment_latency_ms),
+                servers,
             )
             .await?;
         print_burst(&burst);
@@ -341,7 +506,68 @@ impl Runner {
             plan.verification = Some(verification);
         }
         self.write_plan(&sections)?;
-        Ok(self.report.points.iter().all(|p| p.invariants.hold))
+        Ok(hop_holds && self.report.points.iter().all(|p| p.invariants.hold))
+    }
+
+    /// The forwarding hop on a cluster of `nodes` shard nodes of its own: short loaded loops (a few connections per
+    /// core) for the CPU, one connection for the latency.
+    async fn calibrate_forwarding(
+        &mut self,
+        nodes: u32,
+        cores: u32,
+    ) -> Result<crate::forwarding::Hop, String> {
+        let loaded = throughput::Shape {
+            connections: u64::from(cores) * FORWARDING_CONNECTIONS_PER_CORE,
+            warmup: Duration::from_secs(1),
+            measured: Duration::from_secs(FORWARDING_SECONDS),
+        };
+        let alone = throughput::Shape {
+            connections: 1,
+            ..loaded
+        };
+        let hop = self.measure_hop(nodes, &loaded, &alone).await?;
+        println!("{}", crate::forwarding::hop_line(&hop));
+        Ok(hop)
+    }
+
+    /// Starts a cluster of `nodes` shard nodes (no fronts) with a 0 ms provider and measures a hop on it.
+    async fn measure_hop(
+        &mut self,
+        nodes: u32,
+        loaded: &throughput::Shape,
+        alone: &throughput::Shape,
+    ) -> Result<crate::forwarding::Hop, String> {
+        let binary = self.global.spawn.clone().ok_or(THROUGHPUT_NEEDS_SPAWN)?;
+        let servers = Servers::Cluster(ClusterShape { nodes, fronts: 0 });
+        let flags = self.loop_flags("fsync", loaded.connections.div_ceil(u64::from(nodes)));
+        let prefix = format!("hop-{}-{}-", self.run_id, self.bursts_run);
+        self.bursts_run += 1;
+        let (measured, runs) = self
+            .on_servers(&binary, servers, &flags, async |endpoints, pids| {
+                crate::forwarding::measure(
+                    &endpoints.targets,
+                    &self.admin_token,
+                    &prefix,
+                    self.global.shards,
+                    (loaded, alone),
+                    &pids,
+                )
+                .await
+            })
+            .await?;
+        let exit = exits_text(&runs);
+        self.record_servers(runs);
+        let mut hop = measured?;
+        for run in [
+            &mut hop.direct,
+            &mut hop.forwarded,
+            &mut hop.direct_alone,
+            &mut hop.forwarded_alone,
+        ] {
+            run.flags = flags.clone();
+            run.exit = exit.clone();
+        }
+        Ok(hop)
     }
 
     fn write_plan(&self, sections: &[String]) -> Result<(), String> {
@@ -361,8 +587,8 @@ impl Runner {
     }
 }
 
-/// `throughput`: the durable node, the node without durability, the bare endpoint, one after the other so that they
-/// never share the cores.
+/// `throughput`: the durable node, the cluster, the hop, the node without durability, the bare endpoint (those
+/// `--runs` names), one after the other so that they never share the cores.
 impl Runner {
     async fn throughput(&mut self, args: ThroughputArgs) -> Result<bool, String> {
         let shape = throughput::Shape {
@@ -376,35 +602,65 @@ impl Runner {
             seconds: args.seconds,
             ..ThroughputReport::default()
         };
-        section.durable = Some(self.throughput_node("fsync", &shape).await?);
-        self.record_throughput(&mut section)?;
-        section.durability_none = Some(self.throughput_node("none", &shape).await?);
-        self.record_throughput(&mut section)?;
-        section.bare = Some(self.throughput_bare(&shape).await?);
-        self.record_throughput(&mut section)?;
+        let runs = throughput_runs(&args, &self.global);
+        let wanted = |name: &str| runs.iter().any(|run| run == name);
+        if wanted("durable") {
+            let run = self.throughput_node(Servers::Node, "fsync", &shape).await?;
+            println!("{}", throughput::run_line(&run));
+            section.durable = Some(run);
+            self.record_throughput(&mut section)?;
+        }
+        if wanted("cluster") {
+            let servers = self.servers();
+            let run = self.throughput_node(servers, "fsync", &shape).await?;
+            println!("{}", throughput::run_line(&run));
+            section.cluster = Some(run);
+            self.record_throughput(&mut section)?;
+        }
+        if wanted("hop") {
+            let nodes = self.global.spawn_cluster.unwrap_or(2);
+            let alone = throughput::Shape {
+                connections: 1,
+                ..shape
+            };
+            let hop = self.measure_hop(nodes, &shape, &alone).await?;
+            for run in hop.runs() {
+                println!("{}", throughput::run_line(run));
+            }
+            println!("{}", crate::forwarding::hop_line(&hop));
+            section.hop = Some(hop);
+            self.record_throughput(&mut section)?;
+        }
+        if wanted("none") {
+            let run = self.throughput_node(Servers::Node, "none", &shape).await?;
+            println!("{}", throughput::run_line(&run));
+            section.durability_none = Some(run);
+            self.record_throughput(&mut section)?;
+        }
+        if wanted("bare") {
+            let run = self.throughput_bare(&shape).await?;
+            println!("{}", throughput::run_line(&run));
+            section.bare = Some(run);
+            self.record_throughput(&mut section)?;
+        }
         println!("{}", throughput::summary_line(&section));
-        Ok(section
-            .runs()
-            .all(|run| run.invariants.as_ref().is_none_or(|counts| counts.hold)))
+        let hop_holds = section.hop.as_ref().is_none_or(|hop| hop.invariants.hold);
+        Ok(hop_holds
+            && section
+                .runs()
+                .all(|run| run.invariants.as_ref().is_none_or(|counts| counts.hold)))
     }
 
-    /// Prints the run measured last and rewrites the report with every run so far.
+    /// Rewrites the report with every run so far.
     fn record_throughput(&mut self, section: &mut ThroughputReport) -> Result<(), String> {
         section.compare();
-        if let Some(run) = section.runs().last() {
-            println!("{}", throughput::run_line(run));
-        }
         self.report.throughput = Some(section.clone());
         self.write(&[html::throughput_section(section)], None)
     }
 
-    /// boxoffice with `--durability DURABILITY` and a 0 ms provider.
-    async fn throughput_node(
-        &mut self,
-        durability: &str,
-        shape: &throughput::Shape,
-    ) -> Result<ThroughputRun, String> {
-        let binary = self.global.spawn.clone().ok_or(THROUGHPUT_NEEDS_SPAWN)?;
+    /// The flags of a node (or cluster process) for a closed loop of `connections` (per process) with a 0 ms
+    /// provider: no buyer reaches the ticket limit.
+    fn loop_flags(&self, durability: &str, connections: u64) -> Vec<String> {
         let mut extra = self.global.server_args.clone();
         extra.extend([
             THROUGHPUT_TICKETS_FLAG.to_owned(),
@@ -415,24 +671,43 @@ impl Runner {
             payment_concurrency: self.global.payment_concurrency,
             extra,
         };
-        let flags = serve_flags(&tuning, shape.connections, shape.connections, 0);
-        let endpoint = format!("boxoffice serve --durability {durability}");
+        serve_flags(&tuning, connections, connections, 0)
+    }
+
+    /// boxoffice (`servers`: one node or the cluster) with `--durability DURABILITY` and a 0 ms provider.
+    async fn throughput_node(
+        &mut self,
+        servers: Servers,
+        durability: &str,
+        shape: &throughput::Shape,
+    ) -> Result<ThroughputRun, String> {
+        let binary = self.global.spawn.clone().ok_or(THROUGHPUT_NEEDS_SPAWN)?;
+        let flags = self.loop_flags(
+            durability,
+            shape.connections.div_ceil(servers.entry_points()),
+        );
+        let endpoint = match servers {
+            Servers::Node => format!("boxoffice serve --durability {durability}"),
+            Servers::Cluster(shape) => format!("{}, durable", cluster_name(shape)),
+        };
         announce(&endpoint, shape);
         let prefix = format!("load-{}-{}-", self.run_id, self.bursts_run);
         self.bursts_run += 1;
-        let (measured, exit) = self
-            .on_server(&binary, &flags, async |target| {
+        let (measured, runs) = self
+            .on_servers(&binary, servers, &flags, async |endpoints, pids| {
                 throughput::boxoffice(
-                    &target,
+                    &endpoints,
                     &self.admin_token,
                     &prefix,
                     self.global.shards,
                     shape,
+                    &pids,
                 )
                 .await
             })
             .await?;
-        self.record_server(flags.clone(), exit.clone());
+        let exit = exits_text(&runs);
+        self.record_servers(runs);
         let (tally, invariants) = measured?;
         let measured_s = shape.measured.as_secs_f64();
         Ok(tally.into_run(endpoint, flags, measured_s, Some(invariants), exit))
@@ -449,40 +724,120 @@ impl Runner {
         let endpoint = "boxoffice-load serve-bare (bare axum)".to_owned();
         announce(&endpoint, shape);
         let prefix = format!("bare-{}-", self.run_id);
-        let (measured, exit) = self
-            .on_server(&binary, &[], async |target| {
-                throughput::bare(&target, &prefix, shape).await
+        let (measured, runs) = self
+            .on_servers(&binary, Servers::Node, &[], async |endpoints, pids| {
+                throughput::bare(endpoints.first(), &prefix, shape, &pids).await
             })
             .await?;
         let measured_s = shape.measured.as_secs_f64();
+        let exit = exits_text(&runs);
         Ok(measured?.into_run(endpoint, Vec::new(), measured_s, None, exit))
     }
 
-    /// Notes a server the run started and how it ended, for the report.
-    fn record_server(&mut self, flags: Vec<String>, exit: String) {
+    /// Notes the servers the run started and how they ended, for the report.
+    fn record_servers(&mut self, runs: Vec<ServerRun>) {
         if let Some(spawned) = &mut self.report.spawned {
-            spawned.runs.push(ServerRun { flags, exit });
+            spawned.runs.extend(runs);
         }
     }
 
-    /// Starts `binary serve` with `flags`, runs `measure` against it and stops it: what was measured, and how the
-    /// server ended.
-    async fn on_server<T>(
+    /// Starts `servers` (`binary serve` with `flags`: one node, or a cluster's processes), runs `measure` against
+    /// them (their endpoints and pids) and stops them: what was measured, and each process as the report lists it.
+    async fn on_servers<T>(
         &self,
         binary: &std::path::Path,
+        servers: Servers,
         flags: &[String],
-        measure: impl AsyncFnOnce(Target) -> Result<T, String>,
-    ) -> Result<(Result<T, String>, String), String> {
-        let log = self.out.join("server.log");
-        let server = Spawned::start(binary, flags, &self.admin_token, &log).await?;
+        measure: impl AsyncFnOnce(Endpoints, Vec<u32>) -> Result<T, String>,
+    ) -> Result<(Result<T, String>, Vec<ServerRun>), String> {
         let timeout = Duration::from_secs(self.global.request_timeout_s);
-        let measured = match Target::new(&server.base, self.source_addresses, timeout) {
-            Ok(target) => measure(target).await,
-            Err(error) => Err(error),
+        let run = |process: String, url: String, exit: String| ServerRun {
+            log: match process.as_str() {
+                "node" => "server.log".to_owned(),
+                name => format!("{}.log", name.replace(' ', "-")),
+            },
+            process,
+            url,
+            flags: flags.to_vec(),
+            exit,
         };
-        Ok((measured, server.stop().await))
+        match servers {
+            Servers::Node => {
+                let log = self.out.join("server.log");
+                let server = Spawned::start(binary, flags, &self.admin_token, &log).await?;
+                let pids = vec![server.pid()];
+                let url = server.base.clone();
+                let measured = match Endpoints::new(
+                    std::slice::from_ref(&url),
+                    self.source_addresses,
+                    timeout,
+                ) {
+                    Ok(endpoints) => measure(endpoints, pids).await,
+                    Err(error) => Err(error),
+                };
+                let exit = server.stop().await;
+                Ok((measured, vec![run("node".into(), url, exit)]))
+            }
+            Servers::Cluster(shape) => {
+                eprintln!("starting a {}", cluster_name(shape));
+                let cluster =
+                    Cluster::start(binary, shape, flags, &self.admin_token, &self.out).await?;
+                let processes = cluster.processes();
+                let pids = processes.iter().map(|(_, _, pid)| *pid).collect();
+                let endpoints =
+                    Endpoints::new(&cluster.entry_points(), self.source_addresses, timeout)
+                        .and_then(|mut endpoints| {
+                            endpoints.nodes = cluster
+                                .nodes
+                                .iter()
+                                .map(|node| Target::new(&node.base, 1, timeout))
+                                .collect::<Result<_, _>>()?;
+                            Ok(endpoints)
+                        });
+                let measured = match endpoints {
+                    Ok(endpoints) => measure(endpoints, pids).await,
+                    Err(error) => Err(error),
+                };
+                let exits = cluster.stop().await;
+                let runs = processes
+                    .into_iter()
+                    .zip(exits)
+                    .map(|((process, url, _), exit)| run(process, url, exit))
+                    .collect();
+                Ok((measured, runs))
+            }
+        }
     }
 }
+
+/// How the processes of a run ended, in one line (`exit status: 0` for one that went well).
+fn exits_text(runs: &[ServerRun]) -> String {
+    match runs {
+        [one] => one.exit.clone(),
+        all => all
+            .iter()
+            .map(|run| format!("{}: {}", run.process, run.exit))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+/// The loops `throughput` runs: `--runs`, or its default.
+fn throughput_runs(args: &ThroughputArgs, global: &Global) -> Vec<String> {
+    if !args.runs.is_empty() {
+        return args.runs.clone();
+    }
+    let default: &[&str] = match global.spawn_cluster {
+        Some(_) => &["durable", "cluster", "hop", "none", "bare"],
+        None => &["durable", "none", "bare"],
+    };
+    default.iter().map(|run| (*run).to_owned()).collect()
+}
+
+/// The CPU each core can give a forwarding calibration loop: this many connections per core.
+const FORWARDING_CONNECTIONS_PER_CORE: u64 = 16;
+/// The measured window of each forwarding calibration loop.
+const FORWARDING_SECONDS: u64 = 3;
 
 /// Says which loop starts.
 fn announce(endpoint: &str, shape: &throughput::Shape) {
@@ -498,10 +853,21 @@ const THROUGHPUT_NEEDS_SPAWN: &str = "throughput needs --spawn PATH_TO_BOXOFFICE
 /// The server flag `throughput` sets itself, so that no order is refused for the per-user limit.
 const THROUGHPUT_TICKETS_FLAG: &str = "--max-tickets-per-user";
 
-/// Refuses a `throughput` run it cannot carry out: without --spawn, or with a --server-arg it sets itself.
-fn check_throughput(global: &Global) -> Result<(), String> {
+/// Refuses a `throughput` run it cannot carry out: without --spawn, with a --server-arg it sets itself, or a
+/// cluster's loop without a cluster.
+fn check_throughput(global: &Global, args: &ThroughputArgs) -> Result<(), String> {
     if global.spawn.is_none() {
         return Err(THROUGHPUT_NEEDS_SPAWN.into());
+    }
+    let runs = throughput_runs(args, global);
+    if runs.iter().any(|run| run == "cluster") && global.spawn_cluster.is_none() {
+        return Err("--runs cluster needs --spawn-cluster N".into());
+    }
+    if runs.iter().any(|run| run == "hop") && global.spawn_cluster.is_none_or(|nodes| nodes < 2) {
+        return Err(
+            "--runs hop needs --spawn-cluster 2 or more: a hop goes from one node to another"
+                .into(),
+        );
     }
     if global
         .server_args
@@ -557,7 +923,7 @@ fn print_burst(burst: &BurstReport) {
     let l = &burst.latency_ms;
     println!(
         "{} orders ({} at once): ok {}, sold_out {}, errors {} {:?}; latency s min {:.3} mean {:.3} p50 {:.3} \
-         p90 {:.3} p99 {:.3} max {:.3}; {:.1} orders/s; counts {}",
+         p90 {:.3} p99 {:.3} max {:.3}; sent within {:.3} s (p50 {:.3}); {:.1} orders/s; counts {}",
         burst.orders,
         burst.parameters.concurrency,
         burst.ok,
@@ -570,6 +936,8 @@ fn print_burst(burst: &BurstReport) {
         l.p90 / 1000.0,
         l.p99 / 1000.0,
         l.max / 1000.0,
+        burst.sent_ms.max / 1000.0,
+        burst.sent_ms.p50 / 1000.0,
         burst.throughput_per_s,
         if burst.invariants.hold {
             "add up".to_owned()
@@ -605,6 +973,8 @@ fn command_line() -> String {
     words.join(" ")
 }
 
+/// The planner's question; with --spawn-cluster, the burst is predicted (and verified) on that cluster, on this
+/// machine.
 fn question_of(args: &PlanArgs, global: &Global) -> Question {
     Question {
         orders: args.orders,
@@ -613,6 +983,8 @@ fn question_of(args: &PlanArgs, global: &Global) -> Question {
             .payment_concurrency
             .map_or(PAYMENT_CONCURRENCY_DEFAULT, u64::from),
         slo_s: args.slo_s,
+        nodes: global.spawn_cluster.unwrap_or(1),
+        fronts: global.spawn_cluster.is_some() && global.fronts > 0,
     }
 }
 
@@ -631,6 +1003,8 @@ fn given(rate: f64, base_ms: f64, phase_share: f64, cores: u32) -> Result<Calibr
         cores,
         base_latency_s: base_ms / 1000.0,
         phase_s: phase_share / rate,
+        forward_cpu_share: 0.0,
+        hop_latency_s: 0.0,
     })
 }
 
@@ -655,6 +1029,8 @@ fn calibrate(fast: &BurstReport, slow: &BurstReport, slow_ms: u64, cores: u32) -
         base_latency_s: base_s,
         // At least half an order's work is in its longer phase, and at most all of it.
         phase_s: (tail_s / slow.ok as f64).clamp(0.5 / rate, 1.0 / rate),
+        forward_cpu_share: 0.0,
+        hop_latency_s: 0.0,
     }
 }
 
@@ -682,11 +1058,12 @@ fn plan_lines(
         prediction.required_nodes,
     ) {
         (Some(cores), Some(slots), Some(nodes)) => format!(
-            "to answer every order within {} s: {:.0} orders/s, {cores} cores ({nodes} node(s) of {} cores), \
-             {cores} shards or more, {slots} payment calls in flight",
+            "to answer every order within {} s: {:.0} orders/s, {cores} cores ({nodes} node(s) of {} cores, {:.0}% \
+             of their CPU forwarding), {cores} shards or more, {slots} payment calls in flight",
             question.slo_s,
             prediction.required_throughput_per_s.unwrap_or_default(),
-            calibration.cores
+            calibration.cores,
+            prediction.required_forwarding_share.unwrap_or(0.0) * 100.0
         ),
         _ => format!(
             "no size answers within {} s: one order alone takes {:.2} s",
@@ -694,14 +1071,29 @@ fn plan_lines(
             calibration.base_latency_s + question.payment_latency_s
         ),
     };
+    let on = match (question.nodes, question.fronts) {
+        (1, false) => "one node".to_owned(),
+        (nodes, false) => format!(
+            "{nodes} nodes on these cores ({:.0}% forwarded, CPU per order x{:.2})",
+            prediction.forwarded_share * 100.0,
+            prediction.cost_factor
+        ),
+        (nodes, true) => format!(
+            "{nodes} nodes behind fronts on these cores (every order forwarded, CPU per order x{:.2})",
+            prediction.cost_factor
+        ),
+    };
     format!(
-        "calibration: {:.0} orders/s on {} cores, {:.0} ms for one order, {:.0} us per order in the longer phase\n\
-         prediction for {} orders at once, provider {:.0} ms, {} payment slots: {:.0} orders/s (bound by {}), \
-         longest {:.2} s, mean {:.2} s, objective {} s {}\n{sizing}",
+        "calibration: {:.0} orders/s on {} cores, {:.0} ms for one order, {:.0} us per order in the longer phase; \
+         a forwarded order +{:.0}% of CPU and +{:.2} ms\n\
+         prediction for {} orders at once on {on}, provider {:.0} ms, {} payment slots: {:.0} orders/s (bound by \
+         {}), longest {:.2} s, mean {:.2} s, objective {} s {}\n{sizing}",
         calibration.service_rate_per_s,
         calibration.cores,
         calibration.base_latency_s * 1000.0,
         calibration.phase_s * 1e6,
+        calibration.forward_cpu_share * 100.0,
+        calibration.hop_latency_s * 1000.0,
         question.orders,
         question.payment_latency_s * 1000.0,
         question.payment_concurrency,
@@ -727,6 +1119,7 @@ fn plan_report(calibration: Calibration, calibrated: bool, question: Question) -
         calibrated,
         question,
         prediction,
+        forwarding: None,
         verification: None,
     }
 }
@@ -742,12 +1135,14 @@ fn in_flight(concurrency: Option<u64>, orders: u64) -> u64 {
 
 /// `plan` with the service rates given and no verification: no server, no burst, only the model.
 fn plan_offline(args: &PlanArgs, global: &Global) -> Result<bool, String> {
-    let calibration = given(
+    let mut calibration = given(
         args.service_rate.unwrap_or_default(),
         args.base_latency_ms.unwrap_or_default(),
         args.phase_share,
         args.cores.unwrap_or(machine_cores() as u32),
     )?;
+    calibration.forward_cpu_share = args.forward_cpu_share.unwrap_or(0.0).max(0.0);
+    calibration.hop_latency_s = args.hop_latency_ms.unwrap_or(0.0).max(0.0) / 1000.0;
     let plan = plan_report(calibration, false, question_of(args, global));
     println!(
         "{}",
@@ -800,7 +1195,7 @@ impl Runner {
         let timeout = Duration::from_secs(self.global.request_timeout_s);
         let run = match self.global.spawn.clone() {
             None => {
-                let target = Target::new(&self.global.target, self.source_addresses, timeout)?;
+                let target = Target::new(&self.targets[0], self.source_addresses, timeout)?;
                 flash::run(&target, &self.admin_token, &plan).await?
             }
             Some(binary) => {
@@ -816,12 +1211,12 @@ impl Runner {
                     args.payment_latency_ms,
                 );
                 flags.extend(["--hold-ttl-s".to_owned(), args.hold_ttl_s.to_string()]);
-                let (measured, exit) = self
-                    .on_server(&binary, &flags, async |target| {
-                        flash::run(&target, &self.admin_token, &plan).await
+                let (measured, runs) = self
+                    .on_servers(&binary, Servers::Node, &flags, async |endpoints, _| {
+                        flash::run(endpoints.first(), &self.admin_token, &plan).await
                     })
                     .await?;
-                self.record_server(flags, exit);
+                self.record_servers(runs);
                 measured?
             }
         };

@@ -10,10 +10,16 @@
 //! in turn, each at most [`TICKETS_PER_BUYER_MAX`] (the server's `--max-tickets-per-user` is set to it), and the
 //! concert has a ticket for every one of those [`ORDERS_MAX`] orders. A loop that would need more stops and the
 //! run fails rather than report a rate of a different experiment.
+//!
+//! Against a cluster the lanes are spread over its entry points; with [`Routing::Home`] or [`Routing::Away`] (the
+//! hop's loops, [`crate::forwarding`]) each lane sends only orders of buyers who live on its target node, or only
+//! of buyers who live elsewhere. The CPU time of the server processes within the window ([`cpu_seconds`]) gives
+//! the CPU an order costs.
 
-use crate::burst::{self, APPROVED_CARD, Burst, USERS_PER_BULK_CALL_MAX};
-use crate::client::{Connection, Failure, Target};
+use crate::burst::{self, APPROVED_CARD, Burst, Buyer, Routing, USERS_PER_BULK_CALL_MAX};
+use crate::client::{Connection, Endpoints, Failure, Target};
 use crate::report::{Invariants, Outcome, ThroughputReport, ThroughputRun};
+use crate::server::cpu_seconds;
 use crate::stats::{Summary, round_to};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -76,6 +82,8 @@ pub struct Tally {
     pub measured_created: u64,
     /// Every answer within the window, from sending its request.
     pub measured_latencies_ms: Vec<f64>,
+    /// CPU seconds the server processes spent within the window, when read.
+    pub cpu_s: Option<f64>,
 }
 
 impl Tally {
@@ -132,6 +140,10 @@ impl Tally {
         exit: String,
     ) -> ThroughputRun {
         assert!(measured_s > 0.0, "a window has a length");
+        let cpu_us_per_order = self
+            .cpu_s
+            .filter(|_| self.measured_created > 0)
+            .map(|cpu| round_to(cpu * 1e6 / self.measured_created as f64, 1));
         ThroughputRun {
             endpoint,
             flags,
@@ -145,58 +157,107 @@ impl Tally {
             latency_ms: Summary::of(&self.measured_latencies_ms).map(|s| s.rounded(3)),
             invariants,
             exit,
+            cpu_s: self.cpu_s.map(|cpu| round_to(cpu, 3)),
+            cpu_us_per_order,
         }
     }
 }
 
-/// Against a boxoffice node: sets up [`BUYERS`] buyers and a concert of [`ORDERS_MAX`] tickets, runs the loop,
-/// then reads the concert's counts back.
+/// A concert of [`ORDERS_MAX`] tickets and [`BUYERS`] buyers to order them, set up through `target`.
+pub struct Sale {
+    pub concert_id: String,
+    pub buyers: Vec<Buyer>,
+}
+
+impl Sale {
+    pub async fn set_up(
+        target: &Target,
+        admin_token: &str,
+        prefix: &str,
+        shards: Option<u32>,
+    ) -> Result<Sale, String> {
+        let setup_started = Instant::now();
+        let buyers =
+            burst::create_buyers(target, admin_token, prefix, BUYERS, APPROVED_CARD).await?;
+        let concert_id = burst::create_concert(target, admin_token, ORDERS_MAX, shards).await?;
+        eprintln!(
+            "{BUYERS} buyers and a concert of {ORDERS_MAX} tickets set up in {:.1} s",
+            setup_started.elapsed().as_secs_f64()
+        );
+        Ok(Sale { concert_id, buyers })
+    }
+}
+
+/// Against a boxoffice node or cluster: sets up a [`Sale`], runs the loop over every target (buyers in turn), then
+/// reads the concert's counts back. `pids`: the server processes, whose CPU time is measured.
 pub async fn boxoffice(
-    target: &Target,
+    endpoints: &Endpoints,
     admin_token: &str,
     prefix: &str,
     shards: Option<u32>,
     shape: &Shape,
+    pids: &[u32],
 ) -> Result<(Tally, Invariants), String> {
-    let setup_started = Instant::now();
-    let tokens = burst::create_users(target, admin_token, prefix, BUYERS, APPROVED_CARD).await?;
-    let concert_id = burst::create_concert(target, admin_token, ORDERS_MAX, shards).await?;
-    eprintln!(
-        "{BUYERS} buyers and a concert of {ORDERS_MAX} tickets set up in {:.1} s",
-        setup_started.elapsed().as_secs_f64()
-    );
-    let tally = closed_loop(target, tokens, &concert_id, prefix, shape).await?;
-    let invariants = burst::check(target, &concert_id, tally.created).await?;
+    let target = endpoints.first();
+    let sale = Sale::set_up(target, admin_token, prefix, shards).await?;
+    let tally = closed_loop(
+        &endpoints.targets,
+        sale.buyers,
+        &sale.concert_id,
+        prefix,
+        shape,
+        (Routing::Any, TICKETS_PER_BUYER_MAX),
+        pids,
+    )
+    .await?;
+    let invariants = burst::check(target, &sale.concert_id, tally.created).await?;
     Ok((tally, invariants))
 }
 
 /// Against the bare endpoint: the same requests, with stand-ins for the token and the concert.
-pub async fn bare(target: &Target, prefix: &str, shape: &Shape) -> Result<Tally, String> {
+pub async fn bare(
+    target: &Target,
+    prefix: &str,
+    shape: &Shape,
+    pids: &[u32],
+) -> Result<Tally, String> {
+    let buyer = Buyer {
+        token: BARE_TOKEN.to_owned(),
+        node: None,
+    };
     closed_loop(
-        target,
-        vec![BARE_TOKEN.to_owned()],
+        std::slice::from_ref(target),
+        vec![buyer],
         BARE_CONCERT_ID,
         prefix,
         shape,
+        (Routing::Any, ORDERS_MAX),
+        pids,
     )
     .await
 }
 
-/// Opens every lane's connection, then starts the clock and runs the lanes until the window ends; waits for the
-/// answers still on their way. Fails when the loop ran out of orders it may place.
-async fn closed_loop(
-    target: &Target,
-    tokens: Vec<String>,
+/// Opens every lane's connection (lane `l` to `targets[l % len]`), then starts the clock and runs the lanes until
+/// the window ends; waits for the answers still on their way. Each buyer places at most `rounds` orders (per pool
+/// of the routing). Fails when the loop ran out of orders it may place.
+pub async fn closed_loop(
+    targets: &[Target],
+    buyers: Vec<Buyer>,
     concert_id: &str,
     prefix: &str,
     shape: &Shape,
+    (routing, rounds): (Routing, u64),
+    pids: &[u32],
 ) -> Result<Tally, String> {
     assert!(shape.connections >= 1);
-    let orders = Arc::new(Burst::new(target, concert_id, tokens, prefix));
+    let orders = Arc::new(Burst::new(
+        targets, concert_id, buyers, prefix, routing, rounds,
+    )?);
     let ran_out = Arc::new(AtomicBool::new(false));
     let lanes = usize::try_from(shape.connections).map_err(|_| "too many connections")?;
-    let connections = connect_all(target, lanes).await?;
+    let connections = connect_all(&orders, lanes).await?;
     let window = Window::starting_now(shape);
+    let cpu = tokio::spawn(cpu_within(window, pids.to_vec()));
     let mut tasks = tokio::task::JoinSet::new();
     for (lane, connection) in connections.into_iter().enumerate() {
         let (orders, ran_out) = (orders.clone(), ran_out.clone());
@@ -206,21 +267,41 @@ async fn closed_loop(
     while let Some(joined) = tasks.join_next().await {
         tally.merge(joined.map_err(|error| format!("a lane failed: {error}"))?);
     }
+    tally.cpu_s = cpu.await.ok().flatten();
     if ran_out.load(Ordering::Relaxed) {
         return Err(format!(
-            "the loop placed all {ORDERS_MAX} orders it may ({BUYERS} buyers, {TICKETS_PER_BUYER_MAX} tickets \
-             each) before its window ended: run fewer --seconds"
+            "the loop placed all {} orders it may ({} buyers, {rounds} tickets each) before its window ended: run \
+             fewer --seconds",
+            orders.orders(),
+            BUYERS
         ));
     }
     Ok(tally)
 }
 
-/// One kept-alive connection per lane, opened before the clock starts.
-async fn connect_all(target: &Target, lanes: usize) -> Result<Vec<Connection>, String> {
+/// The CPU seconds `pids` spend between the window's start and end, all together; `None` when a process's could
+/// not be read (or there are none).
+async fn cpu_within(window: Window, pids: Vec<u32>) -> Option<f64> {
+    let total = |pids: &[u32]| -> Option<f64> {
+        pids.iter()
+            .map(|pid| cpu_seconds(*pid))
+            .sum::<Option<f64>>()
+    };
+    if pids.is_empty() {
+        return None;
+    }
+    tokio::time::sleep_until(tokio::time::Instant::from_std(window.measured_from)).await;
+    let before = total(&pids)?;
+    tokio::time::sleep_until(tokio::time::Instant::from_std(window.ends)).await;
+    Some(total(&pids)? - before)
+}
+
+/// One kept-alive connection per lane, to its target, opened before the clock starts.
+async fn connect_all(orders: &Arc<Burst>, lanes: usize) -> Result<Vec<Connection>, String> {
     let mut connecting = tokio::task::JoinSet::new();
     for lane in 0..lanes {
-        let target = target.clone();
-        connecting.spawn(async move { (lane, target.connect(lane).await) });
+        let orders = orders.clone();
+        connecting.spawn(async move { (lane, orders.target_for(lane).connect(lane).await) });
     }
     let mut connections: Vec<Option<Connection>> = (0..lanes).map(|_| None).collect();
     while let Some(joined) = connecting.join_next().await {
@@ -231,7 +312,7 @@ async fn connect_all(target: &Target, lanes: usize) -> Result<Vec<Connection>, S
     Ok(connections.into_iter().flatten().collect())
 }
 
-/// One lane: orders back to back until the window ends, or until the loop has placed [`ORDERS_MAX`].
+/// One lane: orders back to back until the window ends, or until its buyers have placed all they may.
 async fn run_lane(
     orders: &Burst,
     ran_out: &AtomicBool,
@@ -242,14 +323,13 @@ async fn run_lane(
     let mut connection = Some(connection);
     let mut tally = Tally::default();
     while Instant::now() < window.ends {
-        // Buyers take orders in turn: with BUYERS of them none takes more than ORDERS_MAX / BUYERS.
-        let index = orders.take();
-        if index as u64 >= ORDERS_MAX {
+        // Buyers take orders in turn, none more than `rounds` times.
+        let Some(claim) = orders.take(lane) else {
             ran_out.store(true, Ordering::Relaxed);
             break;
-        }
+        };
         let sent = Instant::now();
-        let answer = orders.order(lane, &mut connection, index).await;
+        let answer = orders.order(lane, &mut connection, claim).await;
         let failed = answer.is_err();
         tally.record(sent, Instant::now(), answer, &window);
         if failed {
@@ -274,8 +354,12 @@ pub fn run_line(run: &ThroughputRun) -> String {
         Some(counts) if counts.hold => "; counts add up".to_owned(),
         Some(counts) => format!("; counts BROKEN: {}", counts.problems.join("; ")),
     };
+    let cpu = run.cpu_us_per_order.map_or(String::new(), |us| {
+        format!("; server CPU {us:.0} us per order")
+    });
     format!(
-        "{}: {:.1} orders/s ({} 201s in {} s); {} orders sent in all, {} answered 201, errors {} {:?}; {latency}{counts}",
+        "{}: {:.1} orders/s ({} 201s in {} s); {} orders sent in all, {} answered 201, errors {} {:?}; \
+         {latency}{cpu}{counts}",
         run.endpoint,
         run.created_per_s,
         run.measured_created,
@@ -294,7 +378,7 @@ pub fn summary_line(report: &ThroughputReport) -> String {
             .map_or("-".to_owned(), |run| format!("{:.1}", run.created_per_s))
     };
     let ratio = |ratio: Option<f64>| ratio.map_or("-".to_owned(), |r| format!("{r:.3}"));
-    format!(
+    let mut line = format!(
         "throughput ({} connections, {} s measured): durable {} orders/s, durability none {}, bare axum {}; \
          durable/bare {}, durable/none {}",
         report.connections,
@@ -304,7 +388,18 @@ pub fn summary_line(report: &ThroughputReport) -> String {
         rate(&report.bare),
         ratio(report.ratio_durable_to_bare),
         ratio(report.ratio_durable_to_none),
-    )
+    );
+    if report.cluster.is_some() {
+        line.push_str(&format!(
+            "; cluster {} orders/s, cluster/durable {}",
+            rate(&report.cluster),
+            ratio(report.ratio_cluster_to_durable)
+        ));
+    }
+    if let Some(hop) = &report.hop {
+        line.push_str(&format!("; {}", crate::forwarding::hop_line(hop)));
+    }
+    line
 }
 
 #[cfg(test)]

@@ -174,6 +174,60 @@ fn runs_that_cannot_be_carried_out_are_refused() {
         ],
         "no such file",
     );
+    check(
+        &[
+            "burst",
+            "--users",
+            "1",
+            "--out",
+            out,
+            "--spawn-cluster",
+            "3",
+        ],
+        "--spawn",
+    );
+    check(
+        &[
+            "burst",
+            "--users",
+            "1",
+            "--out",
+            out,
+            "--admin-token",
+            "t",
+            "--fronts",
+            "1",
+        ],
+        "--fronts needs --spawn-cluster",
+    );
+    check(
+        &[
+            "throughput",
+            "--out",
+            out,
+            "--spawn",
+            "/nonexistent/boxoffice",
+            "--runs",
+            "hop",
+        ],
+        "--spawn-cluster 2 or more",
+    );
+    check(
+        &[
+            "burst",
+            "--users",
+            "1",
+            "--out",
+            out,
+            "--spawn",
+            "/nonexistent/boxoffice",
+            "--spawn-cluster",
+            "2",
+            "--durability",
+            "none",
+        ],
+        "--durability none is for a single node",
+    );
 }
 
 #[test]
@@ -444,4 +498,276 @@ fn a_flash_sale_with_impossible_shares_or_too_many_seats_is_refused() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(complaint), "{args:?}: {stderr}");
     }
+}
+
+/// The orders of a report's `targets` or `nodes` entry: `(orders, ok_201)`.
+fn orders_and_ok(entry: &Value) -> (u64, u64) {
+    (count(entry, "orders"), count(entry, "ok_201"))
+}
+
+#[test]
+fn a_burst_through_a_cluster_and_a_front_is_executed_by_every_node() {
+    let (report, html, out) = run_spawned(&[
+        "burst",
+        "--users",
+        "300",
+        "--spawn-cluster",
+        "3",
+        "--fronts",
+        "1",
+    ]);
+    assert_eq!(count(&report, "orders"), 300);
+    assert_eq!(count(&report, "ok"), 300, "{report}");
+    assert_eq!(report["invariants"]["hold"], true, "{report}");
+    assert_eq!(count(&report["invariants"], "sold"), 300);
+    // One front: every order went through it.
+    let targets = report["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 1, "{report}");
+    assert_eq!(orders_and_ok(&targets[0]), (300, 300));
+    for field in ["conflict_409", "unavailable_503", "errors"] {
+        assert_eq!(count(&targets[0], field), 0, "{field}");
+    }
+    // Three nodes, each executing the orders of its own users, as its own /metrics counted them.
+    let nodes = report["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{report}");
+    let mut total = 0;
+    for (index, node) in nodes.iter().enumerate() {
+        assert_eq!(count(node, "node"), index as u64);
+        let (orders, ok) = orders_and_ok(node);
+        assert!(orders > 0, "node {index} got no buyer: {report}");
+        assert_eq!(ok, orders, "{node}");
+        assert_eq!(
+            count(&node["coordinated"], "confirmed"),
+            orders,
+            "the node coordinated its users' orders: {node}"
+        );
+        assert!(
+            node["url"]
+                .as_str()
+                .is_some_and(|url| url.starts_with("http://127.0.0.1:"))
+        );
+        total += orders;
+    }
+    assert_eq!(total, 300, "every order accounted for once");
+    let processes: Vec<&str> = report["spawned"]["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|run| {
+            assert_eq!(run["exit"], "exit status: 0", "{run}");
+            run["process"].as_str().expect("a name")
+        })
+        .collect();
+    assert_eq!(processes, ["node 0", "node 1", "node 2", "front 0"]);
+    for log in ["node-0.log", "node-1.log", "node-2.log", "front-0.log"] {
+        assert!(out.path().join(log).is_file(), "{log}");
+    }
+    let samples = std::fs::read_to_string(out.path().join("samples.csv")).expect("samples.csv");
+    assert_eq!(samples.lines().count(), 1 + 300);
+    assert!(html.contains("By the shard node"));
+}
+
+#[test]
+fn a_burst_in_two_client_processes_merges_every_order() {
+    let (report, html, out) = run_spawned(&[
+        "burst",
+        "--users",
+        "200",
+        "--client-processes",
+        "2",
+        "--payment-latency-ms",
+        "50",
+    ]);
+    assert_eq!(count(&report, "client_processes"), 2);
+    assert_eq!(count(&report, "orders"), 200);
+    assert_eq!(count(&report, "ok"), 200, "{report}");
+    assert_eq!(count(&report, "errors"), 0, "{report}");
+    assert_eq!(report["invariants"]["hold"], true, "{report}");
+    // No order is answered before its charge is, timed from the common start.
+    assert!(report["latency_ms"]["min"].as_f64().expect("min") >= 50.0);
+    let samples = std::fs::read_to_string(out.path().join("samples.csv")).expect("samples.csv");
+    let lines: Vec<&str> = samples.lines().skip(1).collect();
+    assert_eq!(lines.len(), 200);
+    assert!(lines.iter().all(|line| line.contains(",ok,")), "{samples}");
+    assert!(html.contains("client processes"));
+}
+
+/// Starts `boxoffice serve` on a free port with `admin_token`; its base URL, once `/health` answers 200.
+fn start_node(admin_token: &str, data_dir: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = Command::new(boxoffice_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("BOXOFFICE_ADMIN_TOKEN", admin_token)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start boxoffice");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the address line");
+    // Keeps draining stdout, so that the node never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let base = line
+        .trim()
+        .strip_prefix("boxoffice listening on ")
+        .expect("the address")
+        .to_owned();
+    let address = base.strip_prefix("http://").expect("http").to_owned();
+    for _ in 0..600 {
+        let healthy = std::net::TcpStream::connect(&address).and_then(|mut stream| {
+            stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok(answer.starts_with("HTTP/1.1 200"))
+        });
+        if healthy.unwrap_or(false) {
+            return (child, base);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the node never became healthy");
+}
+
+#[test]
+fn a_burst_over_two_targets_spreads_its_connections() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let token = "scenarios-test-admin-token-0123456789abcdef";
+    let (mut node, base) = start_node(token, data.path());
+    // The same node under two names: two targets to the client.
+    let port = base.rsplit(':').next().expect("a port");
+    let targets = format!("{base},http://localhost:{port}");
+    let out = tempfile::tempdir().expect("temp dir");
+    let output = load(&[
+        "burst",
+        "--users",
+        "100",
+        "--target",
+        &targets,
+        "--admin-token",
+        token,
+        "--out",
+        out.path().to_str().expect("utf-8"),
+    ]);
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("report.json")).expect("report.json"),
+    )
+    .expect("JSON");
+    assert_eq!(count(&report, "ok"), 100, "{report}");
+    assert_eq!(report["invariants"]["hold"], true);
+    let targets = report["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 2);
+    assert_eq!(targets[0]["url"], base.as_str());
+    assert_eq!(targets[1]["url"], format!("http://localhost:{port}"));
+    assert_eq!(orders_and_ok(&targets[0]), (50, 50));
+    assert_eq!(orders_and_ok(&targets[1]), (50, 50));
+    assert!(report["nodes"].is_null(), "a single node has no node list");
+}
+
+#[test]
+fn throughput_compares_a_cluster_with_one_node_and_measures_a_hop() {
+    let (report, html, _out) = run_spawned(&[
+        "throughput",
+        "--spawn-cluster",
+        "2",
+        "--runs",
+        "durable,cluster,hop",
+        "--connections",
+        "4",
+        "--seconds",
+        "1",
+        "--warmup-s",
+        "0",
+    ]);
+    let section = &report["throughput"];
+    for run in ["durable", "cluster"] {
+        let run = &section[run];
+        assert!(
+            run["created_per_s"].as_f64().is_some_and(|r| r > 0.0),
+            "{run}"
+        );
+        assert_eq!(count(run, "orders"), count(run, "created"), "{run}");
+        assert_eq!(run["invariants"]["hold"], true, "{run}");
+        assert!(
+            run["cpu_us_per_order"].as_f64().is_some_and(|us| us > 0.0),
+            "{run}"
+        );
+    }
+    assert!(
+        section["cluster"]["exit"]
+            .as_str()
+            .unwrap()
+            .contains("node 1: exit status: 0")
+    );
+    let ratio = section["ratio_cluster_to_durable"].as_f64().expect("ratio");
+    let rate = |run: &str| section[run]["created_per_s"].as_f64().unwrap();
+    assert!(
+        (ratio - rate("cluster") / rate("durable")).abs() < 1e-3,
+        "{section}"
+    );
+    assert!(section["durability_none"].is_null() && section["bare"].is_null());
+    let hop = &section["hop"];
+    assert_eq!(count(hop, "nodes"), 2);
+    assert_eq!(hop["invariants"]["hold"], true, "{hop}");
+    for run in ["direct", "forwarded", "direct_alone", "forwarded_alone"] {
+        let run = &hop[run];
+        assert!(count(run, "created") > 0, "{run}");
+        assert_eq!(count(run, "orders"), count(run, "created"), "{run}");
+    }
+    for figure in [
+        "rate_ratio",
+        "cpu_us_added",
+        "cpu_share_added",
+        "latency_ms_added",
+    ] {
+        assert!(hop[figure].as_f64().is_some(), "{figure}: {hop}");
+    }
+    assert!(html.contains("forwarding hop"));
+}
+
+#[test]
+fn the_planner_sizes_a_cluster_with_the_cost_of_forwarding_given() {
+    let plan = |extra: &[&str]| {
+        let mut args = vec![
+            "plan",
+            "--orders",
+            "20000",
+            "--payment-latency-ms",
+            "0",
+            "--slo-s",
+            "4",
+            "--service-rate",
+            "2000",
+            "--base-latency-ms",
+            "50",
+            "--cores",
+            "2",
+        ];
+        args.extend(extra);
+        let output = load(&args);
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let json: Value = serde_json::from_str(&stdout[stdout.find('{').expect("JSON")..])
+            .expect("the plan as JSON");
+        json
+    };
+    let plain = plan(&[]);
+    assert_eq!(plain["prediction"]["required_nodes"], 3);
+    // A forwarded order costs half an order more: 4 nodes (model.rs's unit test has the arithmetic).
+    let forwarding = plan(&["--forward-cpu-share", "0.5", "--hop-latency-ms", "20"]);
+    assert_eq!(
+        forwarding["prediction"]["required_nodes"], 4,
+        "{forwarding}"
+    );
+    assert_eq!(forwarding["calibration"]["forward_cpu_share"], 0.5);
 }
