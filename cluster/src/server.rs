@@ -267,10 +267,11 @@ pub async fn serve(
                 .keep_alive_interval(crate::peers::KEEP_ALIVE_INTERVAL)
                 .keep_alive_timeout(crate::peers::KEEP_ALIVE_TIMEOUT)
                 .max_header_list_size(64 * 1024)
-                .adaptive_window(true)
+                .initial_stream_window_size(crate::peers::STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(crate::peers::CONNECTION_WINDOW_BYTES)
                 .serve_connection(TokioIo::new(stream), handler);
             if let Err(error) = connection.await {
-                tracing::debug!(%error, "internal connection ended");
+                tracing::debug!(error = ?error, "internal connection ended");
             }
             drop(permit);
         });
