@@ -20,7 +20,9 @@ COMPARE=${COMPARE:-10000}
 LOAD_CORES_MIN=${LOAD_CORES_MIN:-2}
 # The allowed cores, one per element ("0-3,8" -> 0 1 2 3 8); index i is the i-th core pin-cores.sh counts.
 allowed=()
-IFS=, read -ra ranges <<< "$(awk '/^Cpus_allowed_list/ {print $2}' /proc/self/status)"
+export PIN_CORES_LIST
+PIN_CORES_LIST=$(awk '/^Cpus_allowed_list/ {print $2}' /proc/self/status)
+IFS=, read -ra ranges <<< "$PIN_CORES_LIST"
 for range in "${ranges[@]}"; do
   allowed+=($(seq "${range%-*}" "${range#*-}"))
 done
