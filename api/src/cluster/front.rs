@@ -165,21 +165,7 @@ pub async fn view(
         if Some(node) == cluster.node() {
             return own.map(str::to_owned);
         }
-        let (status, body) = cluster
-            .peers
-            .internal(
-                node,
-                Method::GET,
-                "/internal/v1/status",
-                InternalBody::Empty,
-                INTERNAL_CALL_TIMEOUT,
-            )
-            .await
-            .ok()?;
-        (status == StatusCode::OK)
-            .then(|| serde_json::from_slice::<super::internal::NodeStatus>(&body).ok())
-            .flatten()
-            .map(|status| status.state)
+        super::internal::node_status(cluster, node).await.ok()
     }))
     .await;
     let nodes: Vec<NodeView> = statuses
