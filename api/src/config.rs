@@ -18,6 +18,34 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parses the command line. Every `serve` flag may also come from the environment variable `BOXOFFICE_<FLAG>`
+    /// (`--connections-max` from `BOXOFFICE_CONNECTIONS_MAX`); a flag on the command line wins.
+    pub fn parse_with_env() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Self::command().mut_subcommand("serve", |serve| {
+            serve.mut_args(|arg| {
+                let id = arg.get_id().as_str();
+                if arg.get_long().is_none()
+                    || arg.get_env().is_some()
+                    || ["help", "version"].contains(&id)
+                {
+                    return arg;
+                }
+                // clap keeps the name for the life of the process.
+                let name: &'static str = Box::leak(env_name(id).into_boxed_str());
+                arg.env(name)
+            })
+        });
+        Self::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit())
+    }
+}
+
+/// `BOXOFFICE_<FLAG>` of a `serve` flag's id (`connections_max` -> `BOXOFFICE_CONNECTIONS_MAX`).
+fn env_name(id: &str) -> String {
+    format!("BOXOFFICE_{}", id.to_uppercase().replace('-', "_"))
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a node: the HTTP front and the concert shards.

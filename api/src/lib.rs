@@ -21,6 +21,7 @@ pub mod extract;
 pub mod keys;
 pub mod offline;
 pub mod openapi;
+pub mod private_files;
 pub mod routes;
 pub mod server;
 pub mod state;

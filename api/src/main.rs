@@ -1,7 +1,6 @@
 //! The `boxoffice` binary: `boxoffice serve [flags]`, and the offline tools `boxoffice snapshot` and `inspect`.
 
 use api::config::{Cli, Command};
-use clap::Parser;
 use std::process::ExitCode;
 
 /// mimalloc rather than glibc's malloc: a node allocates and frees small objects from every worker thread at once
@@ -19,7 +18,9 @@ fn main() -> ExitCode {
         // Colour codes only on a terminal: a log file or a collector gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    // Everything any subcommand writes (data dirs, snapshots, keys) is private to this user.
+    api::private_files::restrict_new_files();
+    let cli = Cli::parse_with_env();
     match cli.command {
         Command::Serve(args) => {
             // Actix actors need a System; axum needs a multi-thread tokio runtime. FACTS.md: building the System

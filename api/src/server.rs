@@ -69,6 +69,10 @@ impl Node {
         args: &ServeArgs,
         cluster: Option<Arc<ClusterState>>,
     ) -> Result<Node, String> {
+        crate::private_files::restrict_new_files();
+        if args.data_dir.exists() {
+            crate::private_files::report_wide_permissions(&args.data_dir);
+        }
         std::fs::create_dir_all(&args.data_dir).map_err(|error| {
             format!(
                 "cannot create data dir {}: {error}",
