@@ -159,6 +159,18 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = crate::throttle::LOGIN_FAILURE_WINDOW_S_DEFAULT,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub login_failure_window_s: u64,
+    /// Registrations per client address per window; beyond that, 429 too_many_signups until the window ends.
+    #[arg(long, default_value_t = crate::per_address::SIGNUPS_PER_ADDRESS_MAX_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub signups_per_address_max: u32,
+    /// The sign-up window: it starts with an address's first registration.
+    #[arg(long, default_value_t = crate::per_address::SIGNUP_WINDOW_S_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub signup_window_s: u64,
+    /// Tickets one client address may hold at once in live holds; beyond that, 429 too_many_held_tickets.
+    #[arg(long, default_value_t = crate::per_address::HELD_TICKETS_PER_ADDRESS_MAX_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub held_tickets_per_address_max: u32,
     /// Actix arbiters (threads) for shard actors; default: one per core.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_024))]
     pub arbiters: Option<u32>,
@@ -254,6 +266,9 @@ impl ServeArgs {
                 failures_per_username_max: self.login_failures_per_username_max,
                 failures_per_address_max: self.login_failures_per_address_max,
             },
+            signups_per_address_max: self.signups_per_address_max,
+            signup_window_ms: self.signup_window_s * 1000,
+            held_tickets_per_address_max: self.held_tickets_per_address_max,
         })
     }
 }
@@ -266,6 +281,10 @@ pub struct HttpLimits {
     /// How long one request may take; see `crate::limit_duration`.
     pub request_timeout: Duration,
     pub login: ThrottleLimits,
+    /// See `crate::per_address`.
+    pub signups_per_address_max: u32,
+    pub signup_window_ms: u64,
+    pub held_tickets_per_address_max: u32,
 }
 
 fn parse_probability(text: &str) -> Result<f64, String> {

@@ -9,6 +9,7 @@ use crate::users::{
     StoredCard, TEXT_FIELD_LENGTH_MAX, USERNAME_LENGTH_MAX, USERNAME_LENGTH_MIN, USERS_BULK_MAX,
     User, UserUpdate,
 };
+use axum::http::StatusCode;
 use engine::desk::{Hold, Order, OrderStatus, Ticket};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -97,6 +98,13 @@ impl CardRequest {
         }
         if !(2000..=2100).contains(&self.exp_year) {
             return Err(ApiError::invalid("card.exp_year must be 2000 to 2100"));
+        }
+        if engine::payment::card_expired(self.exp_month, self.exp_year) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "card_expired",
+                "the card has expired",
+            ));
         }
         if !(3..=4).contains(&self.cvv.len()) || !self.cvv.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ApiError::invalid("card.cvv must be 3 or 4 digits"));
@@ -257,7 +265,11 @@ pub struct BulkUsersResponse {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserUpdateRequest {
+    /// A new password; the user changing their own needs `current_password` too (the admin does not). Every
+    /// other session of the user ends.
     pub password: Option<String>,
+    /// The password now, to change it.
+    pub current_password: Option<String>,
     pub gender: Option<String>,
     pub country: Option<String>,
     pub city: Option<String>,
@@ -267,21 +279,37 @@ pub struct UserUpdateRequest {
 }
 
 impl UserUpdateRequest {
-    pub fn validate(self) -> ApiResult<UserUpdate> {
+    /// The change, and the current password if one was given.
+    pub fn validate(self) -> ApiResult<(UserUpdate, Option<String>)> {
         if let Some(password) = &self.password {
             check_password(password)?;
         }
-        Ok(UserUpdate {
-            password: self.password,
-            profile: profile_of(
-                self.gender,
-                self.country,
-                self.city,
-                self.zip_code,
-                self.street,
-            )?,
-            card: self.card.map(CardRequest::validate).transpose()?,
-        })
+        match (&self.password, &self.current_password) {
+            (None, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "current_password goes with a new password",
+                ));
+            }
+            (_, Some(current)) => {
+                check_length("current_password", current, 1, PASSWORD_LENGTH_MAX)?
+            }
+            _ => {}
+        }
+        let current_password = self.current_password;
+        Ok((
+            UserUpdate {
+                password: self.password,
+                profile: profile_of(
+                    self.gender,
+                    self.country,
+                    self.city,
+                    self.zip_code,
+                    self.street,
+                )?,
+                card: self.card.map(CardRequest::validate).transpose()?,
+            },
+            current_password,
+        ))
     }
 }
 

@@ -56,6 +56,32 @@ impl ApiError {
         }
     }
 
+    /// This client address registered `--signups-per-address-max` users in the current window.
+    pub fn too_many_signups(retry_after_s: u64) -> Self {
+        Self {
+            retry_after_s: Some(retry_after_s),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_signups",
+                format!("too many sign-ups from this address, retry in {retry_after_s} s"),
+            )
+        }
+    }
+
+    /// This client address holds `limit` tickets already (or would with this hold).
+    pub fn too_many_held_tickets(limit: u32, retry_after_s: u64) -> Self {
+        Self {
+            retry_after_s: Some(retry_after_s),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_held_tickets",
+                format!(
+                    "this address holds {limit} tickets at most at once; buy or cancel a hold, or retry in {retry_after_s} s"
+                ),
+            )
+        }
+    }
+
     /// The node did not finish the request within `--request-timeout-s` (unlike `408 request_timeout`, a client
     /// too slow to send its body). Work it started (an order being paid for) goes on; a retry with the same
     /// `Idempotency-Key` reads its outcome.
@@ -138,8 +164,8 @@ impl From<EngineError> for ApiError {
             EngineError::HoldNotFound => (S::NOT_FOUND, "hold_not_found"),
             EngineError::OrderNotFound => (S::NOT_FOUND, "order_not_found"),
             EngineError::SoldOut => (S::CONFLICT, "sold_out"),
-            EngineError::SeatTaken { .. } => (S::CONFLICT, "seat_taken"),
-            EngineError::UnknownSeat { .. } => (S::UNPROCESSABLE_ENTITY, "unknown_seat"),
+            EngineError::SeatTaken => (S::CONFLICT, "seat_taken"),
+            EngineError::UnknownSeat => (S::UNPROCESSABLE_ENTITY, "unknown_seat"),
             EngineError::HoldExpired => (S::GONE, "hold_expired"),
             EngineError::HoldNotActive => (S::CONFLICT, "hold_not_active"),
             EngineError::UnknownTicket => (S::NOT_FOUND, "unknown_ticket"),
@@ -152,6 +178,7 @@ impl From<EngineError> for ApiError {
                 (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
             EngineError::CardRequired => (S::UNPROCESSABLE_ENTITY, "card_required"),
+            EngineError::CardRefused { .. } => (S::UNPROCESSABLE_ENTITY, "card_refused"),
             EngineError::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable"),
             EngineError::NodeUnavailable { .. } => (S::SERVICE_UNAVAILABLE, "node_unavailable"),
             EngineError::Recovering => (S::SERVICE_UNAVAILABLE, "recovering"),

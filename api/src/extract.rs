@@ -355,6 +355,15 @@ pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
+/// The bearer token of a request's `Authorization` header, if it has one.
+pub(crate) fn bearer_of(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(bearer_token)
+        .map(str::to_owned)
+}
+
 /// A caller that must be a user (not the admin token): users hold, order and pay.
 pub struct UserCaller(pub UserId);
 

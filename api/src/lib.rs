@@ -21,6 +21,7 @@ pub mod extract;
 pub mod keys;
 pub mod offline;
 pub mod openapi;
+pub mod per_address;
 pub mod private_files;
 pub mod routes;
 pub mod server;
@@ -62,6 +63,7 @@ impl Guards {
 /// The public API of a node; in a cluster, requests another process answers are forwarded there first.
 pub fn app(state: AppState) -> axum::Router {
     routes(state.clone())
+        .layer(middleware::from_fn(no_store))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::cluster::route,
@@ -173,6 +175,17 @@ pub(crate) async fn limit_duration(
             ApiError::processing_timeout(guards.request_timeout.as_secs()).into_response()
         }
     }
+}
+
+/// Answers are not stored by browsers or proxies unless their route says otherwise (the web page's files, the
+/// event stream): tokens, profiles, cards, orders and tickets must not outlive the response in a cache.
+pub(crate) async fn no_store(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .entry(axum::http::header::CACHE_CONTROL)
+        .or_insert(axum::http::HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Paths that answer while the node recovers: how operators and orchestrators watch it come up.

@@ -422,9 +422,7 @@ pub const ADMIN_TOKEN_ENV: &str = "BOXOFFICE_ADMIN_TOKEN";
 /// processes share theirs, so there it must be set.
 fn admin_token(data_dir: &Path, clustered: bool) -> Result<String, String> {
     if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) {
-        if token.len() < 16 {
-            return Err("BOXOFFICE_ADMIN_TOKEN must be at least 16 characters".into());
-        }
+        check_admin_token(&token).map_err(|why| format!("{ADMIN_TOKEN_ENV} {why}"))?;
         return Ok(token);
     }
     if clustered {
@@ -436,6 +434,8 @@ fn admin_token(data_dir: &Path, clustered: bool) -> Result<String, String> {
     if let Ok(token) = std::fs::read_to_string(&path) {
         let token = token.trim().to_owned();
         if !token.is_empty() {
+            check_admin_token(&token)
+                .map_err(|why| format!("the admin token in {} {why}", path.display()))?;
             tracing::info!(path = %path.display(), "admin token read from file");
             return Ok(token);
         }
@@ -444,6 +444,58 @@ fn admin_token(data_dir: &Path, clustered: bool) -> Result<String, String> {
     write_private(&path, &token)?;
     tracing::info!(path = %path.display(), "admin token generated and written to file");
     Ok(token)
+}
+
+/// Bits of entropy an admin token needs at least, by [`token_entropy_bits`].
+pub const ADMIN_TOKEN_BITS_MIN: f64 = 128.0;
+
+/// Refuses an admin token that is easy to guess: whitespace or control characters, fewer than
+/// [`ADMIN_TOKEN_BITS_MIN`] estimated bits, fewer than 8 distinct characters, or one character in more than a
+/// quarter of it. The reason never quotes the token.
+pub fn check_admin_token(token: &str) -> Result<(), String> {
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters".into());
+    }
+    let mut counts = std::collections::HashMap::new();
+    for c in token.chars() {
+        *counts.entry(c).or_insert(0usize) += 1;
+    }
+    let length = token.chars().count();
+    let most = counts.values().copied().max().unwrap_or(0);
+    if counts.len() < 8 || most * 4 > length {
+        return Err("repeats itself: use a random token, e.g. `openssl rand -hex 32`".into());
+    }
+    let bits = token_entropy_bits(token);
+    if bits < ADMIN_TOKEN_BITS_MIN {
+        return Err(format!(
+            "has about {bits:.0} bits of entropy; at least {ADMIN_TOKEN_BITS_MIN:.0} are needed (32 hex digits, \
+             e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(())
+}
+
+/// An estimate of a token's entropy, as if each character were drawn at random from the smallest usual alphabet
+/// holding all of them: 16 if they are all hex digits, otherwise the classes it uses (10 digits, 26 lower case,
+/// 26 upper case letters, 33 other visible ASCII, 128 for anything else) added up.
+pub fn token_entropy_bits(token: &str) -> f64 {
+    let length = token.chars().count() as f64;
+    if token.chars().all(|c| c.is_ascii_hexdigit()) {
+        return length * 4.0;
+    }
+    let classes: [(fn(&char) -> bool, f64); 5] = [
+        (char::is_ascii_digit, 10.0),
+        (char::is_ascii_lowercase, 26.0),
+        (char::is_ascii_uppercase, 26.0),
+        (char::is_ascii_punctuation, 33.0),
+        (|c: &char| !c.is_ascii(), 128.0),
+    ];
+    let alphabet: f64 = classes
+        .iter()
+        .filter(|(member, _)| token.chars().any(|c| member(&c)))
+        .map(|(_, size)| size)
+        .sum();
+    length * alphabet.log2()
 }
 
 /// Records in the data dir which node of a cluster it belongs to, or checks that it is that node's: a volume
@@ -565,5 +617,36 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_tokens_need_128_bits_and_no_repetition() {
+        assert!(check_admin_token(&" ".repeat(16)).is_err());
+        assert!(check_admin_token(&"a".repeat(64)).is_err());
+        assert!(check_admin_token(&"ab".repeat(40)).is_err());
+        assert!(
+            check_admin_token("0123456789abcdef0123456789abcde").is_err(),
+            "31 hex digits: 124 bits"
+        );
+        assert!(
+            check_admin_token("0123456789abcdef0123456789abcdef").is_ok(),
+            "32 hex digits: 128 bits"
+        );
+        assert!(check_admin_token("short-Token-1!").is_err());
+        assert!(check_admin_token("with space 0123456789abcdef0123456789").is_err());
+        assert!(
+            check_admin_token(&random_hex(32)).is_ok(),
+            "what the node generates"
+        );
+        let error = check_admin_token("abcdefgh").expect_err("weak");
+        assert!(
+            !error.contains("abcdefgh"),
+            "the reason never quotes the token"
+        );
     }
 }

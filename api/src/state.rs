@@ -3,6 +3,7 @@
 use crate::config::HttpLimits;
 use crate::durability::Durable;
 use crate::keys::MasterKeys;
+use crate::per_address::{HeldByAddress, SignupThrottle};
 use crate::throttle::LoginThrottle;
 use crate::users::UserStore;
 use engine::clock::SystemClock;
@@ -31,6 +32,10 @@ pub struct AppState {
     /// How long one request may take; see `crate::limit_duration`.
     pub request_timeout: Duration,
     pub login_throttle: Arc<LoginThrottle>,
+    /// Registrations per client address.
+    pub signups: Arc<SignupThrottle>,
+    /// Tickets in live holds per client address.
+    pub held_by_address: Arc<HeldByAddress>,
     /// Turns true when the node starts draining: long-lived responses (event streams) end then.
     pub shutdown: Arc<watch::Sender<bool>>,
     /// The cluster this node belongs to, if any.
@@ -59,6 +64,15 @@ impl AppState {
             requests_in_flight: Arc::new(Semaphore::new(limits.requests_in_flight_max)),
             request_timeout: limits.request_timeout,
             login_throttle: Arc::new(LoginThrottle::new(limits.login, Arc::new(SystemClock))),
+            signups: Arc::new(SignupThrottle::new(
+                limits.signups_per_address_max,
+                limits.signup_window_ms,
+                Arc::new(SystemClock),
+            )),
+            held_by_address: Arc::new(HeldByAddress::new(
+                limits.held_tickets_per_address_max,
+                Arc::new(SystemClock),
+            )),
             shutdown: Arc::new(watch::channel(false).0),
             cluster: None,
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),

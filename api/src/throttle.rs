@@ -207,7 +207,7 @@ impl LoginThrottle {
 }
 
 /// The key an address is counted under: IPv4 as is, IPv6 by its /64 network.
-fn address_key(address: IpAddr) -> IpAddr {
+pub(crate) fn address_key(address: IpAddr) -> IpAddr {
     match address.to_canonical() {
         IpAddr::V6(v6) => {
             let network = u128::from(v6) & !((1u128 << 64) - 1);
@@ -225,20 +225,20 @@ impl Throttled {
     }
 }
 
-struct Entry {
+pub(crate) struct Entry {
     started_ms: u64,
-    failures: u32,
+    pub(crate) failures: u32,
     in_flight: u32,
 }
 
 impl Entry {
-    fn throttled(&self, now_ms: u64, window_ms: u64) -> Throttled {
+    pub(crate) fn throttled(&self, now_ms: u64, window_ms: u64) -> Throttled {
         Throttled::after_ms((self.started_ms + window_ms).saturating_sub(now_ms))
     }
 }
 
 /// Counters per key, each for a window that starts with the key's first counted attempt.
-struct Windows<K> {
+pub(crate) struct Windows<K> {
     entries: HashMap<K, Entry>,
     /// When each window started, oldest first: how expired windows are dropped and the oldest is evicted. An
     /// element whose entry was since restarted or removed is stale and skipped.
@@ -247,7 +247,7 @@ struct Windows<K> {
 }
 
 impl<K: Hash + Eq + Clone> Windows<K> {
-    fn new(keys_max: usize) -> Self {
+    pub(crate) fn new(keys_max: usize) -> Self {
         assert!(keys_max > 0, "at least one key is tracked");
         Self {
             entries: HashMap::new(),
@@ -257,7 +257,7 @@ impl<K: Hash + Eq + Clone> Windows<K> {
     }
 
     /// The key's entry if its window is still open.
-    fn live<Q>(&self, key: &Q, now_ms: u64, window_ms: u64) -> Option<&Entry>
+    pub(crate) fn live<Q>(&self, key: &Q, now_ms: u64, window_ms: u64) -> Option<&Entry>
     where
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -268,7 +268,7 @@ impl<K: Hash + Eq + Clone> Windows<K> {
     }
 
     /// The key's entry, with a fresh window if it had none open; attempts in flight carry over.
-    fn entry<Q>(&mut self, key: &Q, now_ms: u64, window_ms: u64) -> &mut Entry
+    pub(crate) fn entry<Q>(&mut self, key: &Q, now_ms: u64, window_ms: u64) -> &mut Entry
     where
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,

@@ -85,6 +85,19 @@ pub struct StoredCard {
     pub secret: CardSecret,
 }
 
+impl StoredCard {
+    /// The card as the payment provider sees it, to verify it before it is stored.
+    pub fn payment_card(&self) -> PaymentCard {
+        PaymentCard {
+            holder_name: self.summary.holder_name.clone(),
+            number: self.secret.number.clone(),
+            exp_month: self.summary.exp_month,
+            exp_year: self.summary.exp_year,
+            cvv: self.secret.cvv.clone(),
+        }
+    }
+}
+
 /// A card as the store keeps it: the summary, and the secret part sealed under the user's data key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardOnFile {
@@ -151,6 +164,9 @@ struct TokenRecord {
 struct Users {
     by_id: HashMap<UserId, User>,
     by_username: HashMap<String, UserId>,
+    /// By username in lower case: usernames differing only in case are one username. (Users stored before this
+    /// rule may collide here; the first keeps the folded name, and each still logs in by its exact name.)
+    by_folded: HashMap<String, UserId>,
     in_creation_order: Vec<UserId>,
     tokens: HashMap<TokenHash, TokenRecord>,
     tokens_of_user: HashMap<UserId, VecDeque<TokenHash>>,
@@ -161,12 +177,46 @@ impl Users {
     fn insert(&mut self, user: User) {
         self.by_username
             .insert(user.username.clone(), user.id.clone());
+        self.by_folded
+            .entry(user.username.to_ascii_lowercase())
+            .or_insert_with(|| user.id.clone());
         self.in_creation_order.push(user.id.clone());
         self.by_id.insert(user.id.clone(), user);
     }
 
     fn any_taken<'a>(&self, mut usernames: impl Iterator<Item = &'a str>) -> bool {
-        usernames.any(|username| self.by_username.contains_key(username))
+        usernames.any(|username| self.is_taken(username))
+    }
+
+    /// Whether a user has `username`, in any case.
+    fn is_taken(&self, username: &str) -> bool {
+        self.by_username.contains_key(username)
+            || self.by_folded.contains_key(&username.to_ascii_lowercase())
+    }
+
+    /// The user who logs in as `username`: the exact name first, else the same name in another case.
+    fn find(&self, username: &str) -> Option<&User> {
+        self.by_username
+            .get(username)
+            .or_else(|| self.by_folded.get(&username.to_ascii_lowercase()))
+            .and_then(|id| self.by_id.get(id))
+    }
+
+    /// Revokes every token of `user_id` but `keep`; returns how many.
+    fn revoke_all_but(&mut self, user_id: &UserId, keep: Option<TokenHash>) -> usize {
+        let Some(live) = self.tokens_of_user.get_mut(user_id) else {
+            return 0;
+        };
+        let before = live.len();
+        let tokens = &mut self.tokens;
+        live.retain(|hash| {
+            let kept = Some(*hash) == keep;
+            if !kept {
+                tokens.remove(hash);
+            }
+            kept
+        });
+        before - live.len()
     }
 
     /// Records a live token of `user_id`, revoking its oldest beyond [`TOKENS_PER_USER_MAX`].
@@ -195,8 +245,11 @@ pub struct UserStore {
     keys: Arc<KeyRing>,
     token_ttl_ms: u64,
     clock: Arc<dyn engine::clock::Clock>,
-    hashing: Arc<Semaphore>,
-    hashing_waiting: Arc<Semaphore>,
+    /// Checks of a password (logins): never queued behind [`UserStore::changes`].
+    logins: HashingPool,
+    /// New hashes (registrations, password changes): half the cores at most, so that a flood of sign-ups
+    /// leaves the other half to logins.
+    changes: HashingPool,
     /// A real hash to verify against when the username is unknown, so that timing does not tell who exists.
     decoy_hash: OnceLock<String>,
 }
@@ -234,39 +287,18 @@ impl UserStore {
             keys,
             token_ttl_ms,
             clock,
-            hashing: Arc::new(Semaphore::new(cores)),
-            hashing_waiting: Arc::new(Semaphore::new(HASHING_WAITING_MAX)),
+            logins: HashingPool::new(cores),
+            changes: HashingPool::new((cores / 2).max(1)),
             decoy_hash: OnceLock::new(),
         }
     }
 
-    /// Runs a password hash or check on the blocking pool, within the hashing limits.
-    async fn hashing<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> ApiResult<T> {
-        let _waiting = self
-            .hashing_waiting
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::overloaded())?;
-        let _running = self
-            .hashing
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(ApiError::internal)?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(ApiError::internal)
-    }
-
     pub async fn register(&self, new_user: NewUser) -> ApiResult<(User, String)> {
-        if self.read().by_username.contains_key(&new_user.username) {
+        if self.read().is_taken(&new_user.username) {
             return Err(username_taken());
         }
         let password = new_user.password;
-        let password_hash = self.hashing(move || hash_password(&password)).await??;
+        let password_hash = self.changes.run(move || hash_password(&password)).await??;
         let id = self.new_id();
         let (key, data_key) = self.keys.new_data_key(&id.0);
         let user = User {
@@ -280,7 +312,7 @@ impl UserStore {
         };
         let (token, commit) = {
             let mut users = self.write();
-            if users.by_username.contains_key(&user.username) {
+            if users.is_taken(&user.username) {
                 return Err(username_taken());
             }
             if users.by_id.len() >= USERS_MAX {
@@ -363,21 +395,18 @@ impl UserStore {
 
     /// Checks a username and password and hands out a fresh token.
     pub async fn verify(&self, username: &str, password: String) -> ApiResult<(UserId, String)> {
-        let known = {
-            let users = self.read();
-            users
-                .by_username
-                .get(username)
-                .and_then(|id| users.by_id.get(id))
-                .map(|user| (user.id.clone(), user.password_hash.clone()))
-        };
+        let known = self
+            .read()
+            .find(username)
+            .map(|user| (user.id.clone(), user.password_hash.clone()));
         // A user created in bulk has no password: a login for it fails exactly as for an unknown username.
         let (user_id, stored_hash) = match known {
             Some((id, hash)) if !hash.is_empty() => (Some(id), hash),
             _ => (None, self.decoy_hash()?),
         };
         let matches = self
-            .hashing(move || verify_password(&password, &stored_hash))
+            .logins
+            .run(move || verify_password(&password, &stored_hash))
             .await?;
         let user_id = user_id.filter(|_| matches).ok_or_else(|| {
             ApiError::new(
@@ -411,9 +440,9 @@ impl UserStore {
         }
     }
 
-    /// Whether a user has this username here.
+    /// Whether a user has this username here, in any case.
     pub fn username_taken(&self, username: &str) -> bool {
-        self.read().by_username.contains_key(username)
+        self.read().is_taken(username)
     }
 
     /// Users stored here.
@@ -488,12 +517,32 @@ impl UserStore {
         self.read().by_id.get(id).cloned()
     }
 
-    pub async fn update(&self, id: &UserId, update: UserUpdate) -> ApiResult<User> {
+    /// Whether `password` is `id`'s (a user created in bulk has none: never). Runs in the logins' hashing pool.
+    pub async fn check_password(&self, id: &UserId, password: String) -> ApiResult<bool> {
+        let stored_hash = self
+            .get(id)
+            .map(|user| user.password_hash)
+            .ok_or_else(|| ApiError::not_found("user"))?;
+        let matches = self
+            .logins
+            .run(move || !stored_hash.is_empty() && verify_password(&password, &stored_hash))
+            .await?;
+        Ok(matches)
+    }
+
+    /// Changes what `update` gives. A new password revokes every token of the user but `keep` (the session
+    /// that changed it; `None` revokes them all), in the same durable record as the new hash.
+    pub async fn update(
+        &self,
+        id: &UserId,
+        update: UserUpdate,
+        keep: Option<&str>,
+    ) -> ApiResult<User> {
         if !self.read().by_id.contains_key(id) {
             return Err(ApiError::not_found("user"));
         }
         let password_hash = match update.password {
-            Some(password) => Some(self.hashing(move || hash_password(&password)).await??),
+            Some(password) => Some(self.changes.run(move || hash_password(&password)).await??),
             None => None,
         };
         let (user, commit) = {
@@ -502,6 +551,7 @@ impl UserStore {
                 .by_id
                 .get_mut(id)
                 .ok_or_else(|| ApiError::not_found("user"))?;
+            let password_changed = password_hash.is_some();
             if let Some(hash) = password_hash {
                 user.password_hash = hash;
             }
@@ -526,6 +576,9 @@ impl UserStore {
                 user.card = Some(seal_card(&key, &user.id, card));
             }
             let user = user.clone();
+            if password_changed {
+                users.revoke_all_but(id, keep.map(token_hash));
+            }
             (user, self.persist(&users, id))
         };
         Durable::wait(commit).await?;
@@ -605,7 +658,8 @@ impl UserStore {
         Ok(count)
     }
 
-    /// The user's card as the payment provider needs it: the one place its secret part is opened.
+    /// The user's card as the payment provider needs it: the one place its secret part is opened. `None` when
+    /// the user has no card; `422 card_expired` when it has expired since it was stored.
     pub fn payment_card(&self, id: &UserId) -> ApiResult<Option<PaymentCard>> {
         let Some(user) = self.get(id) else {
             return Ok(None);
@@ -613,6 +667,9 @@ impl UserStore {
         let Some(card) = user.card else {
             return Ok(None);
         };
+        if engine::payment::card_expired(card.summary.exp_month, card.summary.exp_year) {
+            return Err(card_expired());
+        }
         let secret = self
             .keys
             .unwrap(&user.data_key, &id.0)
@@ -626,6 +683,21 @@ impl UserStore {
             exp_year: card.summary.exp_year,
             cvv: secret.cvv,
         }))
+    }
+
+    /// Whether `id` may reserve tickets: a card on file, accepted by the payment provider when it was stored
+    /// and not expired since (`422 card_required`, `422 card_expired`).
+    pub fn check_card_on_file(&self, id: &UserId) -> ApiResult<()> {
+        let users = self.read();
+        let card = users
+            .by_id
+            .get(id)
+            .and_then(|user| user.card.as_ref())
+            .ok_or_else(|| ApiError::from(engine::error::EngineError::CardRequired))?;
+        if engine::payment::card_expired(card.summary.exp_month, card.summary.exp_year) {
+            return Err(card_expired());
+        }
+        Ok(())
     }
 
     /// Wraps every data key that is not under the current master key under it, journaling each user; returns how
@@ -665,6 +737,42 @@ impl UserStore {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Users> {
         self.users.write().expect("users lock")
+    }
+}
+
+/// Password hashing on the blocking pool: at most `running` at once, at most [`HASHING_WAITING_MAX`] waiting;
+/// beyond that, `503 overloaded` at once.
+struct HashingPool {
+    running: Arc<Semaphore>,
+    waiting: Arc<Semaphore>,
+}
+
+impl HashingPool {
+    fn new(running: usize) -> Self {
+        Self {
+            running: Arc::new(Semaphore::new(running)),
+            waiting: Arc::new(Semaphore::new(HASHING_WAITING_MAX)),
+        }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> ApiResult<T> {
+        let _waiting = self
+            .waiting
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::overloaded())?;
+        let _running = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(ApiError::internal)?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(ApiError::internal)
     }
 }
 
@@ -727,6 +835,14 @@ fn new_token(home: Option<engine::remote::NodeId>) -> (String, TokenHash) {
     };
     let hash = token_hash(&token);
     (token, hash)
+}
+
+fn card_expired() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "card_expired",
+        "the card on file has expired: store a new one with PUT /users/{id}",
+    )
 }
 
 fn users_full() -> ApiError {

@@ -28,12 +28,14 @@ pub fn concert_placement(concert_id: &str, shards: u32, nodes: u32) -> Vec<NodeI
 }
 
 /// The nodes a user named `username` may live on, newest first: the first is where a new registration goes.
+/// Usernames differing only in case are one username, placed alike.
 pub fn user_candidates(username: &str, nodes: u32) -> Vec<NodeId> {
     assert!(nodes > 0, "a cluster has a node");
+    let folded = username.to_ascii_lowercase();
     let mut winners: Vec<NodeId> = Vec::new();
     let mut best = None;
     for node in 0..nodes {
-        let node_score = score(username.as_bytes(), node);
+        let node_score = score(folded.as_bytes(), node);
         if best.is_none_or(|best| node_score > best) {
             best = Some(node_score);
             winners.push(node);
@@ -103,6 +105,7 @@ mod tests {
         assert_eq!(concert_placement("c_fixed", 4, 3), [1, 0, 2, 1]);
         assert_eq!(user_candidates("alice", 3), [2, 0]);
         assert_eq!(user_candidates("bob", 5), [1, 0]);
+        assert_eq!(user_candidates("ALICE", 3), user_candidates("alice", 3));
     }
 
     #[test]

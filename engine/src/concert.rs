@@ -255,7 +255,7 @@ fn validate_layout(layout: &Layout) -> Result<u64, EngineError> {
                 if sections[..i].iter().any(|other| other.name == section.name) {
                     return Err(EngineError::invalid(
                         "sections",
-                        format!("section {} appears twice", section.name),
+                        "two sections have the same name",
                     ));
                 }
                 if section.rows == 0 || section.rows > ROWS_MAX {

@@ -456,6 +456,12 @@ impl Desk {
         }
     }
 
+    /// Asks the payment provider whether it accepts `card` on file (through the payment pool: a slot and its
+    /// deadline): what a user's card must pass before it is stored.
+    pub async fn verify_card(&self, card: PaymentCard) -> Result<(), EngineError> {
+        self.payments.verify_card(card).await
+    }
+
     /// Reserves, charges and confirms an order; see the module comment for what happens when the caller leaves.
     pub async fn place_order(
         self: &Arc<Self>,
@@ -1094,7 +1100,7 @@ fn record_order_metrics(outcome: &OrderOutcome, started: Instant) {
     let label = match outcome {
         Ok(_) => "confirmed",
         Err(EngineError::SoldOut) => "sold_out",
-        Err(EngineError::SeatTaken { .. }) => "seat_taken",
+        Err(EngineError::SeatTaken) => "seat_taken",
         Err(EngineError::PaymentDeclined { .. }) => "declined",
         Err(EngineError::Overloaded) => "overloaded",
         Err(EngineError::HoldExpired) => "hold_expired",

@@ -9,14 +9,11 @@ pub enum EngineError {
     OrderNotFound,
     /// The concert has fewer tickets left (neither held nor sold) than were asked for.
     SoldOut,
-    /// A named seat is held or sold by someone else.
-    SeatTaken {
-        seat: String,
-    },
+    /// A named seat is held or sold by someone else. Which one is not said: messages never quote what a request
+    /// sent.
+    SeatTaken,
     /// A named seat does not exist in the concert.
-    UnknownSeat {
-        seat: String,
-    },
+    UnknownSeat,
     HoldExpired,
     /// The hold is already being purchased or was purchased.
     HoldNotActive,
@@ -40,6 +37,10 @@ pub enum EngineError {
     IdempotencyKeyReused,
     /// The ordering user has no card on file.
     CardRequired,
+    /// The payment provider would not keep the card on file (expired, wrong cvc, ...).
+    CardRefused {
+        reason: String,
+    },
     /// A shard stopped answering; the node is shutting down or broken.
     Unavailable,
     /// The node is still rebuilding what the request needs after its start; the client should retry shortly.
@@ -75,8 +76,8 @@ impl fmt::Display for EngineError {
             Self::HoldNotFound => write!(f, "hold not found"),
             Self::OrderNotFound => write!(f, "order not found"),
             Self::SoldOut => write!(f, "not enough tickets left"),
-            Self::SeatTaken { seat } => write!(f, "seat {seat} is already taken"),
-            Self::UnknownSeat { seat } => write!(f, "seat {seat} does not exist"),
+            Self::SeatTaken => write!(f, "a requested seat is already taken"),
+            Self::UnknownSeat => write!(f, "a requested seat does not exist in this concert"),
             Self::HoldExpired => write!(f, "the hold has expired"),
             Self::HoldNotActive => write!(f, "the hold is already being purchased"),
             Self::UnknownTicket => write!(f, "unknown ticket"),
@@ -92,6 +93,9 @@ impl fmt::Display for EngineError {
                 )
             }
             Self::CardRequired => write!(f, "a card on file is required to pay"),
+            Self::CardRefused { reason } => {
+                write!(f, "the payment provider refused the card: {reason}")
+            }
             Self::Unavailable => write!(f, "the sale is temporarily unavailable"),
             Self::Recovering => write!(f, "the node is recovering its state, retry shortly"),
             Self::NodeUnavailable { node } => write!(

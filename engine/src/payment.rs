@@ -67,6 +67,28 @@ pub trait PaymentProvider: Send + Sync + 'static {
         &self,
         idempotency_key: &str,
     ) -> BoxFuture<'static, Result<ChargeStatus, PaymentError>>;
+    /// Whether the provider accepts `card` to be kept on file and charged later (a verification without a
+    /// charge): asked once, when a user stores the card.
+    fn verify_card(&self, card: PaymentCard)
+    -> BoxFuture<'static, Result<CardCheck, PaymentError>>;
+}
+
+/// A provider's answer to a card offered to be kept on file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CardCheck {
+    Accepted,
+    Refused { reason: String },
+}
+
+/// Card numbers ending in this are refused by the simulator's verification (an incorrect cvc, as the test card
+/// `4000000000000127` is at Stripe); every charge of a card ending in [`SIMULATOR_DECLINING_CARD_SUFFIX`] is
+/// declined instead, though the card verifies.
+pub const SIMULATOR_REFUSED_CARD_SUFFIX: &str = "0127";
+
+/// Whether a card valid through the end of `month`/`year` has expired, by today's date (UTC).
+pub fn card_expired(month: u8, year: u16) -> bool {
+    let today = time::OffsetDateTime::now_utc();
+    (i32::from(year), month) < (today.year(), u8::from(today.month()))
 }
 
 /// A provider's record of one idempotency key.
@@ -236,6 +258,29 @@ impl PaymentProvider for SimulatedProvider {
         Box::pin(std::future::ready(Ok(status)))
     }
 
+    fn verify_card(
+        &self,
+        card: PaymentCard,
+    ) -> BoxFuture<'static, Result<CardCheck, PaymentError>> {
+        let latency = self.latency;
+        Box::pin(async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            Ok(if card_expired(card.exp_month, card.exp_year) {
+                CardCheck::Refused {
+                    reason: "expired card".into(),
+                }
+            } else if card.number.ends_with(SIMULATOR_REFUSED_CARD_SUFFIX) {
+                CardCheck::Refused {
+                    reason: "incorrect cvc".into(),
+                }
+            } else {
+                CardCheck::Accepted
+            })
+        })
+    }
+
     fn void(&self, idempotency_key: &str) -> BoxFuture<'static, Result<(), PaymentError>> {
         let commit = {
             let mut ledger = self.ledger.lock().expect("ledger lock");
@@ -353,6 +398,28 @@ impl PaymentPool {
         metrics::gauge!("boxoffice_payments_in_flight").decrement(1.0);
         drop(slot);
         result
+    }
+
+    /// Asks the provider whether it accepts `card` on file: admitted and run like a charge (a slot, the
+    /// deadline). `CardRefused` when it does not, `PaymentUnavailable` when it does not answer in time.
+    pub async fn verify_card(&self, card: PaymentCard) -> Result<(), EngineError> {
+        let slot = self.admit()?;
+        let _in_flight = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the payment semaphore is never closed");
+        let answer = tokio::time::timeout(self.timeout, self.provider.verify_card(card)).await;
+        drop(slot);
+        match answer {
+            Ok(Ok(CardCheck::Accepted)) => Ok(()),
+            Ok(Ok(CardCheck::Refused { reason })) => Err(EngineError::CardRefused { reason }),
+            Ok(Err(error)) => {
+                tracing::warn!(?error, "card verification failed");
+                Err(EngineError::PaymentUnavailable)
+            }
+            Err(_) => Err(EngineError::PaymentUnavailable),
+        }
     }
 
     /// Asks the provider what became of a charge, with the pool's deadline.

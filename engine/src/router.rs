@@ -1272,32 +1272,24 @@ impl ConcertHandle {
             let index = self
                 .spec
                 .seat_index(label)
-                .ok_or_else(|| EngineError::UnknownSeat {
-                    seat: label.clone(),
-                })?;
+                .ok_or(EngineError::UnknownSeat)?;
             if !seen.insert(index) {
-                return Err(EngineError::invalid(
-                    "seats",
-                    format!("seat {label} is listed twice"),
-                ));
+                return Err(EngineError::invalid("seats", "a seat is listed twice"));
             }
             let (shard, local) = self.spec.locate_seat(index);
             by_shard.entry(shard).or_default().push(local);
         }
-        let replies = join_all(by_shard.into_iter().map(|(shard, seats)| async move {
-            let reply = self
-                .reserve_on(shard as usize, owner, Claim::Seats(seats), purpose)
-                .await;
-            (shard as usize, reply)
+        let replies = join_all(by_shard.into_iter().map(|(shard, seats)| {
+            self.reserve_on(shard as usize, owner, Claim::Seats(seats), purpose)
         }))
         .await;
         let mut granted = Vec::new();
         let mut refusal = None;
-        for (shard, reply) in replies {
+        for reply in replies {
             match reply {
                 Ok(Ok(reserved)) => granted.push(reserved),
                 Ok(Err(refused)) => {
-                    refusal.get_or_insert(self.refusal_error(shard, refused));
+                    refusal.get_or_insert(Self::refusal_error(refused));
                 }
                 // A node that did not answer decides: its error is the one the buyer sees.
                 Err(error) => refusal = Some(error),
@@ -1314,21 +1306,11 @@ impl ConcertHandle {
         Ok(granted)
     }
 
-    fn refusal_error(&self, shard: usize, refusal: ReserveRefusal) -> EngineError {
-        let label = |local: u32| {
-            let (start, _) = self.spec.shard_range(shard as u32);
-            self.spec
-                .seat_label(start + u64::from(local))
-                .unwrap_or_default()
-        };
+    fn refusal_error(refusal: ReserveRefusal) -> EngineError {
         match refusal {
             ReserveRefusal::SoldOut => EngineError::SoldOut,
-            ReserveRefusal::SeatTaken { local_seat } => EngineError::SeatTaken {
-                seat: label(local_seat),
-            },
-            ReserveRefusal::UnknownSeat { local_seat } => EngineError::UnknownSeat {
-                seat: label(local_seat),
-            },
+            ReserveRefusal::SeatTaken { .. } => EngineError::SeatTaken,
+            ReserveRefusal::UnknownSeat { .. } => EngineError::UnknownSeat,
         }
     }
 

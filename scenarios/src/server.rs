@@ -67,6 +67,9 @@ pub fn serve_flags(
         (concurrency + 1_024).max(10_000).to_string(),
         "--request-timeout-s".to_owned(),
         "3600".to_owned(),
+        // Every simulated buyer is on 127.0.0.1.
+        "--held-tickets-per-address-max".to_owned(),
+        "100000000".to_owned(),
     ];
     if let Some(payment_concurrency) = tuning.payment_concurrency {
         flags.extend([

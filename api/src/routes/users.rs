@@ -23,12 +23,19 @@ const PAGE_LIMIT_DEFAULT: usize = 100;
 /// Register; the response carries a bearer token.
 #[utoipa::path(post, path = "/users", tag = "users", request_body = UserRequest,
     responses((status = 201, body = RegisteredResponse), (status = 409, body = crate::error::ErrorBody),
-              (status = 422, body = crate::error::ErrorBody)))]
+              (status = 422, body = crate::error::ErrorBody, description = "invalid_body, card_expired or card_refused"),
+              (status = 429, body = crate::error::ErrorBody, description = "too_many_signups from this address, with Retry-After"),
+              (status = 503, body = crate::error::ErrorBody, description = "payment_unavailable (verifying the card), with Retry-After")))]
 pub async fn create(
     State(state): State<AppState>,
+    ClientIp(address): ClientIp,
     ApiJson(body): ApiJson<UserRequest>,
 ) -> ApiResult<(StatusCode, Json<RegisteredResponse>)> {
     let new_user = body.validate()?;
+    state
+        .signups
+        .admit(address)
+        .map_err(|throttled| ApiError::too_many_signups(throttled.retry_after_s))?;
     if let Some(cluster) = &state.cluster {
         // Registered under a shorter node list, the username may live on an older candidate node.
         let candidates =
@@ -45,6 +52,9 @@ pub async fn create(
                 ));
             }
         }
+    }
+    if let Some(card) = &new_user.card {
+        state.desk.verify_card(card.payment_card()).await?;
     }
     let (user, token) = state.users.register(new_user).await?;
     tracing::info!(user_id = %user.id, "user registered");
@@ -75,6 +85,10 @@ pub async fn create_bulk(
 ) -> ApiResult<(StatusCode, Json<BulkUsersResponse>)> {
     let card_json = serde_json::to_value(&body.card).expect("a card serializes");
     let (usernames, card) = body.validate()?;
+    // One card for every user: the provider sees it once.
+    if let Some(card) = &card {
+        state.desk.verify_card(card.payment_card()).await?;
+    }
     let users = match fan_out {
         Some(cluster) => {
             let card = serde_json::from_value(card_json).expect("it was one");
@@ -161,22 +175,74 @@ pub async fn get(
     Ok(Json(UserResponse::from(&user)))
 }
 
-/// Change a user's password, profile or card; absent fields stay as they are.
+/// Change a user's password, profile or card; absent fields stay as they are. A user changing their own
+/// password gives `current_password` too (checked and throttled like a login); a new password ends every other
+/// session of the user (the admin's reset ends them all). A new card is verified with the payment provider first.
 #[utoipa::path(put, path = "/users/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = String, Path)), request_body = UserUpdateRequest,
     responses((status = 200, body = UserResponse), (status = 401, body = crate::error::ErrorBody),
-              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
-              (status = 422, body = crate::error::ErrorBody)))]
+              (status = 403, body = crate::error::ErrorBody, description = "forbidden, or wrong_current_password"),
+              (status = 404, body = crate::error::ErrorBody),
+              (status = 422, body = crate::error::ErrorBody, description = "invalid_body, current_password_required, card_expired or card_refused"),
+              (status = 429, body = crate::error::ErrorBody, description = "too_many_attempts, with Retry-After"),
+              (status = 503, body = crate::error::ErrorBody, description = "payment_unavailable (verifying a card), with Retry-After")))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
+    ClientIp(address): ClientIp,
+    headers: axum::http::HeaderMap,
     ApiPath(id): ApiPath,
     ApiJson(body): ApiJson<UserUpdateRequest>,
 ) -> ApiResult<Json<UserResponse>> {
     let id = UserId(id);
     authorize(&caller, &id)?;
-    let update = body.validate()?;
-    let user = state.users.update(&id, update).await?;
+    let (update, current_password) = body.validate()?;
+    let username = state
+        .users
+        .get(&id)
+        .map(|user| user.username)
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    // The session that changes the password stays; the admin's reset ends every session.
+    let keep = match caller {
+        Caller::Admin => None,
+        Caller::User(_) => crate::extract::bearer_of(&headers),
+    };
+    if update.password.is_some() && matches!(caller, Caller::User(_)) {
+        let current_password = current_password.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "current_password_required",
+                "changing the password needs current_password",
+            )
+        })?;
+        let attempt = state
+            .login_throttle
+            .begin(&username, address)
+            .map_err(|throttled| ApiError::too_many_attempts(throttled.retry_after_s))?;
+        match state.users.check_password(&id, current_password).await {
+            Ok(true) => attempt.succeeded(),
+            Ok(false) => {
+                attempt.failed();
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "wrong_current_password",
+                    "current_password is not the user's password",
+                ));
+            }
+            Err(error) => {
+                attempt.abandoned();
+                return Err(error);
+            }
+        }
+    }
+    if let Some(card) = &update.card {
+        state.desk.verify_card(card.payment_card()).await?;
+    }
+    let password_changed = update.password.is_some();
+    let user = state.users.update(&id, update, keep.as_deref()).await?;
+    if password_changed {
+        tracing::info!(user_id = %id, by_admin = keep.is_none(), "password changed; other sessions ended");
+    }
     Ok(Json(UserResponse::from(&user)))
 }
 

@@ -15,6 +15,13 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// A card the simulator approves, and one it always declines.
 pub const GOOD_CARD: &str = "4242424242424242";
 pub const DECLINED_CARD: &str = "4000000000000002";
+/// Per-address limits raised for every server the harness starts, through their environment variables: a test
+/// sends everything from 127.0.0.1, as hundreds of clients. A test of a limit gives its flag, which wins.
+pub const GENEROUS_PER_ADDRESS_LIMITS: [(&str, &str); 3] = [
+    ("BOXOFFICE_SIGNUPS_PER_ADDRESS_MAX", "100000000"),
+    ("BOXOFFICE_HELD_TICKETS_PER_ADDRESS_MAX", "100000000"),
+    ("BOXOFFICE_CONNECTIONS_PER_ADDRESS_MAX", "1000000"),
+];
 /// A request that takes longer than this has hung: a hang detector, not a performance assertion.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a start (recovery included) may take before the harness calls it hung.
@@ -139,6 +146,7 @@ impl Server {
             .args(extra_args)
             .env("BOXOFFICE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", log_filter)
+            .envs(GENEROUS_PER_ADDRESS_LIMITS)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
