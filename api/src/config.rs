@@ -147,6 +147,19 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = crate::connections::CONNECTIONS_MAX_DEFAULT,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub connections_max: u32,
+    /// Open connections one client address (IPv4, or IPv6 /64) may hold; beyond that a new connection is answered
+    /// 429 too_many_connections and closed. Default: a tenth of --connections-max. Behind a reverse proxy every
+    /// client has the proxy's address: raise it there.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub connections_per_address_max: Option<u32>,
+    /// How long a client may leave response bytes untaken (it stopped reading) before its connection is closed.
+    #[arg(long, default_value_t = crate::connections::SEND_TIMEOUT_S_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub send_timeout_s: u64,
+    /// A reverse proxy (address, or network as ADDR/PREFIX; repeat it or separate with commas) whose
+    /// X-Forwarded-For names the client: the per-address limits then count the client, not the proxy.
+    #[arg(long)]
+    pub trusted_proxy: Vec<String>,
     /// Failed logins per username per window; beyond that, 429 too_many_attempts until the window ends.
     #[arg(long, default_value_t = crate::throttle::LOGIN_FAILURES_PER_USERNAME_MAX_DEFAULT,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -249,6 +262,16 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
+    /// How the public port treats its connections.
+    pub fn connection_settings(&self) -> Result<crate::connections::ConnectionSettings, String> {
+        Ok(crate::connections::ConnectionSettings::new(
+            self.connections_max,
+            self.connections_per_address_max,
+            Duration::from_secs(self.send_timeout_s),
+            crate::connections::TrustedProxies::parse(&self.trusted_proxy)?,
+        ))
+    }
+
     /// The HTTP front's limits; refuses a request timeout that would cut orders off while they wait for the
     /// payment provider.
     pub fn http_limits(&self) -> Result<HttpLimits, String> {

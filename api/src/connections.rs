@@ -1,50 +1,154 @@
-//! Accepted connections, bounded, and the client address each request came from.
+//! Accepted connections, bounded in number, per client address and in how long they may stall, and the client
+//! address each request came from.
 //!
-//! [`ConnectionLimit`] wraps the TCP listener that `axum::serve` accepts from. It holds one permit per open
+//! [`ConnectionLimit`] wraps the TCP listener the public port accepts from. It holds one permit per open
 //! connection, at most `--connections-max`; when all are taken it stops accepting until a connection closes, so
 //! new clients wait in the kernel's listen backlog (and beyond it their connection attempts are refused or time
 //! out) instead of costing the node memory and file descriptors. Keep the limit below the process's file
-//! descriptor limit (`ulimit -n`), which the journal and sled also draw on.
+//! descriptor limit (`ulimit -n`), which the journal and sled also draw on. One client address (an IPv4 address
+//! or an IPv6 /64) holds at most `--connections-per-address-max` of them; a connection beyond that is answered
+//! `429 too_many_connections` and closed at once, so that one client cannot take every slot.
+//!
+//! Every accepted connection is a [`LimitedStream`]: a connection whose client has not taken its response bytes
+//! for `--send-timeout-s` (a client that stops reading: its socket stays full) is closed, and so is one whose
+//! [`ConnectionAbort`] was pulled (an event subscriber that fell too far behind, whether or not its socket is
+//! writable). hyper keeps at most [`HEADER_SECTION_BYTES_MAX`] of a request's header section and
+//! [`CONNECTION_BUFFER_BYTES_MAX`] of unsent responses per connection.
 //!
 //! [`ClientAddress`] is the connect info the router is served with, so that a handler can learn who is calling
-//! (the login throttle counts failures per address); [`ClientIp`] extracts it, and is `None` when the app runs
-//! without a socket (in tests).
+//! (the throttles count per address); [`ClientIp`] extracts it, and is `None` when the app runs without a socket
+//! (in tests). Behind a reverse proxy named with `--trusted-proxy`, it is the address the proxy put in
+//! `X-Forwarded-For`.
 
 use axum::extract::FromRequestParts;
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::http::request::Parts;
 use axum::serve::{IncomingStream, Listener};
+use futures_util::task::AtomicWaker;
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Default of `--connections-max`: well below the usual file descriptor limits of a server.
 pub const CONNECTIONS_MAX_DEFAULT: u32 = 10_000;
+/// Default of `--send-timeout-s`: how long a client may leave response bytes untaken before its connection is
+/// closed.
+pub const SEND_TIMEOUT_S_DEFAULT: u64 = 30;
+/// A request's header section (request line and headers) is at most this long; beyond it, `431`.
+pub const HEADER_SECTION_BYTES_MAX: usize = 32 * 1024;
+/// hyper's read and write buffers per connection at most: what a client that pipelines requests and never reads
+/// the answers can make the node hold, besides the kernel's socket buffers.
+pub const CONNECTION_BUFFER_BYTES_MAX: usize = 64 * 1024;
+/// Headers in one request at most; beyond that, `431`.
+pub const HEADERS_MAX: usize = 100;
+
+/// How the public port treats its connections (from the flags).
+#[derive(Clone, Debug)]
+pub struct ConnectionSettings {
+    pub connections_max: u32,
+    /// Connections one client address holds at most.
+    pub per_address_max: u32,
+    pub send_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
+}
+
+impl ConnectionSettings {
+    /// `per_address_max` when given, otherwise a tenth of `connections_max` (at least 1).
+    pub fn new(
+        connections_max: u32,
+        per_address_max: Option<u32>,
+        send_timeout: Duration,
+        trusted_proxies: TrustedProxies,
+    ) -> Self {
+        Self {
+            connections_max,
+            per_address_max: per_address_max.unwrap_or((connections_max / 10).max(1)),
+            send_timeout,
+            trusted_proxies,
+        }
+    }
+}
 
 /// Bytes the kernel keeps queued but not yet sent per connection (`TCP_NOTSENT_LOWAT`); past it the socket
 /// reports full. Without it a client that stops reading can park megabytes in its send buffer (autotuned up to
 /// `net.ipv4.tcp_wmem`), and an event stream to it would only notice much later that it fell behind.
 pub const UNSENT_BYTES_MAX: u32 = 128 * 1024;
 
-/// A listener that keeps at most `connections_max` accepted connections open.
+/// A listener that keeps at most `connections_max` accepted connections open, and `per_address_max` per client
+/// address.
 pub struct ConnectionLimit {
     listener: TcpListener,
     permits: Arc<Semaphore>,
+    per_address: Arc<PerAddress>,
+    send_timeout: Duration,
     open: metrics::Gauge,
 }
 
+/// Open connections per client address.
+struct PerAddress {
+    max: u32,
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+impl PerAddress {
+    /// Counts one more connection of `address`, unless it has its share already.
+    fn try_add(&self, address: IpAddr) -> bool {
+        let mut open = self.open.lock().expect("per-address lock");
+        let count = open.entry(address).or_insert(0);
+        if *count >= self.max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn remove(&self, address: IpAddr) {
+        let mut open = self.open.lock().expect("per-address lock");
+        if let Some(count) = open.get_mut(&address) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&address);
+            }
+        }
+    }
+}
+
+/// What a connection beyond its address's share is told before it is closed.
+fn too_many_connections() -> Vec<u8> {
+    let body = r#"{"error":{"code":"too_many_connections","message":"too many open connections from this address"}}"#;
+    format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 impl ConnectionLimit {
-    pub fn new(listener: TcpListener, connections_max: u32) -> Self {
-        assert!(connections_max > 0, "at least one connection is served");
+    pub fn new(listener: TcpListener, settings: &ConnectionSettings) -> Self {
+        assert!(
+            settings.connections_max > 0 && settings.per_address_max > 0,
+            "at least one connection is served"
+        );
         Self {
             listener,
-            permits: Arc::new(Semaphore::new(connections_max as usize)),
+            permits: Arc::new(Semaphore::new(settings.connections_max as usize)),
+            per_address: Arc::new(PerAddress {
+                max: settings.per_address_max,
+                open: Mutex::new(HashMap::new()),
+            }),
+            send_timeout: settings.send_timeout,
             open: metrics::gauge!("boxoffice_connections_open"),
         }
     }
@@ -55,34 +159,49 @@ impl Listener for ConnectionLimit {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                metrics::counter!("boxoffice_connections_limited_total").increment(1);
-                self.permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the connection semaphore is never closed")
+        loop {
+            let permit = match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    metrics::counter!("boxoffice_connections_limited_total").increment(1);
+                    self.permits
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("the connection semaphore is never closed")
+                }
+            };
+            let (stream, address) = Listener::accept(&mut self.listener).await;
+            let key = crate::throttle::address_key(address.ip());
+            if !self.per_address.try_add(key) {
+                metrics::counter!("boxoffice_connections_refused_per_address_total").increment(1);
+                // Best effort and never waiting: the socket's buffer is empty, so the answer fits.
+                let _ = stream.try_write(&too_many_connections());
+                continue;
             }
-        };
-        let (stream, address) = Listener::accept(&mut self.listener).await;
-        // Each event of a stream is a small write of its own: without it Nagle's algorithm holds every event back
-        // until the previous one is acknowledged (up to the client's delayed-ack timer).
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::warn!(%error, "cannot turn Nagle's algorithm off");
+            // Each event of a stream is a small write of its own: without it Nagle's algorithm holds every event
+            // back until the previous one is acknowledged (up to the client's delayed-ack timer).
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::warn!(%error, "cannot turn Nagle's algorithm off");
+            }
+            if let Err(error) =
+                socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_BYTES_MAX)
+            {
+                tracing::warn!(%error, "cannot bound the connection's unsent bytes");
+            }
+            self.open.increment(1.0);
+            let stream = LimitedStream {
+                stream,
+                _permit: permit,
+                open: self.open.clone(),
+                address: key,
+                per_address: self.per_address.clone(),
+                send_timeout: self.send_timeout,
+                stalled: None,
+                abort: ConnectionAbort::default(),
+            };
+            return (stream, address);
         }
-        if let Err(error) = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_BYTES_MAX)
-        {
-            tracing::warn!(%error, "cannot bound the connection's unsent bytes");
-        }
-        self.open.increment(1.0);
-        let stream = LimitedStream {
-            stream,
-            _permit: permit,
-            open: self.open.clone(),
-        };
-        (stream, address)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -90,16 +209,87 @@ impl Listener for ConnectionLimit {
     }
 }
 
-/// An accepted connection; closing it gives its permit back.
+/// Closes a connection from elsewhere: a handler finds it among the request's extensions (when the request
+/// came over a socket of the public port) and pulls it; the connection's next read or write fails, and its task
+/// is woken for that even while its socket is full.
+#[derive(Clone, Default)]
+pub struct ConnectionAbort(Arc<AbortState>);
+
+#[derive(Default)]
+struct AbortState {
+    aborted: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl ConnectionAbort {
+    pub fn abort(&self) {
+        self.0.aborted.store(true, Ordering::Release);
+        self.0.waker.wake();
+    }
+
+    fn check(&self, cx: &Context<'_>) -> io::Result<()> {
+        self.0.waker.register(cx.waker());
+        if self.0.aborted.load(Ordering::Acquire) {
+            return Err(io::ErrorKind::ConnectionAborted.into());
+        }
+        Ok(())
+    }
+}
+
+/// An accepted connection; closing it gives its permits back.
 pub struct LimitedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
     open: metrics::Gauge,
+    address: IpAddr,
+    per_address: Arc<PerAddress>,
+    send_timeout: Duration,
+    /// Armed while a write waits for the client to take bytes: when it fires, the connection is closed.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    abort: ConnectionAbort,
+}
+
+impl LimitedStream {
+    /// The handle that closes this connection.
+    pub fn abort_handle(&self) -> ConnectionAbort {
+        self.abort.clone()
+    }
+
+    /// A write is pending: closes the connection once it has been for the send timeout.
+    fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let send_timeout = self.send_timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send_timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                metrics::counter!("boxoffice_connections_send_timed_out_total").increment(1);
+                Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Passes a write's outcome on, timing a pending one.
+    fn written<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Pending => self.stall(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
 }
 
 impl Drop for LimitedStream {
     fn drop(&mut self) {
         self.open.decrement(1.0);
+        self.per_address.remove(self.address);
     }
 }
 
@@ -109,7 +299,9 @@ impl AsyncRead for LimitedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        this.abort.check(cx)?;
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
@@ -119,7 +311,10 @@ impl AsyncWrite for LimitedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.abort.check(cx)?;
+        let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.written(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -127,7 +322,10 @@ impl AsyncWrite for LimitedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.abort.check(cx)?;
+        let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.written(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -135,7 +333,10 @@ impl AsyncWrite for LimitedStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        this.abort.check(cx)?;
+        let poll = Pin::new(&mut this.stream).poll_flush(cx);
+        this.written(cx, poll)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -153,7 +354,8 @@ impl Connected<IncomingStream<'_, ConnectionLimit>> for ClientAddress {
     }
 }
 
-/// The caller's IP address, when the app is served over a socket.
+/// The caller's IP address, when the app is served over a socket: the connection's peer, or, when the peer is a
+/// trusted proxy, the nearest address in `X-Forwarded-For` that is not one.
 pub struct ClientIp(pub Option<IpAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
@@ -165,12 +367,93 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
         if let Some(forwarded) = parts.extensions.get::<cluster::server::Forwarded>() {
             return Ok(Self(forwarded.client));
         }
-        Ok(Self(
-            parts
-                .extensions
-                .get::<ConnectInfo<ClientAddress>>()
-                .map(|ConnectInfo(ClientAddress(address))| address.ip()),
-        ))
+        let Some(peer) = parts
+            .extensions
+            .get::<ConnectInfo<ClientAddress>>()
+            .map(|ConnectInfo(ClientAddress(address))| address.ip())
+        else {
+            return Ok(Self(None));
+        };
+        let trusted = parts.extensions.get::<TrustedProxies>();
+        Ok(Self(Some(match trusted {
+            Some(trusted) if trusted.contains(peer) => trusted.client_behind(peer, &parts.headers),
+            _ => peer,
+        })))
+    }
+}
+
+/// `--trusted-proxy`: reverse proxies (addresses or CIDR networks) whose `X-Forwarded-For` names the client.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedProxies(Arc<Vec<(IpAddr, u8)>>);
+
+/// `X-Forwarded-For` addresses looked at, at most, from the right.
+const FORWARDED_FOR_HOPS_MAX: usize = 16;
+
+impl TrustedProxies {
+    /// Parses `ADDR` or `ADDR/PREFIX` items; an IPv4 prefix is 0 to 32, an IPv6 one 0 to 128.
+    pub fn parse(items: &[String]) -> Result<Self, String> {
+        let mut networks = Vec::with_capacity(items.len());
+        for item in items.iter().flat_map(|item| item.split(',')) {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            let (address, prefix) = match item.split_once('/') {
+                Some((address, prefix)) => (address, Some(prefix)),
+                None => (item, None),
+            };
+            let address: IpAddr = address
+                .parse()
+                .map_err(|_| format!("--trusted-proxy: {item} is not an address or a network"))?;
+            let bits = if address.is_ipv4() { 32 } else { 128 };
+            let prefix = match prefix {
+                Some(prefix) => prefix
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|prefix| *prefix <= bits)
+                    .ok_or_else(|| format!("--trusted-proxy: {item} has a bad prefix length"))?,
+                None => bits,
+            };
+            networks.push((address, prefix));
+        }
+        Ok(Self(Arc::new(networks)))
+    }
+
+    pub fn contains(&self, address: IpAddr) -> bool {
+        let address = address.to_canonical();
+        self.0
+            .iter()
+            .any(|(network, prefix)| match (network, address) {
+                (IpAddr::V4(network), IpAddr::V4(address)) => {
+                    let mask = u32::MAX.checked_shl(32 - u32::from(*prefix)).unwrap_or(0);
+                    u32::from(*network) & mask == u32::from(address) & mask
+                }
+                (IpAddr::V6(network), IpAddr::V6(address)) => {
+                    let mask = u128::MAX.checked_shl(128 - u32::from(*prefix)).unwrap_or(0);
+                    u128::from(*network) & mask == u128::from(address) & mask
+                }
+                _ => false,
+            })
+    }
+
+    /// The client behind the trusted proxy `peer`: the rightmost address of `X-Forwarded-For` that is not a
+    /// trusted proxy (a client can put anything on the left of it). `peer` if there is none or one is not an
+    /// address.
+    fn client_behind(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+        let hops: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .collect();
+        for hop in hops.iter().rev().take(FORWARDED_FOR_HOPS_MAX) {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(address) if self.contains(address) => continue,
+                Ok(address) => return address.to_canonical(),
+                Err(_) => return peer,
+            }
+        }
+        peer
     }
 }
 
@@ -188,27 +471,38 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub async fn serve(
     mut listener: ConnectionLimit,
     app: axum::Router,
+    trusted_proxies: TrustedProxies,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> io::Result<()> {
     use axum::extract::Request;
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
-    use tower::{Layer, ServiceExt};
+    use tower::ServiceExt;
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(HEADER_SECTION_BYTES_MAX)
+        .max_headers(HEADERS_MAX)
+        .max_buf_size(CONNECTION_BUFFER_BYTES_MAX);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, address) = tokio::select! {
             accepted = Listener::accept(&mut listener) => accepted,
             () = &mut shutdown => break,
         };
-        let service = axum::Extension(ConnectInfo(ClientAddress(address)))
-            .layer(app.clone())
-            .map_request(|request: Request<hyper::body::Incoming>| {
-                request.map(axum::body::Body::new)
+        let abort = stream.abort_handle();
+        let trusted_proxies = trusted_proxies.clone();
+        let service = app
+            .clone()
+            .map_request(move |request: Request<hyper::body::Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
+                let extensions = request.extensions_mut();
+                extensions.insert(ConnectInfo(ClientAddress(address)));
+                extensions.insert(abort.clone());
+                extensions.insert(trusted_proxies.clone());
+                request
             });
         let connection =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));

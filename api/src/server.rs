@@ -244,6 +244,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
             .map_err(|_| format!("a cluster's processes share {ADMIN_TOKEN_ENV}: set it"))?;
         return crate::cluster::front::run(args, cluster, token).await;
     }
+    let connections = args.connection_settings()?;
     let node = Node::assemble_in(&args, cluster)?;
     let state = node.state.clone();
     let listener = listen(args.listen)
@@ -255,8 +256,9 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let ready = state.ready.clone();
     let draining = state.shutdown.clone();
     let server = tokio::spawn(crate::connections::serve(
-        crate::connections::ConnectionLimit::new(listener, args.connections_max),
+        crate::connections::ConnectionLimit::new(listener, &connections),
         crate::app(state.clone()),
+        connections.trusted_proxies.clone(),
         async move {
             shutdown_signal().await;
             ready.store(false, Ordering::Release);

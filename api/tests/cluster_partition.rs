@@ -401,6 +401,18 @@ async fn partition(net: &Net) {
     );
     assert_eq!(view["concerts"], placement_before, "no shard moved");
     for server in nodes.iter().chain([&front]) {
+        // A process whose connection to the healed node broke during the cut may take a moment to dial it again
+        // (its back-off, or a dead connection's pings): 503 node_unavailable meanwhile, never a wrong count.
+        let concert = format!("/concerts/{general}");
+        let mut reply = server.get(&concert, None).await;
+        for _ in 0..150 {
+            if !unavailable(&reply) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            reply = server.get(&concert, None).await;
+        }
+        reply.expect(200);
         let (remaining, held, counted, capacity) = server.availability(&general).await;
         assert_eq!((held, counted), (0, sold));
         assert_eq!(remaining, capacity - sold);

@@ -1017,8 +1017,11 @@ impl Desk {
         }));
         spawn_owned(async move {
             let outcome = work.await;
-            if matches!(outcome, Err(EngineError::Overloaded)) {
-                // Nothing happened: a retry with the same key should try again rather than read "overloaded".
+            if let Err(error) = &outcome
+                && error.frees_idempotency_key()
+            {
+                // Nothing was charged and nothing stays reserved: a retry with the same key places the order
+                // anew rather than read this answer again, however often it is told to retry.
                 desk.book().idempotency.remove(&(user, key));
             }
             let _ = sender.send(Some(outcome.clone()));

@@ -61,6 +61,18 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// Whether an order that ended with this left nothing behind (nothing charged, nothing kept reserved), and
+    /// says to retry: then its idempotency key is forgotten, so that the retry it asks for places the order anew
+    /// instead of reading this answer again (`503 ... Retry-After` forever). A charge that timed out is voided
+    /// before `PaymentUnavailable` is answered; `NodeUnavailable` ends an order before its charge (after one, the
+    /// order keeps confirming until the node is back).
+    pub fn frees_idempotency_key(&self) -> bool {
+        matches!(
+            self,
+            Self::Overloaded | Self::PaymentUnavailable | Self::NodeUnavailable { .. }
+        )
+    }
+
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self::Invalid {
             field,

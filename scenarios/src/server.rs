@@ -68,6 +68,8 @@ pub fn serve_flags(
         "--request-timeout-s".to_owned(),
         "3600".to_owned(),
         // Every simulated buyer is on 127.0.0.1.
+        "--connections-per-address-max".to_owned(),
+        (concurrency + 1_024).max(10_000).to_string(),
         "--held-tickets-per-address-max".to_owned(),
         "100000000".to_owned(),
     ];

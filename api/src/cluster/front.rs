@@ -251,6 +251,7 @@ pub async fn run(
     let metrics = crate::server::metrics_handle()?;
     let state = FrontState::new(cluster, metrics, &admin_token);
     let limits = args.http_limits()?;
+    let connections = args.connection_settings()?;
     let guards = Guards::new(limits.requests_in_flight_max, limits.request_timeout);
     let listener = crate::server::listen(args.listen)
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
@@ -260,8 +261,9 @@ pub async fn run(
     let prober = tokio::spawn(probe(state.clone()));
     let ready = state.ready.clone();
     let result = crate::connections::serve(
-        crate::connections::ConnectionLimit::new(listener, args.connections_max),
+        crate::connections::ConnectionLimit::new(listener, &connections),
         app(state, guards),
+        connections.trusted_proxies.clone(),
         async move {
             crate::server::shutdown_signal().await;
             ready.store(false, Ordering::Release);

@@ -21,11 +21,12 @@
 //! concert's total. A subscriber is refused `503 node_unavailable` while a node that owns shards of the concert
 //! does not answer.
 
+use crate::connections::ConnectionAbort;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiPath;
 use crate::state::AppState;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -92,15 +93,17 @@ pub struct SnapshotData {
 pub async fn stream(
     State(state): State<AppState>,
     ApiPath(id): ApiPath,
+    abort: Option<Extension<ConnectionAbort>>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let abort = abort.map(|Extension(abort)| abort);
     let concert = state
         .desk
         .router()
         .concert(&ConcertId(id))
         .ok_or_else(|| ApiError::not_found("concert"))?;
     if let Some(cluster) = &state.cluster {
-        return merged_stream(&state, cluster, concert, &headers).await;
+        return merged_stream(&state, cluster, concert, &headers, abort).await;
     }
     let feed = concert.feed.clone();
     let resume_after = headers
@@ -154,7 +157,7 @@ pub async fn stream(
         _merged: None,
         _gauge: SubscriberGauge::new(),
     };
-    Ok(event_stream(opening, subscriber))
+    Ok(event_stream(opening, subscriber, abort))
 }
 
 /// The concert's merged feed, in a cluster.
@@ -163,6 +166,7 @@ async fn merged_stream(
     cluster: &crate::cluster::ClusterState,
     concert: Arc<ConcertHandle>,
     headers: &HeaderMap,
+    abort: Option<ConnectionAbort>,
 ) -> ApiResult<Response> {
     let last_event_id = headers
         .get("last-event-id")
@@ -217,15 +221,26 @@ async fn merged_stream(
         _merged: Some(subscription.feed),
         _gauge: SubscriberGauge::new(),
     };
-    Ok(event_stream(opening, subscriber))
+    Ok(event_stream(opening, subscriber, abort))
 }
 
-/// The response: `opening`, then what `subscriber` reads, as server-sent events.
-fn event_stream(opening: Vec<u8>, subscriber: Subscriber) -> Response {
+/// The response: `opening`, then what `subscriber` reads, as server-sent events. With the connection's `abort`
+/// handle, a watchdog closes the connection once the subscriber is more than
+/// [`SUBSCRIBER_LAG_MAX`](engine::feed::SUBSCRIBER_LAG_MAX) items behind, whether or not its socket takes bytes
+/// (a stream whose client stopped reading is not polled at all, so it cannot notice by itself).
+fn event_stream(
+    opening: Vec<u8>,
+    subscriber: Subscriber,
+    abort: Option<ConnectionAbort>,
+) -> Response {
+    let subscriber = Arc::new(tokio::sync::Mutex::new(subscriber));
+    if let Some(abort) = abort {
+        tokio::spawn(watch_lag(Arc::downgrade(&subscriber), abort));
+    }
     let opening =
         futures_util::stream::once(async move { Ok::<_, Infallible>(Bytes::from(opening)) });
-    let live = futures_util::stream::unfold(subscriber, |mut subscriber| async move {
-        let chunk = subscriber.next_chunk().await?;
+    let live = futures_util::stream::unfold(subscriber, |subscriber| async move {
+        let chunk = subscriber.lock().await.next_chunk().await?;
         Some((Ok::<_, Infallible>(chunk), subscriber))
     });
     let mut response =
@@ -239,6 +254,36 @@ fn event_stream(opening: Vec<u8>, subscriber: Subscriber) -> Response {
     // Tells a buffering reverse proxy (nginx) to pass events through as they come.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// How often the watchdog looks at how far behind a subscriber is.
+pub const LAG_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Closes `subscriber`'s connection once it falls more than `SUBSCRIBER_LAG_MAX` items behind; ends with the
+/// stream. A subscriber being read (the stream is waiting for items, or gathering a chunk) is locked and keeping
+/// up; one that is not locked is not being read, and its receiver says how much waits for it.
+async fn watch_lag(
+    subscriber: std::sync::Weak<tokio::sync::Mutex<Subscriber>>,
+    abort: ConnectionAbort,
+) {
+    let mut tick = tokio::time::interval(LAG_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(subscriber) = subscriber.upgrade() else {
+            return;
+        };
+        let Ok(subscriber) = subscriber.try_lock() else {
+            continue;
+        };
+        let waiting = subscriber.receiver.len();
+        if waiting > engine::feed::SUBSCRIBER_LAG_MAX {
+            metrics::counter!("boxoffice_event_subscribers_dropped_total").increment(1);
+            tracing::debug!(concert_id = %subscriber.spec.id, waiting, "event subscriber stopped reading; disconnecting");
+            abort.abort();
+            return;
+        }
+    }
 }
 
 struct Subscriber {

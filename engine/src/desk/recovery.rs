@@ -46,6 +46,8 @@ pub struct InFlightOrder {
     /// Tickets of parts sold before the stop.
     sold: Vec<Ticket>,
     hold_id: Option<HoldId>,
+    /// The order's idempotency key, if it had one.
+    key: Option<String>,
     outcome: watch::Sender<Option<OrderOutcome>>,
 }
 
@@ -306,6 +308,7 @@ impl Desk {
                 parts,
                 sold,
                 hold_id,
+                key: meta.idempotency.map(|tag| tag.key),
                 outcome: sender,
             });
         }
@@ -321,8 +324,10 @@ impl Desk {
             parts,
             sold,
             hold_id,
+            key,
             outcome: sender,
         } = in_flight;
+        let user = order.user_id.clone();
         let outcome = async {
             let concert = self
                 .router
@@ -365,6 +370,12 @@ impl Desk {
             && let Some(record) = self.book().holds.get_mut(&hold_id)
         {
             record.parts.clear();
+        }
+        if let (Err(error), Some(key)) = (&outcome, key)
+            && error.frees_idempotency_key()
+        {
+            // Voided and released: a retry with the key places the order anew, before waiters hear of this.
+            self.book().idempotency.remove(&(user, key));
         }
         let _ = sender.send(Some(outcome.clone()));
         outcome
