@@ -156,6 +156,9 @@ fn serde_message(text: &str) -> String {
     let trimmed = text
         .strip_prefix("Failed to deserialize the JSON body into the target type: ")
         .unwrap_or(text);
+    if let Some(message) = without_unknown_name(trimmed) {
+        return message.chars().take(ERROR_MESSAGE_CHARS_MAX).collect();
+    }
     let message = match ["invalid type: ", "invalid value: "]
         .iter()
         .find_map(|marker| trimmed.find(marker).map(|at| at + marker.len()))
@@ -168,6 +171,31 @@ fn serde_message(text: &str) -> String {
         None => trimmed.to_owned(),
     };
     message.chars().take(ERROR_MESSAGE_CHARS_MAX).collect()
+}
+
+/// serde's `PATH: unknown field `NAME`, expected ...` (or `unknown variant`) without the name a client sent:
+/// `PARENT: unknown field, expected ...`. `None` for any other message.
+fn without_unknown_name(text: &str) -> Option<String> {
+    let (path, detail) = match text.split_once(": ") {
+        Some((path, detail)) if !path.contains(' ') => (Some(path), detail),
+        _ => (None, text),
+    };
+    let (kind, rest) = [
+        ("unknown field", "unknown field `"),
+        ("unknown variant", "unknown variant `"),
+    ]
+    .iter()
+    .find_map(|(kind, prefix)| detail.strip_prefix(prefix).map(|rest| (*kind, rest)))?;
+    let expected = rest.find('`').map_or("", |end| &rest[end + 1..]);
+    // The unknown field's name ends its path; an unknown variant's path names a known field.
+    let parent = match kind {
+        "unknown field" => path.and_then(|path| path.rsplit_once('.').map(|(parent, _)| parent)),
+        _ => path,
+    };
+    Some(match parent {
+        Some(parent) => format!("{parent}: {kind}{expected}"),
+        None => format!("{kind}{expected}"),
+    })
 }
 
 /// `rest` starts with serde's description of the unexpected value (`integer `42``, `string "secret"`, `map`, ...);
@@ -203,14 +231,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn values_are_not_echoed_but_field_names_are() {
+    fn values_and_unknown_names_are_not_echoed() {
         let message = serde_message(
             "card.number: invalid type: integer `4242424242424242`, expected a string at line 1 column 9",
         );
         assert!(!message.contains("4242"), "{message}");
         assert!(message.starts_with("card.number: invalid type: integer `...`"));
-        let unknown = serde_message("unknown field `colour`, expected `name`");
-        assert!(unknown.contains("colour"));
+        let unknown = serde_message("colour: unknown field `colour`, expected `name`");
+        assert_eq!(unknown, "unknown field, expected `name`");
+        let nested =
+            serde_message("card.pin: unknown field `pin`, expected one of `type`, `number`");
+        assert_eq!(
+            nested,
+            "card: unknown field, expected one of `type`, `number`"
+        );
+        let variant = serde_message("kind: unknown variant `4242`, expected `a` or `b`");
+        assert_eq!(variant, "kind: unknown variant, expected `a` or `b`");
     }
 
     #[test]

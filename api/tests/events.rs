@@ -379,13 +379,16 @@ async fn a_subscriber_that_does_not_read_is_dropped_and_nobody_else_notices() {
     assert_eq!(server.availability(&concert).await, (100, 0, 0, 100));
 
     // The stalled client now reads what was buffered for it: the stream ends early instead of delivering all.
-    // The body is chunked; the server ending it sends the last, empty chunk (the connection itself may stay).
+    // Either the server noticed the lag while writing and ended the body (its last, empty chunk; the connection
+    // may stay), or its watchdog closed the connection while the socket was full (end of file).
     let mut received = Vec::new();
+    let mut closed = false;
     tokio::time::timeout(EVENT_TIMEOUT, async {
         let mut buffer = [0u8; 64 * 1024];
         while !received.ends_with(b"\r\n0\r\n\r\n") {
-            let read = stalled.read(&mut buffer).await.expect("reads");
+            let read = stalled.read(&mut buffer).await.unwrap_or(0);
             if read == 0 {
+                closed = true;
                 break;
             }
             received.extend_from_slice(&buffer[..read]);
@@ -402,8 +405,8 @@ async fn a_subscriber_that_does_not_read_is_dropped_and_nobody_else_notices() {
         )
     });
     assert!(
-        received.ends_with(b"\r\n0\r\n\r\n"),
-        "the stream ended with its last chunk"
+        closed || received.ends_with(b"\r\n0\r\n\r\n"),
+        "the stream ended with its last chunk, or the connection was closed"
     );
     let received = String::from_utf8_lossy(&received);
     assert!(
@@ -420,22 +423,10 @@ async fn a_subscriber_that_does_not_read_is_dropped_and_nobody_else_notices() {
         seat_events < ROUNDS * 20,
         "the stalled subscriber was dropped, not sent everything ({seat_events} events)"
     );
-    let metrics = server
-        .client
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let dropped: f64 = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("boxoffice_event_subscribers_dropped_total "))
-        .expect("the drop is counted")
-        .parse()
-        .unwrap();
-    assert!(dropped >= 1.0);
+    let dropped = server
+        .metric("boxoffice_event_subscribers_dropped_total")
+        .await;
+    assert!(dropped >= 1.0, "the drop is counted");
     // The node still serves new subscribers.
     let mut after = EventStream::open(&server, &concert, None).await;
     assert_eq!(after.expect_next().await.event, "snapshot");

@@ -68,27 +68,10 @@ async fn post_via(
     })
 }
 
-/// The value of an unlabelled gauge or counter in `GET /metrics`; 0 before it is first set.
-async fn metric(server: &Server, name: &str) -> f64 {
-    let response = server
-        .client
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .expect("metrics answer");
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.expect("metrics body");
-    text.lines()
-        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .map(|value| value.trim().parse::<f64>().expect("a metric value"))
-        .next()
-        .unwrap_or(0.0)
-}
-
 async fn wait_for_metric(server: &Server, name: &str, value: f64) {
     let deadline = Instant::now() + SETTLE_WAIT_MAX;
     loop {
-        let current = metric(server, name).await;
+        let current = server.metric(name).await;
         if current == value {
             return;
         }
@@ -186,7 +169,7 @@ async fn a_slow_provider_does_not_stall_the_shards() {
     // Every order is with the provider at once: the pool does not serialize them.
     let deadline = Instant::now() + SETTLE_WAIT_MAX;
     loop {
-        let in_flight = metric(&server, PAYMENTS_IN_FLIGHT).await;
+        let in_flight = server.metric(PAYMENTS_IN_FLIGHT).await;
         assert!(
             in_flight <= FIRED as f64,
             "more payments than orders: {in_flight}"
@@ -378,7 +361,8 @@ async fn a_payment_past_its_deadline_releases_the_tickets() {
     assert_eq!(server.availability(&concert).await, (10, 0, 0, 10));
     assert_eq!(tickets_of(&server, &user_id, &token).await, json!([]));
 
-    // The same key answers the same outcome, without a second charge.
+    // Nothing was charged or kept: the same key tries the order again (it does not read the 503 forever), and
+    // with the provider still too slow, that charge is voided as well.
     let replay = server
         .send(
             reqwest::Method::POST,

@@ -130,8 +130,7 @@ impl Cluster {
             let handles: Vec<_> = (0..nodes)
                 .map(|node| {
                     let cluster = &cluster;
-                    scope
-                        .spawn(move || cluster.launch_node(node, tempfile::tempdir().expect("dir")))
+                    scope.spawn(move || cluster.launch_node(node, super::private_dir()))
                 })
                 .collect();
             handles
@@ -177,7 +176,7 @@ impl Cluster {
         args.extend(self.extra_args.iter().map(String::as_str));
         let filter = std::env::var("BOXOFFICE_TEST_LOG").unwrap_or_else(|_| "warn".into());
         Server::launch_with(
-            tempfile::tempdir().expect("dir"),
+            super::private_dir(),
             "127.0.0.1:0",
             &args,
             &[("BOXOFFICE_CLUSTER_SECRET", CLUSTER_SECRET)],
@@ -252,7 +251,7 @@ impl Cluster {
         self.nodes.push(None);
         self.stopped.push(None);
         let mut dirs: Vec<tempfile::TempDir> = dirs;
-        dirs.push(tempfile::tempdir().expect("dir"));
+        dirs.push(super::private_dir());
         let started: Vec<Server> = std::thread::scope(|scope| {
             let handles: Vec<_> = dirs
                 .into_iter()

@@ -75,10 +75,20 @@ impl Reply {
     }
 }
 
+/// A temporary directory only its owner may read, as a node's data dir should be (`tempfile` makes them as the
+/// umask says, usually readable by everyone, which the node reports at start).
+pub fn private_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .expect("temp dir")
+}
+
 impl Server {
     /// Starts a server with the given extra flags and waits until it is ready (`/health` 200).
     pub fn start(extra_args: &[&str]) -> Server {
-        Self::start_in(tempfile::tempdir().expect("temp dir"), extra_args)
+        Self::start_in(private_dir(), extra_args)
     }
 
     /// Starts a server on an existing data dir, e.g. one a killed server left behind.
@@ -291,6 +301,59 @@ impl Server {
             body,
             retry_after,
         }
+    }
+
+    /// The value of an unlabelled gauge or counter in `GET /metrics`; 0 before it is first set.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let response = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics answer");
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.expect("metrics body");
+        text.lines()
+            .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .map(|value| value.trim().parse::<f64>().expect("a metric value"))
+            .next()
+            .unwrap_or(0.0)
+    }
+
+    /// A client whose connections come from `source` (an address of 127.0.0.0/8): another client address.
+    pub fn client_from(&self, source: std::net::IpAddr) -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .local_address(source)
+            .build()
+            .expect("client")
+    }
+
+    /// A raw connection from `source` with a receive buffer of `receive_buffer` bytes (small: the client's
+    /// window stays small), that has sent `request`.
+    pub async fn raw_from(
+        &self,
+        source: std::net::IpAddr,
+        receive_buffer: u32,
+        request: &[u8],
+    ) -> std::io::Result<tokio::net::TcpStream> {
+        use tokio::io::AsyncWriteExt;
+        let address: std::net::SocketAddr = self
+            .base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("a socket address");
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(receive_buffer)?;
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        let mut stream = socket.connect(address).await?;
+        stream.write_all(request).await?;
+        Ok(stream)
+    }
+
+    /// The host:port of the server, for raw requests.
+    pub fn authority(&self) -> &str {
+        self.base.trim_start_matches("http://")
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
