@@ -164,7 +164,7 @@ impl From<EngineError> for ApiError {
             EngineError::HoldNotFound => (S::NOT_FOUND, "hold_not_found"),
             EngineError::OrderNotFound => (S::NOT_FOUND, "order_not_found"),
             EngineError::SoldOut => (S::CONFLICT, "sold_out"),
-            EngineError::SeatTaken => (S::CONFLICT, "seat_taken"),
+            EngineError::SeatTaken { .. } => (S::CONFLICT, "seat_taken"),
             EngineError::UnknownSeat => (S::UNPROCESSABLE_ENTITY, "unknown_seat"),
             EngineError::HoldExpired => (S::GONE, "hold_expired"),
             EngineError::HoldNotActive => (S::CONFLICT, "hold_not_active"),

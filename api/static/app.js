@@ -32,6 +32,11 @@ const FRIENDLY_MESSAGES = {
   ticket_limit_reached: 'You have reached the ticket limit for this concert.',
   hold_limit_reached: 'You have too many holds open. Buy or cancel one first.',
   overloaded: 'The box office is very busy right now. Please try again in a moment.',
+  card_required: 'Add a card to your account before you hold or buy seats.',
+  card_expired: 'That card has expired. Use another card.',
+  card_refused: 'The payment provider did not accept that card. Check its number, expiry and security code.',
+  too_many_signups: 'Too many accounts were created from your network. Please try again later.',
+  too_many_held_tickets: 'Too many seats are held from your network right now. Buy or cancel a hold first.',
 };
 
 const $ = (id) => document.getElementById(id);

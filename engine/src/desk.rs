@@ -1103,7 +1103,7 @@ fn record_order_metrics(outcome: &OrderOutcome, started: Instant) {
     let label = match outcome {
         Ok(_) => "confirmed",
         Err(EngineError::SoldOut) => "sold_out",
-        Err(EngineError::SeatTaken) => "seat_taken",
+        Err(EngineError::SeatTaken { .. }) => "seat_taken",
         Err(EngineError::PaymentDeclined { .. }) => "declined",
         Err(EngineError::Overloaded) => "overloaded",
         Err(EngineError::HoldExpired) => "hold_expired",

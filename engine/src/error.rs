@@ -9,9 +9,11 @@ pub enum EngineError {
     OrderNotFound,
     /// The concert has fewer tickets left (neither held nor sold) than were asked for.
     SoldOut,
-    /// A named seat is held or sold by someone else. Which one is not said: messages never quote what a request
-    /// sent.
-    SeatTaken,
+    /// A named seat is held or sold by someone else: `seat` is its label, for the node's own use (the message does
+    /// not say which: messages never quote what a request sent).
+    SeatTaken {
+        seat: String,
+    },
     /// A named seat does not exist in the concert.
     UnknownSeat,
     HoldExpired,
@@ -88,7 +90,7 @@ impl fmt::Display for EngineError {
             Self::HoldNotFound => write!(f, "hold not found"),
             Self::OrderNotFound => write!(f, "order not found"),
             Self::SoldOut => write!(f, "not enough tickets left"),
-            Self::SeatTaken => write!(f, "a requested seat is already taken"),
+            Self::SeatTaken { .. } => write!(f, "a requested seat is already taken"),
             Self::UnknownSeat => write!(f, "a requested seat does not exist in this concert"),
             Self::HoldExpired => write!(f, "the hold has expired"),
             Self::HoldNotActive => write!(f, "the hold is already being purchased"),

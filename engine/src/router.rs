@@ -1279,17 +1279,20 @@ impl ConcertHandle {
             let (shard, local) = self.spec.locate_seat(index);
             by_shard.entry(shard).or_default().push(local);
         }
-        let replies = join_all(by_shard.into_iter().map(|(shard, seats)| {
-            self.reserve_on(shard as usize, owner, Claim::Seats(seats), purpose)
+        let replies = join_all(by_shard.into_iter().map(|(shard, seats)| async move {
+            let reply = self
+                .reserve_on(shard as usize, owner, Claim::Seats(seats), purpose)
+                .await;
+            (shard as usize, reply)
         }))
         .await;
         let mut granted = Vec::new();
         let mut refusal = None;
-        for reply in replies {
+        for (shard, reply) in replies {
             match reply {
                 Ok(Ok(reserved)) => granted.push(reserved),
                 Ok(Err(refused)) => {
-                    refusal.get_or_insert(Self::refusal_error(refused));
+                    refusal.get_or_insert(self.refusal_error(shard, refused));
                 }
                 // A node that did not answer decides: its error is the one the buyer sees.
                 Err(error) => refusal = Some(error),
@@ -1306,10 +1309,18 @@ impl ConcertHandle {
         Ok(granted)
     }
 
-    fn refusal_error(refusal: ReserveRefusal) -> EngineError {
+    fn refusal_error(&self, shard: usize, refusal: ReserveRefusal) -> EngineError {
         match refusal {
             ReserveRefusal::SoldOut => EngineError::SoldOut,
-            ReserveRefusal::SeatTaken { .. } => EngineError::SeatTaken,
+            ReserveRefusal::SeatTaken { local_seat } => {
+                let (start, _) = self.spec.shard_range(shard as u32);
+                EngineError::SeatTaken {
+                    seat: self
+                        .spec
+                        .seat_label(start + u64::from(local_seat))
+                        .unwrap_or_default(),
+                }
+            }
             ReserveRefusal::UnknownSeat { .. } => EngineError::UnknownSeat,
         }
     }

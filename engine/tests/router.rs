@@ -374,9 +374,7 @@ fn a_taken_seat_refuses_the_whole_claim_and_names_the_seat() {
         );
         assert_eq!(
             concert.reserve(&bob, &seats(&["A-3-1"]), order()).await,
-            Err(EngineError::UnknownSeat {
-                seat: "A-3-1".into()
-            })
+            Err(EngineError::UnknownSeat)
         );
         assert!(matches!(
             concert
