@@ -485,7 +485,8 @@ pub fn token_entropy_bits(token: &str) -> f64 {
     if token.chars().all(|c| c.is_ascii_hexdigit()) {
         return length * 4.0;
     }
-    let classes: [(fn(&char) -> bool, f64); 5] = [
+    type Class = (fn(&char) -> bool, f64);
+    let classes: [Class; 5] = [
         (char::is_ascii_digit, 10.0),
         (char::is_ascii_lowercase, 26.0),
         (char::is_ascii_uppercase, 26.0),

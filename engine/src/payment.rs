@@ -258,15 +258,12 @@ impl PaymentProvider for SimulatedProvider {
         Box::pin(std::future::ready(Ok(status)))
     }
 
+    /// Answers at once: `--payment-latency-ms` is the latency of a charge.
     fn verify_card(
         &self,
         card: PaymentCard,
     ) -> BoxFuture<'static, Result<CardCheck, PaymentError>> {
-        let latency = self.latency;
         Box::pin(async move {
-            if !latency.is_zero() {
-                tokio::time::sleep(latency).await;
-            }
             Ok(if card_expired(card.exp_month, card.exp_year) {
                 CardCheck::Refused {
                     reason: "expired card".into(),
@@ -337,8 +334,12 @@ pub struct PaymentPool {
     provider: Arc<dyn PaymentProvider>,
     admitted: Arc<Semaphore>,
     in_flight: Arc<Semaphore>,
+    verifying: Semaphore,
     timeout: Duration,
 }
+
+/// Card verifications in flight with the provider at most.
+pub const VERIFICATIONS_IN_FLIGHT_MAX: usize = 256;
 
 impl PaymentPool {
     pub fn new(provider: Arc<dyn PaymentProvider>, config: PaymentPoolConfig) -> Self {
@@ -350,6 +351,7 @@ impl PaymentPool {
             provider,
             admitted: Arc::new(Semaphore::new(config.concurrency + config.queue_max)),
             in_flight: Arc::new(Semaphore::new(config.concurrency)),
+            verifying: Semaphore::new(VERIFICATIONS_IN_FLIGHT_MAX),
             timeout: config.timeout,
         }
     }
@@ -400,17 +402,19 @@ impl PaymentPool {
         result
     }
 
-    /// Asks the provider whether it accepts `card` on file: admitted and run like a charge (a slot, the
-    /// deadline). `CardRefused` when it does not, `PaymentUnavailable` when it does not answer in time.
+    /// Asks the provider whether it accepts `card` on file, within the pool's deadline, at most
+    /// [`VERIFICATIONS_IN_FLIGHT_MAX`] at once (apart from the charges: a sale that fills the charge queue does
+    /// not stop sign-ups). `CardRefused` when it does not, `PaymentUnavailable` when it does not answer in time.
     pub async fn verify_card(&self, card: PaymentCard) -> Result<(), EngineError> {
-        let slot = self.admit()?;
-        let _in_flight = self
-            .in_flight
-            .acquire()
-            .await
-            .expect("the payment semaphore is never closed");
-        let answer = tokio::time::timeout(self.timeout, self.provider.verify_card(card)).await;
-        drop(slot);
+        let answer = tokio::time::timeout(self.timeout, async {
+            let _verifying = self
+                .verifying
+                .acquire()
+                .await
+                .expect("the verification semaphore is never closed");
+            self.provider.verify_card(card).await
+        })
+        .await;
         match answer {
             Ok(Ok(CardCheck::Accepted)) => Ok(()),
             Ok(Ok(CardCheck::Refused { reason })) => Err(EngineError::CardRefused { reason }),
@@ -477,6 +481,37 @@ mod tests {
         assert_eq!(provider.ledger().len(), 1);
         let declined = provider.charge(request("o_2", "4000000000000002")).await;
         assert!(matches!(declined, Ok(ChargeOutcome::Declined { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_card_is_verified_at_once_apart_from_the_charges() {
+        let provider = Arc::new(SimulatedProvider::new(Duration::from_secs(10), 0.0));
+        let pool = PaymentPool::new(
+            provider,
+            PaymentPoolConfig {
+                concurrency: 1,
+                queue_max: 0,
+                timeout: Duration::from_secs(1),
+            },
+        );
+        // The one charge slot is taken: verifications do not need it, nor wait for the charge latency.
+        let _slot = pool.admit().expect("a slot");
+        assert_eq!(pool.verify_card(card("4242424242424242")).await, Ok(()));
+        assert_eq!(
+            pool.verify_card(card("4000000000000002")).await,
+            Ok(()),
+            "a card whose charges decline verifies"
+        );
+        assert!(matches!(
+            pool.verify_card(card("4000000000000127")).await,
+            Err(EngineError::CardRefused { .. })
+        ));
+        let mut expired = card("4242424242424242");
+        expired.exp_year = 2001;
+        assert!(matches!(
+            pool.verify_card(expired).await,
+            Err(EngineError::CardRefused { .. })
+        ));
     }
 
     #[tokio::test(start_paused = true)]
