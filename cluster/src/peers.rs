@@ -56,9 +56,14 @@ pub const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 /// Flow-control windows of an internal connection. Fixed rather than adaptive: h2 closes a connection whose
 /// peer sent more small DATA frames than half the connection window allows before the application reads them
 /// (its defence against floods of tiny frames), and a node saturated by a burst holds thousands of small request
-/// bodies unread; 2 MiB closed connections under 15,000 orders at once, failing every request on them.
-pub const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+/// bodies unread; 2 MiB closed connections under 15,000 orders at once, failing every request on them. A stream's
+/// window stays small: it is what a front buffers for one forwarded answer its client does not read (an event
+/// stream whose subscriber stopped reading), until the client's connection is closed.
+pub const STREAM_WINDOW_BYTES: u32 = 128 * 1024;
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+/// Bytes of one stream an internal connection queues to send at most: what a node holds for one forwarded
+/// answer its peer does not take.
+pub const STREAM_SEND_BUFFER_BYTES: usize = 128 * 1024;
 /// Deadline of a request to a shard of another node.
 pub const SHARD_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read from a peer (a shard's book view of one node's users is the largest).
@@ -202,6 +207,7 @@ impl Peer {
             .keep_alive_while_idle(true)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .max_send_buf_size(STREAM_SEND_BUFFER_BYTES)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|error| format!("handshake: {error}"))?;

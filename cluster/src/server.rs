@@ -269,6 +269,7 @@ pub async fn serve(
                 .max_header_list_size(64 * 1024)
                 .initial_stream_window_size(crate::peers::STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(crate::peers::CONNECTION_WINDOW_BYTES)
+                .max_send_buf_size(crate::peers::STREAM_SEND_BUFFER_BYTES)
                 .serve_connection(TokioIo::new(stream), handler);
             if let Err(error) = connection.await {
                 tracing::debug!(error = ?error, "internal connection ended");
