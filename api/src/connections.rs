@@ -517,3 +517,64 @@ pub async fn serve(
     graceful.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    fn forwarded_for(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append("x-forwarded-for", value.parse().expect("a header value"));
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_and_networks() {
+        let trusted = TrustedProxies::parse(&["10.0.0.0/8, 192.168.1.7".into(), "fd00::/8".into()])
+            .expect("valid");
+        assert!(trusted.contains(ip("10.1.2.3")));
+        assert!(trusted.contains(ip("192.168.1.7")));
+        assert!(!trusted.contains(ip("192.168.1.8")));
+        assert!(trusted.contains(ip("fd12::1")));
+        assert!(
+            trusted.contains(ip("::ffff:10.9.9.9")),
+            "an IPv4-mapped address is IPv4"
+        );
+        assert!(!trusted.contains(ip("203.0.113.5")));
+        for bad in ["10.0.0.0/33", "fd00::/129", "not-an-address", "10.0.0.0/x"] {
+            assert!(TrustedProxies::parse(&[bad.into()]).is_err(), "{bad}");
+        }
+        assert!(!TrustedProxies::default().contains(ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_untrusted_hop() {
+        let trusted = TrustedProxies::parse(&["10.0.0.0/8".into()]).expect("valid");
+        let proxy = ip("10.0.0.5");
+        // What a client wrote on the left is not believed past the first untrusted hop.
+        let headers = forwarded_for(&["1.2.3.4, 203.0.113.9", "10.0.0.2"]);
+        assert_eq!(trusted.client_behind(proxy, &headers), ip("203.0.113.9"));
+        assert_eq!(
+            trusted.client_behind(proxy, &HeaderMap::new()),
+            proxy,
+            "no header"
+        );
+        assert_eq!(
+            trusted.client_behind(proxy, &forwarded_for(&["garbage"])),
+            proxy,
+            "a hop that is not an address"
+        );
+        assert_eq!(
+            trusted.client_behind(proxy, &forwarded_for(&["10.0.0.3"])),
+            proxy,
+            "only trusted hops"
+        );
+    }
+}

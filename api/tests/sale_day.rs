@@ -806,3 +806,36 @@ fn a_guessable_admin_token_is_refused_at_start() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_counted() {
+    const PROXY: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+    let server = Server::start(&[
+        "--signups-per-address-max",
+        "2",
+        "--trusted-proxy",
+        "127.0.0.3",
+    ]);
+    let sign_up = async |client: &reqwest::Client, username: &str, forwarded_for: &str| {
+        client
+            .post(format!("{}/users", server.base))
+            .header("x-forwarded-for", forwarded_for)
+            .json(&json!({"username": username, "password": "long enough 1"}))
+            .send()
+            .await
+            .expect("an answer")
+            .status()
+            .as_u16()
+    };
+    let proxy = server.client_from(PROXY);
+    // Through the proxy, two clients have two sign-ups each.
+    assert_eq!(sign_up(&proxy, "via-a1", "198.51.100.1").await, 201);
+    assert_eq!(sign_up(&proxy, "via-a2", "198.51.100.1").await, 201);
+    assert_eq!(sign_up(&proxy, "via-a3", "198.51.100.1").await, 429);
+    assert_eq!(sign_up(&proxy, "via-b1", "198.51.100.2").await, 201);
+    // A client elsewhere cannot pick its address by writing the header: it is counted as itself.
+    let bot = server.client_from(ATTACKER);
+    assert_eq!(sign_up(&bot, "forged1", "198.51.100.7").await, 201);
+    assert_eq!(sign_up(&bot, "forged2", "198.51.100.8").await, 201);
+    assert_eq!(sign_up(&bot, "forged3", "198.51.100.9").await, 429);
+}
