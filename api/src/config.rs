@@ -299,9 +299,9 @@ impl ServeArgs {
 /// What the HTTP front limits, from the flags.
 #[derive(Clone, Copy, Debug)]
 pub struct HttpLimits {
-    /// Requests served at once at most; see `crate::limit_in_flight`.
+    /// Requests served at once at most; see `crate::guard`.
     pub requests_in_flight_max: usize,
-    /// How long one request may take; see `crate::limit_duration`.
+    /// How long one request may take; see `crate::guard`.
     pub request_timeout: Duration,
     pub login: ThrottleLimits,
     /// See `crate::per_address`.

@@ -62,20 +62,14 @@ impl Guards {
 
 /// The public API of a node; in a cluster, requests another process answers are forwarded there first.
 pub fn app(state: AppState) -> axum::Router {
-    routes(state.clone())
-        .layer(middleware::from_fn(no_store))
-        .layer(middleware::from_fn_with_state(
+    let mut app = routes(state.clone());
+    if state.cluster.is_some() {
+        app = app.layer(middleware::from_fn_with_state(
             state.clone(),
             crate::cluster::route,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.guards(),
-            limit_duration,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.guards(),
-            limit_in_flight,
-        ))
+        ));
+    }
+    app.layer(middleware::from_fn_with_state(state.guards(), guard))
 }
 
 /// What a shard node's internal port serves for requests other processes forward: the public API, never
@@ -143,32 +137,37 @@ fn routes(state: AppState) -> axum::Router {
         .with_state(state)
 }
 
-/// Sheds load at the edge: beyond `--requests-in-flight-max` concurrent requests, answer 503 at once rather
-/// than queue without bound.
-pub(crate) async fn limit_in_flight(
-    State(guards): State<Guards>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match guards.requests_in_flight.clone().try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => {
-            metrics::counter!("boxoffice_requests_shed_total").increment(1);
-            ApiError::overloaded().into_response()
-        }
-    }
+/// What every public request runs under, in one layer (each `from_fn` layer costs a clone of the service
+/// behind it per request):
+///
+/// - Load is shed at the edge: beyond `--requests-in-flight-max` concurrent requests, `503 overloaded` at once
+///   rather than a queue without bound.
+/// - No request runs longer than `--request-timeout-s`: past it the handler is dropped and the client gets
+///   `503 processing_timeout`. An order does not live in the handler (the desk runs it in a task of its own), so
+///   it still ends in tickets or a release, and a retry with its `Idempotency-Key` reads the outcome. The limit
+///   covers reading the body and producing the response's head, not streaming a body (server-sent events).
+/// - Answers are not stored by browsers or proxies unless their route says otherwise (the web page's files, the
+///   event stream): tokens, profiles, cards, orders and tickets must not outlive the response in a cache.
+pub(crate) async fn guard(State(guards): State<Guards>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = guards.requests_in_flight.try_acquire() else {
+        metrics::counter!("boxoffice_requests_shed_total").increment(1);
+        return no_store(ApiError::overloaded().into_response());
+    };
+    no_store(timed(&guards, next.run(request)).await)
 }
 
-/// No request runs longer than `--request-timeout-s`: past it the handler is dropped and the client gets
-/// `503 processing_timeout`. An order does not live in the handler (the desk runs it in a task of its own), so it
-/// still ends in tickets or a release, and a retry with its `Idempotency-Key` reads the outcome. The limit covers
-/// reading the body and producing the response's head, not streaming a body (server-sent events).
+/// `--request-timeout-s` alone: what the internal port applies to the requests other processes forward (they
+/// were counted and shed where they arrived).
 pub(crate) async fn limit_duration(
     State(guards): State<Guards>,
     request: Request,
     next: Next,
 ) -> Response {
-    match tokio::time::timeout(guards.request_timeout, next.run(request)).await {
+    timed(&guards, next.run(request)).await
+}
+
+async fn timed(guards: &Guards, response: impl Future<Output = Response>) -> Response {
+    match tokio::time::timeout(guards.request_timeout, response).await {
         Ok(response) => response,
         Err(_) => {
             metrics::counter!("boxoffice_requests_timed_out_total").increment(1);
@@ -177,10 +176,7 @@ pub(crate) async fn limit_duration(
     }
 }
 
-/// Answers are not stored by browsers or proxies unless their route says otherwise (the web page's files, the
-/// event stream): tokens, profiles, cards, orders and tickets must not outlive the response in a cache.
-pub(crate) async fn no_store(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
+fn no_store(mut response: Response) -> Response {
     response
         .headers_mut()
         .entry(axum::http::header::CACHE_CONTROL)

@@ -1,4 +1,8 @@
 //! What every handler shares.
+//!
+//! [`AppState`] is one `Arc`: axum clones the state for every layer and extractor of every request, and a clone
+//! of one pointer costs one atomic increment where a struct of a dozen `Arc`s cost a dozen (measured in
+//! docs/performance.md).
 
 use crate::config::HttpLimits;
 use crate::durability::Durable;
@@ -17,7 +21,18 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{Semaphore, watch};
 
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<NodeState>);
+
+impl std::ops::Deref for AppState {
+    type Target = NodeState;
+
+    fn deref(&self) -> &NodeState {
+        &self.0
+    }
+}
+
+#[derive(Clone)]
+pub struct NodeState {
     pub desk: Arc<Desk>,
     pub users: Arc<UserStore>,
     pub metrics: PrometheusHandle,
@@ -27,9 +42,9 @@ pub struct AppState {
     pub recovered: Arc<AtomicBool>,
     pub durable: Durable,
     pub master_keys: Arc<MasterKeys>,
-    /// Requests being served at once at most; see `crate::limit_in_flight`.
+    /// Requests being served at once at most; see `crate::guard`.
     pub requests_in_flight: Arc<Semaphore>,
-    /// How long one request may take; see `crate::limit_duration`.
+    /// How long one request may take; see `crate::guard`.
     pub request_timeout: Duration,
     pub login_throttle: Arc<LoginThrottle>,
     /// Registrations per client address.
@@ -53,7 +68,7 @@ impl AppState {
         admin_token: &str,
         limits: HttpLimits,
     ) -> Self {
-        Self {
+        Self(Arc::new(NodeState {
             desk,
             users,
             metrics,
@@ -76,7 +91,7 @@ impl AppState {
             shutdown: Arc::new(watch::channel(false).0),
             cluster: None,
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
-        }
+        }))
     }
 
     /// Compares in constant time, on hashes so that the length does not leak either.
@@ -87,7 +102,8 @@ impl AppState {
 
     /// The state of a node of `cluster`.
     pub fn in_cluster(self, cluster: Option<Arc<crate::cluster::ClusterState>>) -> Self {
-        Self { cluster, ..self }
+        let state = Arc::unwrap_or_clone(self.0);
+        Self(Arc::new(NodeState { cluster, ..state }))
     }
 
     /// The limits every public request runs under.

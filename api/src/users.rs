@@ -661,10 +661,11 @@ impl UserStore {
     /// The user's card as the payment provider needs it: the one place its secret part is opened. `None` when
     /// the user has no card; `422 card_expired` when it has expired since it was stored.
     pub fn payment_card(&self, id: &UserId) -> ApiResult<Option<PaymentCard>> {
-        let Some(user) = self.get(id) else {
-            return Ok(None);
-        };
-        let Some(card) = user.card else {
+        // The card and the key it is sealed under, not a copy of the whole user: this runs for every order.
+        let Some((card, data_key)) = self.read().by_id.get(id).and_then(|user| {
+            let card = user.card.clone()?;
+            Some((card, user.data_key.clone()))
+        }) else {
             return Ok(None);
         };
         if engine::payment::card_expired(card.summary.exp_month, card.summary.exp_year) {
@@ -672,7 +673,7 @@ impl UserStore {
         }
         let secret = self
             .keys
-            .unwrap(&user.data_key, &id.0)
+            .unwrap(&data_key, &id.0)
             .and_then(|key| key.open(&id.0, CARD_PURPOSE, &card.secret))
             .map_err(ApiError::internal)?;
         let secret: CardSecret = postcard::from_bytes(&secret).map_err(ApiError::internal)?;

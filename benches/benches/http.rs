@@ -23,8 +23,12 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
+/// The allocator of the `boxoffice` binary, so that these figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Requests in flight at once.
-const IN_FLIGHT: u64 = 64;
+const IN_FLIGHT: u64 = 256;
 /// Worker threads of the runtime: one per core of the reference machine.
 const WORKER_THREADS: usize = 2;
 

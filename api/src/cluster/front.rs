@@ -70,15 +70,7 @@ pub fn app(state: FrontState, guards: Guards) -> axum::Router {
         .route("/openapi.json", get(crate::routes::ops::openapi))
         .route("/admin/cluster", get(cluster_view))
         .fallback(forward)
-        .layer(axum::middleware::from_fn(crate::no_store))
-        .layer(axum::middleware::from_fn_with_state(
-            guards.clone(),
-            crate::limit_duration,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            guards,
-            crate::limit_in_flight,
-        ))
+        .layer(axum::middleware::from_fn_with_state(guards, crate::guard))
         .with_state(state)
 }
 
