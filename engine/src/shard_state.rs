@@ -17,7 +17,7 @@
 //! `remaining + held + sold + moved_out == capacity + moved_in`.
 
 use crate::error::EngineError;
-use crate::ids::{HoldId, OrderId, TicketId, UserId};
+use crate::ids::{HoldId, IdMap, OrderId, TicketId, UserId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -255,11 +255,11 @@ pub struct ShardState {
     /// Per-seat status, one byte a seat; empty for general admission.
     seats: Vec<SeatStatus>,
     seated: bool,
-    reservations: HashMap<ReservationId, Reservation>,
+    reservations: IdMap<ReservationId, Reservation>,
     next_reservation_id: ReservationId,
-    tickets: HashMap<TicketId, TicketRecord>,
+    tickets: IdMap<TicketId, TicketRecord>,
     /// Meta of every order this shard sold tickets for.
-    orders: HashMap<OrderId, OrderMeta>,
+    orders: IdMap<OrderId, OrderMeta>,
     /// Events applied since the shard was created: the sequence number of the last one, which is the journal
     /// position a snapshot of this state covers.
     events_applied: u64,
@@ -292,10 +292,10 @@ impl From<ShardStateV1> for ShardState {
             sold: old.sold,
             seats: old.seats,
             seated: old.seated,
-            reservations: old.reservations,
+            reservations: old.reservations.into_iter().collect(),
             next_reservation_id: old.next_reservation_id,
-            tickets: old.tickets,
-            orders: old.orders,
+            tickets: old.tickets.into_iter().collect(),
+            orders: old.orders.into_iter().collect(),
             events_applied: old.events_applied,
             moves: Moves::default(),
         }
@@ -342,10 +342,10 @@ impl ShardState {
             sold: 0,
             seats,
             seated,
-            reservations: HashMap::new(),
+            reservations: IdMap::default(),
             next_reservation_id: 1,
-            tickets: HashMap::new(),
-            orders: HashMap::new(),
+            tickets: IdMap::default(),
+            orders: IdMap::default(),
             events_applied: 0,
             moves: Moves::default(),
         }
