@@ -184,7 +184,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = crate::per_address::HELD_TICKETS_PER_ADDRESS_MAX_DEFAULT,
           value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
     pub held_tickets_per_address_max: u32,
-    /// Actix arbiters (threads) for shard actors; default: one per core.
+    /// Actix arbiters (threads) for shard actors; default: one per four cores (at least one). A shard actor's
+    /// work is a few microseconds of an order's CPU, and a busy arbiter is not woken for every message.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_024))]
     pub arbiters: Option<u32>,
     /// In a cluster: `shard` owns the shards and users placed on it, `front` owns nothing and serves the public
