@@ -6,6 +6,7 @@
 
 use crate::error::ApiError;
 use engine::journal::{Commit, Journal, JournalRecord, ShardSnapshot};
+use engine::payment::{LedgerStore, SimulatedCharge};
 use persistence::storage::Storage;
 use persistence::wire::MetaRecord;
 use std::sync::{Arc, OnceLock};
@@ -73,6 +74,16 @@ impl Journal for Durable {
         match self.0.get() {
             Some(storage) => storage.save_snapshot(snapshot),
             None => Commit::done(),
+        }
+    }
+}
+
+/// The payment simulator's ledger lives in the node's storage (see `persistence::ledger`).
+impl LedgerStore for Durable {
+    fn record(&self, idempotency_key: &str, charge: &SimulatedCharge) -> Commit {
+        match self.0.get() {
+            Some(storage) => storage.append_ledger(idempotency_key, charge),
+            None => Commit::failed("the storage is not open yet".into()),
         }
     }
 }

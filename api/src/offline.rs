@@ -11,12 +11,10 @@
 //! other nodes, so `inspect` counts them but checks them against tickets only on a single node.
 
 use crate::config::{DataDirArgs, InspectArgs};
-use crate::server::SIMULATOR_LEDGER_DIR;
 use engine::journal::ShardSnapshot;
-use engine::payment::SimulatedChargeState;
+use engine::payment::{SimulatedCharge, SimulatedChargeState};
 use engine::remote::NodeId;
 use engine::shard_state::Availability;
-use persistence::ledger::SimulatorLedger;
 use persistence::storage::{RecoveredConcert, Storage, StorageOptions};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -145,7 +143,7 @@ pub fn inspect(args: &InspectArgs) -> Result<bool, String> {
     // A cluster node's charges are its users', whose tickets may be on any node: counted, not checked here.
     let mut unchecked = Vec::new();
     let ledger = check_ledger(
-        &args.data_dir,
+        &recovered.ledger,
         &recovered.concerts,
         if node.is_some() {
             &mut unchecked
@@ -273,18 +271,11 @@ fn check_tickets(
 
 /// Every approved charge has its tickets (or its order is still being paid for), and every sold order was charged.
 fn check_ledger(
-    data_dir: &Path,
+    charges: &HashMap<String, SimulatedCharge>,
     concerts: &[RecoveredConcert],
     violations: &mut Vec<String>,
 ) -> Result<LedgerReport, String> {
-    let ledger_dir = data_dir.join(SIMULATOR_LEDGER_DIR);
     let mut report = LedgerReport::default();
-    if !ledger_dir.is_dir() {
-        return Ok(report);
-    }
-    let (ledger, charges) = SimulatorLedger::open(&ledger_dir, true)
-        .map_err(|error| format!("cannot read the simulator's ledger: {error}"))?;
-    ledger.close();
     let mut sold_orders = HashSet::new();
     let mut paying_orders = HashSet::new();
     for state in concerts.iter().flat_map(|concert| &concert.states) {

@@ -24,7 +24,6 @@ use engine::payment::{PaymentPool, PaymentPoolConfig, SimulatedProvider};
 use engine::remote::NodeId;
 use engine::router::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use persistence::ledger::SimulatorLedger;
 use persistence::storage::{Storage, StorageOptions};
 use persistence::wire::MetaRecord;
 use std::path::Path;
@@ -37,8 +36,6 @@ use std::time::Instant;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// File in the data directory holding a generated admin token.
 const ADMIN_TOKEN_FILE: &str = "admin-token";
-/// Directory in the data directory holding the payment simulator's ledger.
-pub const SIMULATOR_LEDGER_DIR: &str = "payment-sim";
 /// File in the data directory of a cluster's shard node holding its node id.
 pub const NODE_ID_FILE: &str = "cluster-node-id";
 /// How often a cluster node retries releases and moves that could not reach another node.
@@ -53,7 +50,8 @@ pub struct Node {
     users: Arc<UserStore>,
     durable: Durable,
     master_keys: Arc<MasterKeys>,
-    ledger: Option<Arc<SimulatorLedger>>,
+    /// The payment simulator, whose ledger recovery restores.
+    simulator: Arc<SimulatedProvider>,
     arbiters: Vec<Arbiter>,
 }
 
@@ -103,10 +101,10 @@ impl Node {
             ),
             _ => Router::new(handles, Arc::new(durable.clone()), clock.clone()),
         });
-        let (provider, ledger) = payment_simulator(args)?;
+        let simulator = payment_simulator(args, &durable);
         let master_keys = Arc::new(MasterKeys::load(&args.data_dir)?);
         let payments = Arc::new(PaymentPool::new(
-            provider,
+            simulator.clone(),
             PaymentPoolConfig {
                 concurrency: args.payment_concurrency as usize,
                 queue_max: args.payment_queue_max as usize,
@@ -152,7 +150,7 @@ impl Node {
             users,
             durable,
             master_keys,
-            ledger,
+            simulator,
             arbiters,
         })
     }
@@ -161,7 +159,15 @@ impl Node {
     /// concerts when asked, and opens the node for orders.
     pub async fn recover(&self, args: &ServeArgs) -> Result<(), String> {
         let clustered = self.state.cluster.is_some();
-        recover(args, &self.desk, &self.users, &self.durable, clustered).await?;
+        recover(
+            args,
+            &self.desk,
+            &self.users,
+            &self.durable,
+            &self.simulator,
+            clustered,
+        )
+        .await?;
         self.master_keys
             .finish_interrupted_rotation(&self.users)
             .await
@@ -214,7 +220,7 @@ impl Node {
         tasks
     }
 
-    /// Writes the final snapshots, closes the journal and the simulator's ledger, and stops the arbiters.
+    /// Writes the final snapshots, closes the journal (the simulator's ledger with it), and stops the arbiters.
     pub async fn stop(self) {
         if let Some(storage) = self.durable.storage() {
             for concert in self.router.concerts() {
@@ -224,9 +230,6 @@ impl Node {
             }
             storage.close();
             tracing::info!("final snapshots written");
-        }
-        if let Some(ledger) = self.ledger {
-            ledger.close();
         }
         for arbiter in self.arbiters {
             arbiter.stop();
@@ -325,21 +328,20 @@ pub(crate) fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::ne
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// The in-process payment simulator; with durability, its ledger lives in `DIR/payment-sim`.
-fn payment_simulator(
-    args: &ServeArgs,
-) -> Result<(Arc<SimulatedProvider>, Option<Arc<SimulatorLedger>>), String> {
+/// The in-process payment simulator; with durability, its ledger lives in the node's storage (restored by
+/// [`recover`]; see `persistence::ledger`).
+fn payment_simulator(args: &ServeArgs, durable: &Durable) -> Arc<SimulatedProvider> {
     let latency = Duration::from_millis(args.payment_latency_ms);
-    if args.durability == DurabilityMode::None {
-        let provider = SimulatedProvider::new(latency, args.payment_decline_rate);
-        return Ok((Arc::new(provider), None));
-    }
-    let (ledger, charges) = SimulatorLedger::open(&args.data_dir.join(SIMULATOR_LEDGER_DIR), true)
-        .map_err(|error| format!("cannot open the simulator's ledger: {error}"))?;
-    let ledger = Arc::new(ledger);
-    let provider =
-        SimulatedProvider::with_store(latency, args.payment_decline_rate, charges, ledger.clone());
-    Ok((Arc::new(provider), Some(ledger)))
+    Arc::new(if args.durability == DurabilityMode::None {
+        SimulatedProvider::new(latency, args.payment_decline_rate)
+    } else {
+        SimulatedProvider::with_store(
+            latency,
+            args.payment_decline_rate,
+            std::collections::HashMap::new(),
+            Arc::new(durable.clone()),
+        )
+    })
 }
 
 /// Opens the storage and rebuilds the node: users, concerts with their shards, the desk's book; then settles the
@@ -349,6 +351,7 @@ async fn recover(
     desk: &Arc<Desk>,
     users: &UserStore,
     durable: &Durable,
+    simulator: &SimulatedProvider,
     clustered: bool,
 ) -> Result<(), String> {
     if args.durability == DurabilityMode::None {
@@ -360,11 +363,14 @@ async fn recover(
         snapshot_every_events: args.snapshot_every_events,
         ..StorageOptions::default()
     };
-    let (storage, recovered) = tokio::task::spawn_blocking(move || Storage::open(&dir, options))
-        .await
-        .map_err(|error| format!("recovery task failed: {error}"))?
-        .map_err(|error| error.to_string())?;
+    let (storage, mut recovered) =
+        tokio::task::spawn_blocking(move || Storage::open(&dir, options))
+            .await
+            .map_err(|error| format!("recovery task failed: {error}"))?
+            .map_err(|error| error.to_string())?;
     durable.set(storage);
+    // Before anything asks the simulator what became of a charge (settling the orders in flight, below).
+    simulator.restore(std::mem::take(&mut recovered.ledger));
     let (events_replayed, snapshots_rejected) =
         (recovered.events_replayed(), recovered.snapshots_rejected());
     let user_count = users.restore(recovered.users)?;

@@ -583,20 +583,21 @@ async fn inspect_fails_on_a_charge_without_tickets() {
     let data_dir = server.stop();
     // The simulator's ledger learns of a charge that no order of the node made.
     {
-        let (ledger, _) =
-            persistence::ledger::SimulatorLedger::open(&data_dir.path().join("payment-sim"), true)
-                .expect("ledger");
+        let (storage, _) = persistence::storage::Storage::open(
+            data_dir.path(),
+            persistence::storage::StorageOptions::default(),
+        )
+        .expect("storage");
         let charge = engine::payment::SimulatedCharge {
             amount_cents: 1000,
             state: engine::payment::SimulatedChargeState::Approved,
         };
-        use engine::payment::LedgerStore;
-        ledger
-            .record("o_ghost", &charge)
+        storage
+            .append_ledger("o_ghost", &charge)
             .wait()
             .await
             .expect("durable");
-        ledger.close();
+        storage.close();
     }
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_boxoffice"))
         .args(["inspect", "--json", "--data-dir"])

@@ -64,6 +64,15 @@ impl Commit {
         Self(Some(receiver))
     }
 
+    /// The error of a commit that failed before anything was queued (the record was refused at once), without
+    /// waiting for one that is still pending.
+    pub fn failed_already(&mut self) -> Option<JournalError> {
+        match self.0.as_mut()?.try_recv() {
+            Ok(Err(error)) => Some(error),
+            _ => None,
+        }
+    }
+
     pub async fn wait(self) -> Result<(), JournalError> {
         match self.0 {
             None => Ok(()),

@@ -102,7 +102,8 @@ pub enum ChargeStatus {
 }
 
 /// Where the simulator keeps its ledger so that it remembers charges across a restart of the server, as a real
-/// provider would. `record` completes once the entry is durable.
+/// provider would. `record` queues the entry in the node's journal, ahead of every record appended after it (the
+/// order's confirmation among them), and returns the commit that completes once it is durable.
 pub trait LedgerStore: Send + Sync + 'static {
     fn record(&self, idempotency_key: &str, charge: &SimulatedCharge) -> Commit;
 }
@@ -126,8 +127,10 @@ pub struct SimulatedCharge {
 
 /// The in-process payment provider: answers after `latency`, declines a `decline_rate` share of charges at
 /// random and every card whose number ends in [`SIMULATOR_DECLINING_CARD_SUFFIX`]. Its ledger remembers every
-/// charge by idempotency key so a repeated key never charges twice. With a [`LedgerStore`], a charge is answered
-/// only once its final state is durable there; a charge still pending at a crash never happened.
+/// charge by idempotency key so a repeated key never charges twice. With a [`LedgerStore`], a charge's final
+/// state is queued in the node's journal before the charge is answered, so everything that depends on the answer
+/// (the order's confirmation, appended later to the same log) is durable only if the charge is: the order does
+/// not wait for a sync of the ledger's own. A charge not durable at a crash never happened (recovery voids it).
 pub struct SimulatedProvider {
     latency: Duration,
     decline_rate: f64,
@@ -161,6 +164,11 @@ impl SimulatedProvider {
             store: Some(store),
             ..Self::new(latency, decline_rate)
         }
+    }
+
+    /// Replaces the ledger with what recovery read back from the store.
+    pub fn restore(&self, ledger: HashMap<String, SimulatedCharge>) {
+        *self.ledger.lock().expect("ledger lock") = ledger;
     }
 
     /// A copy of the ledger, for tests and reconciliation.
@@ -207,7 +215,7 @@ impl PaymentProvider for SimulatedProvider {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
-            let (outcome, commit) = {
+            let outcome = {
                 let mut ledger = ledger.lock().expect("ledger lock");
                 let charge = ledger
                     .get_mut(&request.idempotency_key)
@@ -224,17 +232,17 @@ impl PaymentProvider for SimulatedProvider {
                     charge.state = SimulatedChargeState::Approved;
                     ChargeOutcome::Approved
                 };
-                let commit = store
+                // Queued, not awaited: see the type's comment. A write that fails later fails every write after
+                // it too, the confirmation's included, so no order is confirmed on a charge that was not recorded.
+                if let Some(mut commit) = store
                     .as_ref()
-                    .map(|store| store.record(&request.idempotency_key, charge));
-                (outcome, commit)
+                    .map(|store| store.record(&request.idempotency_key, charge))
+                    && let Some(error) = commit.failed_already()
+                {
+                    return Err(PaymentError::Provider(error.to_string()));
+                }
+                outcome
             };
-            if let Some(commit) = commit {
-                commit
-                    .wait()
-                    .await
-                    .map_err(|error| PaymentError::Provider(error.to_string()))?;
-            }
             Ok(outcome)
         })
     }

@@ -17,11 +17,12 @@
 
 use crate::log::{self, LogConfig, LogStats, LogWriter, ReadReport, StreamId};
 use crate::wire::{
-    Entry, META_STREAM, MetaRecord, decode_record, decode_snapshot, encode_record, encode_snapshot,
-    shard_stream,
+    Entry, LEDGER_STREAM, META_STREAM, MetaRecord, decode_record, decode_snapshot, encode_record,
+    encode_snapshot, shard_stream,
 };
 use engine::concert::ConcertSpec;
 use engine::journal::{Commit, Journal, JournalError, JournalRecord, ShardSnapshot};
+use engine::payment::SimulatedCharge;
 use engine::remote::NodeId;
 use engine::shard_state::{ShardEvent, ShardState};
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +44,11 @@ pub const SNAPSHOT_EVERY_EVENTS_DEFAULT: u64 = 100_000;
 const SNAPSHOT_BATCH_MAX: usize = 256;
 
 const META_SEQ_KEY: &[u8] = b"meta_seq";
+/// In the meta tree: the ledger records up to this number are in the ledger tree, flushed.
+const LEDGER_SEQ_KEY: &[u8] = b"ledger_seq";
+/// In the meta tree: present once the ledger of a data dir written before the ledger moved into the journal
+/// (`DIR/payment-sim/`) has been copied into the ledger tree.
+const LEGACY_LEDGER_IMPORTED_KEY: &[u8] = b"legacy_ledger_imported";
 
 #[derive(Clone, Debug)]
 pub struct StorageOptions {
@@ -121,6 +127,8 @@ pub struct Recovered {
     pub concerts: Vec<RecoveredConcert>,
     /// Users by id, as the HTTP front encoded them.
     pub users: Vec<(String, Vec<u8>)>,
+    /// The payment simulator's ledger: every charge's last state, by idempotency key.
+    pub ledger: HashMap<String, SimulatedCharge>,
     pub journal: ReadReport,
     pub elapsed: Duration,
 }
@@ -149,6 +157,8 @@ struct Trees {
     users: sled::Tree,
     snapshots: sled::Tree,
     meta: sled::Tree,
+    /// The payment simulator's ledger: idempotency key to the charge's last state.
+    ledger: sled::Tree,
 }
 
 struct Inner {
@@ -159,6 +169,8 @@ struct Inner {
     /// The last node-wide sequence number handed out; held while a node-wide record is applied and queued, so
     /// records reach sled and the log in sequence order.
     meta_seq: Mutex<u64>,
+    /// The last ledger sequence number handed out; held like `meta_seq`.
+    ledger_seq: Mutex<u64>,
     /// Per stream, the position up to which the journal is no longer needed.
     covered: Mutex<HashMap<String, u64>>,
 }
@@ -193,8 +205,11 @@ impl Storage {
             users: db.open_tree("users")?,
             snapshots: db.open_tree("snapshots")?,
             meta: db.open_tree("meta")?,
+            ledger: db.open_tree("payment-ledger")?,
         };
+        import_legacy_ledger(dir, &db, &trees)?;
         let mut meta_seq = read_u64(&trees.meta, META_SEQ_KEY)?;
+        let mut ledger_seq = read_u64(&trees.meta, LEDGER_SEQ_KEY)?;
         let mut events: HashMap<StreamId, Vec<(u64, ShardEvent)>> = HashMap::new();
         let mut sled_failure = None;
         let log_config = LogConfig {
@@ -217,6 +232,13 @@ impl Storage {
                 }
                 meta_seq = meta_seq.max(seq);
                 Ok((META_STREAM.into(), seq))
+            }
+            Entry::Ledger { seq, key, charge } => {
+                if let Err(error) = apply_ledger(&trees, &key, &charge) {
+                    sled_failure.get_or_insert(error);
+                }
+                ledger_seq = ledger_seq.max(seq);
+                Ok((LEDGER_STREAM.into(), seq))
             }
         })?;
         if let Some(error) = sled_failure {
@@ -257,6 +279,17 @@ impl Storage {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let ledger = trees
+            .ledger
+            .iter()
+            .map(|entry| {
+                let (key, bytes) = entry?;
+                let charge = postcard::from_bytes(&bytes).map_err(|error| {
+                    StorageError::Unrecoverable(format!("bad ledger entry: {error}"))
+                })?;
+                Ok((String::from_utf8_lossy(&key).into_owned(), charge))
+            })
+            .collect::<Result<HashMap<_, _>, StorageError>>()?;
         let covered = oldest_snapshot_per_stream(&trees.snapshots)?;
         let inner = Arc::new(Inner {
             db_dir,
@@ -264,6 +297,7 @@ impl Storage {
             trees,
             log,
             meta_seq: Mutex::new(meta_seq),
+            ledger_seq: Mutex::new(ledger_seq),
             covered: Mutex::new(covered),
         });
         let (jobs, receiver) = mpsc::sync_channel(SNAPSHOT_QUEUE_MAX);
@@ -280,6 +314,7 @@ impl Storage {
         let recovered = Recovered {
             concerts,
             users,
+            ledger,
             journal,
             elapsed: started.elapsed(),
         };
@@ -299,6 +334,27 @@ impl Storage {
         *seq += 1;
         let bytes = encode_record(Entry::Meta { seq: *seq, record });
         Commit::pending(self.inner.log.append(META_STREAM.into(), *seq, bytes))
+    }
+
+    /// Records the payment simulator's charge under `key`, in the ledger tree at once and in the journal, behind
+    /// everything appended before: a confirmation appended after it is durable only if this record is too. The
+    /// commit completes once it is durable.
+    pub fn append_ledger(&self, key: &str, charge: &SimulatedCharge) -> Commit {
+        let mut seq = self
+            .inner
+            .ledger_seq
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Err(error) = apply_ledger(&self.inner.trees, key, charge) {
+            return Commit::failed(format!("sled: {error}"));
+        }
+        *seq += 1;
+        let bytes = encode_record(Entry::Ledger {
+            seq: *seq,
+            key: key.to_owned(),
+            charge: charge.clone(),
+        });
+        Commit::pending(self.inner.log.append(LEDGER_STREAM.into(), *seq, bytes))
     }
 
     /// Stores snapshots given directly (offline: `boxoffice snapshot`) and waits until they are durable.
@@ -401,6 +457,34 @@ fn apply_meta(trees: &Trees, seq: u64, record: &MetaRecord) -> Result<(), sled::
             trees.concerts.insert(spec.id.0.as_bytes(), bytes)?;
         }
     }
+    Ok(())
+}
+
+fn apply_ledger(trees: &Trees, key: &str, charge: &SimulatedCharge) -> Result<(), sled::Error> {
+    let bytes = postcard::to_allocvec(charge).expect("charges always encode");
+    trees.ledger.insert(key.as_bytes(), bytes)?;
+    Ok(())
+}
+
+/// Copies the simulator's ledger of a data dir written before it moved into the journal (`DIR/payment-sim/`, a
+/// segment log of its own) into the ledger tree, once: flushed and marked before the node goes on, so that a
+/// crash during the copy only makes the next start copy it again. The old directory stays, unread from then on.
+fn import_legacy_ledger(dir: &Path, db: &sled::Db, trees: &Trees) -> Result<(), StorageError> {
+    let legacy_dir = dir.join(crate::ledger::LEGACY_LEDGER_DIR);
+    if !legacy_dir.is_dir() || trees.meta.contains_key(LEGACY_LEDGER_IMPORTED_KEY)? {
+        return Ok(());
+    }
+    let charges = crate::ledger::read_legacy(&legacy_dir)?;
+    for (key, charge) in &charges {
+        apply_ledger(trees, key, charge)?;
+    }
+    trees.meta.insert(LEGACY_LEDGER_IMPORTED_KEY, &[1u8])?;
+    db.flush()?;
+    sync_dir_files(&dir.join("db"))?;
+    tracing::info!(
+        charges = charges.len(),
+        "payment simulator ledger moved from payment-sim/ into the node's storage"
+    );
     Ok(())
 }
 
@@ -620,11 +704,21 @@ fn store_snapshots<'a>(
         .meta
         .insert(META_SEQ_KEY, &meta_seq.to_le_bytes())
         .map_err(sled_error)?;
+    let ledger_seq = *inner
+        .ledger_seq
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    inner
+        .trees
+        .meta
+        .insert(LEDGER_SEQ_KEY, &ledger_seq.to_le_bytes())
+        .map_err(sled_error)?;
     inner.db.flush().map_err(sled_error)?;
     sync_dir_files(&inner.db_dir).map_err(|error| JournalError(format!("fsync sled: {error}")))?;
     metrics::histogram!("boxoffice_snapshot_write_seconds").record(started.elapsed().as_secs_f64());
     let mut covered = inner.covered.lock().unwrap_or_else(PoisonError::into_inner);
     covered.insert(META_STREAM.to_owned(), meta_seq);
+    covered.insert(LEDGER_STREAM.to_owned(), ledger_seq);
     for (stream, seq) in oldest_kept {
         covered.insert(stream, seq);
     }

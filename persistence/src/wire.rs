@@ -8,12 +8,15 @@
 
 use engine::concert::ConcertSpec;
 use engine::journal::JournalRecord;
+use engine::payment::SimulatedCharge;
 use engine::remote::NodeId;
 use engine::shard_state::{ShardState, ShardStateV1};
 use serde::{Deserialize, Serialize};
 
 /// The stream of node-wide records: concerts and users.
 pub const META_STREAM: &str = "meta";
+/// The stream of the payment simulator's ledger: the final state of each charge.
+pub const LEDGER_STREAM: &str = "ledger";
 
 /// A node-wide record: what exists besides the shards' inventory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +41,17 @@ pub enum WireRecord {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Entry {
     Shard(JournalRecord),
-    Meta { seq: u64, record: MetaRecord },
+    Meta {
+        seq: u64,
+        record: MetaRecord,
+    },
+    /// The payment simulator's record of a charge (added after V1's first two entries: older journals read the
+    /// same). In the node's own journal so that a confirmation appended after it is never durable without it.
+    Ledger {
+        seq: u64,
+        key: String,
+        charge: SimulatedCharge,
+    },
 }
 
 /// V2 added the counts a general-admission shard moved to and from other shards.

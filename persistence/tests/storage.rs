@@ -1,13 +1,16 @@
 //! Storage end to end, without actors: events journaled through [`Storage`] come back as the same shard states,
 //! replay is deterministic (equal digests), snapshots shorten the replay, and a damaged snapshot falls back to the
-//! one before it.
+//! one before it. The payment simulator's ledger, kept in the same journal, survives its truncation, and a ledger
+//! of the old layout is taken over once.
 
 use engine::concert::{ConcertSpec, Layout, Section};
 use engine::ids::{ConcertId, OrderId, TicketId, UserId};
 use engine::journal::{Journal, JournalRecord, ShardSnapshot};
+use engine::payment::{SimulatedCharge, SimulatedChargeState};
 use engine::shard_state::{Claim, IssuedTicket, OrderMeta, Purpose, ReleaseReason, ShardState};
 use persistence::storage::{Storage, StorageOptions};
 use persistence::wire::MetaRecord;
+use std::collections::HashMap;
 use std::path::Path;
 
 fn spec() -> ConcertSpec {
@@ -315,5 +318,100 @@ fn concerts_come_back_in_creation_order() {
         .map(|concert| concert.spec.id.as_str())
         .collect();
     assert_eq!(recovered_ids, ids);
+    storage.close();
+}
+
+fn charge(amount_cents: u64, state: SimulatedChargeState) -> SimulatedCharge {
+    SimulatedCharge {
+        amount_cents,
+        state,
+    }
+}
+
+#[test]
+fn the_simulators_ledger_comes_back_after_the_journal_holding_it_is_truncated() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let (storage, recovered) = Storage::open(dir.path(), options(50)).expect("open");
+    assert!(recovered.ledger.is_empty());
+    for (key, state) in [
+        ("o_a", SimulatedChargeState::Approved),
+        ("o_b", SimulatedChargeState::Declined),
+        ("o_a", SimulatedChargeState::Voided),
+        ("o_c", SimulatedChargeState::Approved),
+    ] {
+        let commit = storage.append_ledger(key, &charge(100, state));
+        runtime.block_on(commit.wait()).expect("durable");
+    }
+    // Sales with snapshots every 50 events after the ledger's records: the segments holding them are deleted.
+    let spec = spec();
+    runtime
+        .block_on(
+            storage
+                .append_meta(MetaRecord::Concert(spec.clone()))
+                .wait(),
+        )
+        .expect("concert durable");
+    sell(&storage, &spec, 0, 400, 7);
+    storage.close();
+    drop(storage);
+    let first_segment = dir
+        .path()
+        .join("journal")
+        .join(format!("segment-{:020}.log", 0));
+    assert!(
+        !first_segment.exists(),
+        "the segment with the ledger's records was truncated"
+    );
+    let (storage, recovered) = Storage::open(dir.path(), options(50)).expect("reopen");
+    let expected: HashMap<String, SimulatedCharge> = [
+        ("o_a", charge(100, SimulatedChargeState::Voided)),
+        ("o_b", charge(100, SimulatedChargeState::Declined)),
+        ("o_c", charge(100, SimulatedChargeState::Approved)),
+    ]
+    .into_iter()
+    .map(|(key, charge)| (key.to_owned(), charge))
+    .collect();
+    assert_eq!(recovered.ledger, expected);
+    storage.close();
+}
+
+#[test]
+fn a_ledger_of_the_old_layout_is_taken_over_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    persistence::ledger::write_legacy(
+        &dir.path().join(persistence::ledger::LEGACY_LEDGER_DIR),
+        &[
+            ("o_old", charge(500, SimulatedChargeState::Approved)),
+            ("o_gone", charge(700, SimulatedChargeState::Approved)),
+            ("o_gone", charge(700, SimulatedChargeState::Voided)),
+        ],
+    )
+    .expect("an old ledger");
+    let (storage, recovered) = Storage::open(dir.path(), options(1_000)).expect("open");
+    assert_eq!(
+        recovered.ledger.get("o_old"),
+        Some(&charge(500, SimulatedChargeState::Approved))
+    );
+    assert_eq!(
+        recovered.ledger.get("o_gone"),
+        Some(&charge(700, SimulatedChargeState::Voided))
+    );
+    // A later state is kept over the old ledger's: the old one is read once, not at every start.
+    let commit = storage.append_ledger("o_old", &charge(500, SimulatedChargeState::Voided));
+    runtime.block_on(commit.wait()).expect("durable");
+    storage.close();
+    drop(storage);
+    let (storage, recovered) = Storage::open(dir.path(), options(1_000)).expect("reopen");
+    assert_eq!(recovered.ledger.len(), 2);
+    assert_eq!(
+        recovered.ledger.get("o_old"),
+        Some(&charge(500, SimulatedChargeState::Voided))
+    );
     storage.close();
 }
