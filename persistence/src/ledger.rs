@@ -1,23 +1,28 @@
-//! The payment simulator's ledger as data dirs kept it before it moved into the node's storage.
+//! The payment simulator's ledger on disk: the last state of each charge, by idempotency key, so that the
+//! simulator remembers its charges across a restart of the server, as a real provider would, and recovery can ask
+//! it what became of a charge.
 //!
-//! The simulator's ledger (the last state of each charge, by idempotency key) now lives in the node's journal
-//! (stream `ledger`, [`crate::wire::Entry::Ledger`]) and in sled's `payment-ledger` tree, like the node-wide
-//! records: a charge's record is queued in the journal before the simulator answers, so the order's confirmation,
-//! appended after it to the same log, is never durable without it, and no order waits for a sync of its own for
-//! the ledger. Earlier versions kept it in a segment log of its own in `DIR/payment-sim/`, one record per final
-//! state of a charge, the last for a key winning; [`crate::storage::Storage::open`] copies such a ledger into the
-//! tree once ([`read_legacy`]).
+//! Each charge's record goes to two places ([`crate::storage::Storage::append_ledger`]): the node's journal
+//! (stream `ledger`), queued before the simulator answers, so that the order's confirmation, appended after it to
+//! the same log, is never durable without it, and no order waits for a sync of the ledger's own; and this
+//! checkpoint, a segment log of its own in `DIR/payment-sim/` (its records numbered by position, the journal's
+//! `seq`), written behind without anyone waiting. The journal's ledger records are needed until the checkpoint has
+//! them: the snapshot writer waits for [`LedgerCheckpoint::barrier`] before it lets the journal be truncated past
+//! them, and recovery appends to the checkpoint whatever the journal has beyond it. Nothing here is ever
+//! truncated; the simulator is for demos, tests and benchmarks.
 
-use crate::log::{self, LogConfig};
+use crate::log::{self, LogConfig, LogWriter, StreamId};
+use engine::journal::JournalError;
 use engine::payment::SimulatedCharge;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
+use tokio::sync::oneshot;
 
-/// Where earlier versions kept the simulator's ledger, in the data dir.
-pub const LEGACY_LEDGER_DIR: &str = "payment-sim";
+/// Where the checkpoint lives in the data dir.
+pub const LEDGER_DIR: &str = "payment-sim";
 
-const LEDGER_STREAM: &str = "ledger";
+const CHECKPOINT_STREAM: &str = "ledger";
 
 #[derive(Serialize, Deserialize)]
 enum WireCharge {
@@ -27,42 +32,57 @@ enum WireCharge {
     },
 }
 
-/// Every key's last recorded state in a ledger of the old layout in `dir` (its torn tail, if any, cut).
-pub fn read_legacy(dir: &Path) -> std::io::Result<HashMap<String, SimulatedCharge>> {
-    let mut charges = HashMap::new();
-    let mut seq = 0;
-    let (log, report) = log::open(LogConfig::new(dir), |bytes| {
-        let WireCharge::V1 { key, charge } = postcard::from_bytes(bytes)
-            .map_err(|error| format!("undecodable ledger record: {error}"))?;
-        charges.insert(key, charge);
-        seq += 1;
-        Ok((LEDGER_STREAM.into(), seq))
-    })?;
-    log.close();
-    if let Some(torn) = report.torn_tail {
-        tracing::warn!(offset = torn.offset, reason = %torn.reason, "old simulator ledger ended in a torn record: its tail was cut");
-    }
-    Ok(charges)
+pub struct LedgerCheckpoint {
+    log: LogWriter,
+    stream: StreamId,
 }
 
-/// Writes a ledger of the old layout: how tests make a data dir of an earlier version.
-pub fn write_legacy(dir: &Path, charges: &[(&str, SimulatedCharge)]) -> std::io::Result<()> {
-    let (log, _) = log::open(LogConfig::new(dir), |_| Err("a new ledger".into()))?;
-    let mut receivers = Vec::new();
-    for (seq, (key, charge)) in charges.iter().enumerate() {
+impl LedgerCheckpoint {
+    /// Opens the checkpoint in `dir`: it, every key's last recorded state, and how many records it holds (the
+    /// `seq` of the last).
+    pub fn open(
+        dir: &Path,
+        sync: bool,
+    ) -> std::io::Result<(Self, HashMap<String, SimulatedCharge>, u64)> {
+        let mut charges = HashMap::new();
+        let mut seq = 0;
+        let config = LogConfig {
+            sync,
+            ..LogConfig::new(dir)
+        };
+        let (log, report) = log::open(config, |bytes| {
+            let WireCharge::V1 { key, charge } = postcard::from_bytes(bytes)
+                .map_err(|error| format!("undecodable ledger record: {error}"))?;
+            charges.insert(key, charge);
+            seq += 1;
+            Ok((CHECKPOINT_STREAM.into(), seq))
+        })?;
+        if let Some(torn) = report.torn_tail {
+            tracing::warn!(offset = torn.offset, reason = %torn.reason, "simulator ledger ended in a torn record: its tail was cut");
+        }
+        let checkpoint = Self {
+            log,
+            stream: CHECKPOINT_STREAM.into(),
+        };
+        Ok((checkpoint, charges, seq))
+    }
+
+    /// Queues the record numbered `seq` (the next after the last); nobody waits for it (see the module comment).
+    pub fn append(&self, seq: u64, key: &str, charge: &SimulatedCharge) {
         let bytes = postcard::to_allocvec(&WireCharge::V1 {
-            key: (*key).to_owned(),
+            key: key.to_owned(),
             charge: charge.clone(),
         })
         .expect("ledger records always encode");
-        receivers.push(log.append(LEDGER_STREAM.into(), seq as u64 + 1, bytes));
+        drop(self.log.append(self.stream.clone(), seq, bytes));
     }
-    log.close();
-    for receiver in receivers {
-        receiver
-            .blocking_recv()
-            .map_err(|_| std::io::Error::other("ledger writer stopped"))?
-            .map_err(std::io::Error::other)?;
+
+    /// Completes once every record appended before it is durable.
+    pub fn barrier(&self) -> oneshot::Receiver<Result<(), JournalError>> {
+        self.log.barrier()
     }
-    Ok(())
+
+    pub fn close(&self) {
+        self.log.close();
+    }
 }

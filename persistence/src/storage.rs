@@ -15,6 +15,7 @@
 //! records, cover. Two snapshots per shard are kept so that a damaged newest one falls back to the one before it
 //! plus a longer replay.
 
+use crate::ledger::{LEDGER_DIR, LedgerCheckpoint};
 use crate::log::{self, LogConfig, LogStats, LogWriter, ReadReport, StreamId};
 use crate::wire::{
     Entry, LEDGER_STREAM, META_STREAM, MetaRecord, decode_record, decode_snapshot, encode_record,
@@ -44,11 +45,6 @@ pub const SNAPSHOT_EVERY_EVENTS_DEFAULT: u64 = 100_000;
 const SNAPSHOT_BATCH_MAX: usize = 256;
 
 const META_SEQ_KEY: &[u8] = b"meta_seq";
-/// In the meta tree: the ledger records up to this number are in the ledger tree, flushed.
-const LEDGER_SEQ_KEY: &[u8] = b"ledger_seq";
-/// In the meta tree: present once the ledger of a data dir written before the ledger moved into the journal
-/// (`DIR/payment-sim/`) has been copied into the ledger tree.
-const LEGACY_LEDGER_IMPORTED_KEY: &[u8] = b"legacy_ledger_imported";
 
 #[derive(Clone, Debug)]
 pub struct StorageOptions {
@@ -157,8 +153,6 @@ struct Trees {
     users: sled::Tree,
     snapshots: sled::Tree,
     meta: sled::Tree,
-    /// The payment simulator's ledger: idempotency key to the charge's last state.
-    ledger: sled::Tree,
 }
 
 struct Inner {
@@ -169,8 +163,11 @@ struct Inner {
     /// The last node-wide sequence number handed out; held while a node-wide record is applied and queued, so
     /// records reach sled and the log in sequence order.
     meta_seq: Mutex<u64>,
-    /// The last ledger sequence number handed out; held like `meta_seq`.
+    /// The last ledger sequence number handed out; held while a record is queued, so that records reach the
+    /// journal and the checkpoint in sequence order.
     ledger_seq: Mutex<u64>,
+    /// The payment simulator's ledger outside the journal (see `crate::ledger`).
+    ledger_checkpoint: LedgerCheckpoint,
     /// Per stream, the position up to which the journal is no longer needed.
     covered: Mutex<HashMap<String, u64>>,
 }
@@ -205,11 +202,12 @@ impl Storage {
             users: db.open_tree("users")?,
             snapshots: db.open_tree("snapshots")?,
             meta: db.open_tree("meta")?,
-            ledger: db.open_tree("payment-ledger")?,
         };
-        import_legacy_ledger(dir, &db, &trees)?;
         let mut meta_seq = read_u64(&trees.meta, META_SEQ_KEY)?;
-        let mut ledger_seq = read_u64(&trees.meta, LEDGER_SEQ_KEY)?;
+        let (ledger_checkpoint, mut ledger, checkpoint_seq) =
+            LedgerCheckpoint::open(&dir.join(LEDGER_DIR), options.sync)?;
+        // The journal's ledger records beyond the checkpoint, in order.
+        let mut ledger_tail = Vec::new();
         let mut events: HashMap<StreamId, Vec<(u64, ShardEvent)>> = HashMap::new();
         let mut sled_failure = None;
         let log_config = LogConfig {
@@ -234,13 +232,14 @@ impl Storage {
                 Ok((META_STREAM.into(), seq))
             }
             Entry::Ledger { seq, key, charge } => {
-                if let Err(error) = apply_ledger(&trees, &key, &charge) {
-                    sled_failure.get_or_insert(error);
+                if seq > checkpoint_seq {
+                    ledger_tail.push((seq, key, charge));
                 }
-                ledger_seq = ledger_seq.max(seq);
                 Ok((LEDGER_STREAM.into(), seq))
             }
         })?;
+        let ledger_seq =
+            catch_up_checkpoint(&ledger_checkpoint, &mut ledger, checkpoint_seq, ledger_tail)?;
         if let Some(error) = sled_failure {
             return Err(error.into());
         }
@@ -279,17 +278,6 @@ impl Storage {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let ledger = trees
-            .ledger
-            .iter()
-            .map(|entry| {
-                let (key, bytes) = entry?;
-                let charge = postcard::from_bytes(&bytes).map_err(|error| {
-                    StorageError::Unrecoverable(format!("bad ledger entry: {error}"))
-                })?;
-                Ok((String::from_utf8_lossy(&key).into_owned(), charge))
-            })
-            .collect::<Result<HashMap<_, _>, StorageError>>()?;
         let covered = oldest_snapshot_per_stream(&trees.snapshots)?;
         let inner = Arc::new(Inner {
             db_dir,
@@ -298,6 +286,7 @@ impl Storage {
             log,
             meta_seq: Mutex::new(meta_seq),
             ledger_seq: Mutex::new(ledger_seq),
+            ledger_checkpoint,
             covered: Mutex::new(covered),
         });
         let (jobs, receiver) = mpsc::sync_channel(SNAPSHOT_QUEUE_MAX);
@@ -336,19 +325,17 @@ impl Storage {
         Commit::pending(self.inner.log.append(META_STREAM.into(), *seq, bytes))
     }
 
-    /// Records the payment simulator's charge under `key`, in the ledger tree at once and in the journal, behind
-    /// everything appended before: a confirmation appended after it is durable only if this record is too. The
-    /// commit completes once it is durable.
+    /// Records the payment simulator's charge under `key` in the journal, behind everything appended before (a
+    /// confirmation appended after it is durable only if this record is too), and in the ledger's checkpoint,
+    /// unwaited (`crate::ledger`). The commit completes once the journal's record is durable.
     pub fn append_ledger(&self, key: &str, charge: &SimulatedCharge) -> Commit {
         let mut seq = self
             .inner
             .ledger_seq
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Err(error) = apply_ledger(&self.inner.trees, key, charge) {
-            return Commit::failed(format!("sled: {error}"));
-        }
         *seq += 1;
+        self.inner.ledger_checkpoint.append(*seq, key, charge);
         let bytes = encode_record(Entry::Ledger {
             seq: *seq,
             key: key.to_owned(),
@@ -395,6 +382,7 @@ impl Storage {
             tracing::error!("snapshot writer panicked");
         }
         self.inner.log.close();
+        self.inner.ledger_checkpoint.close();
         if let Err(error) = self.inner.db.flush() {
             tracing::error!(%error, "sled flush at close failed");
         }
@@ -460,32 +448,34 @@ fn apply_meta(trees: &Trees, seq: u64, record: &MetaRecord) -> Result<(), sled::
     Ok(())
 }
 
-fn apply_ledger(trees: &Trees, key: &str, charge: &SimulatedCharge) -> Result<(), sled::Error> {
-    let bytes = postcard::to_allocvec(charge).expect("charges always encode");
-    trees.ledger.insert(key.as_bytes(), bytes)?;
-    Ok(())
-}
-
-/// Copies the simulator's ledger of a data dir written before it moved into the journal (`DIR/payment-sim/`, a
-/// segment log of its own) into the ledger tree, once: flushed and marked before the node goes on, so that a
-/// crash during the copy only makes the next start copy it again. The old directory stays, unread from then on.
-fn import_legacy_ledger(dir: &Path, db: &sled::Db, trees: &Trees) -> Result<(), StorageError> {
-    let legacy_dir = dir.join(crate::ledger::LEGACY_LEDGER_DIR);
-    if !legacy_dir.is_dir() || trees.meta.contains_key(LEGACY_LEDGER_IMPORTED_KEY)? {
-        return Ok(());
+/// Appends to the checkpoint the journal's ledger records beyond it (`tail`, in order), applies them to
+/// `ledger`, and waits until they are durable there; returns the last ledger sequence number.
+fn catch_up_checkpoint(
+    checkpoint: &LedgerCheckpoint,
+    ledger: &mut HashMap<String, SimulatedCharge>,
+    checkpoint_seq: u64,
+    tail: Vec<(u64, String, SimulatedCharge)>,
+) -> Result<u64, StorageError> {
+    let mut seq = checkpoint_seq;
+    if tail.is_empty() {
+        return Ok(seq);
     }
-    let charges = crate::ledger::read_legacy(&legacy_dir)?;
-    for (key, charge) in &charges {
-        apply_ledger(trees, key, charge)?;
+    for (record_seq, key, charge) in tail {
+        if record_seq != seq + 1 {
+            return Err(StorageError::Unrecoverable(format!(
+                "the journal's ledger records jump from {seq} to {record_seq}"
+            )));
+        }
+        checkpoint.append(record_seq, &key, &charge);
+        ledger.insert(key, charge);
+        seq = record_seq;
     }
-    trees.meta.insert(LEGACY_LEDGER_IMPORTED_KEY, &[1u8])?;
-    db.flush()?;
-    sync_dir_files(&dir.join("db"))?;
-    tracing::info!(
-        charges = charges.len(),
-        "payment simulator ledger moved from payment-sim/ into the node's storage"
-    );
-    Ok(())
+    checkpoint
+        .barrier()
+        .blocking_recv()
+        .map_err(|_| StorageError::Unrecoverable("ledger checkpoint stopped".into()))?
+        .map_err(|error| StorageError::Unrecoverable(error.0))?;
+    Ok(seq)
 }
 
 fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StorageError> {
@@ -704,21 +694,30 @@ fn store_snapshots<'a>(
         .meta
         .insert(META_SEQ_KEY, &meta_seq.to_le_bytes())
         .map_err(sled_error)?;
+    // Every ledger record up to this number is in the checkpoint once its barrier completes.
     let ledger_seq = *inner
         .ledger_seq
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    inner
-        .trees
-        .meta
-        .insert(LEDGER_SEQ_KEY, &ledger_seq.to_le_bytes())
-        .map_err(sled_error)?;
+    let ledger_covered = inner
+        .ledger_checkpoint
+        .barrier()
+        .blocking_recv()
+        .map_err(|_| JournalError("ledger checkpoint stopped".into()))
+        .and_then(|result| result);
     inner.db.flush().map_err(sled_error)?;
     sync_dir_files(&inner.db_dir).map_err(|error| JournalError(format!("fsync sled: {error}")))?;
     metrics::histogram!("boxoffice_snapshot_write_seconds").record(started.elapsed().as_secs_f64());
     let mut covered = inner.covered.lock().unwrap_or_else(PoisonError::into_inner);
     covered.insert(META_STREAM.to_owned(), meta_seq);
-    covered.insert(LEDGER_STREAM.to_owned(), ledger_seq);
+    match ledger_covered {
+        Ok(()) => {
+            covered.insert(LEDGER_STREAM.to_owned(), ledger_seq);
+        }
+        Err(error) => {
+            tracing::warn!(%error, "the simulator's ledger checkpoint failed: the journal keeps its records")
+        }
+    }
     for (stream, seq) in oldest_kept {
         covered.insert(stream, seq);
     }

@@ -1,7 +1,7 @@
 //! Storage end to end, without actors: events journaled through [`Storage`] come back as the same shard states,
 //! replay is deterministic (equal digests), snapshots shorten the replay, and a damaged snapshot falls back to the
-//! one before it. The payment simulator's ledger, kept in the same journal, survives its truncation, and a ledger
-//! of the old layout is taken over once.
+//! one before it. The payment simulator's ledger, kept in the same journal, survives its truncation, and records
+//! its checkpoint lacks come back from the journal.
 
 use engine::concert::{ConcertSpec, Layout, Section};
 use engine::ids::{ConcertId, OrderId, TicketId, UserId};
@@ -379,39 +379,39 @@ fn the_simulators_ledger_comes_back_after_the_journal_holding_it_is_truncated() 
 }
 
 #[test]
-fn a_ledger_of_the_old_layout_is_taken_over_once() {
+fn ledger_records_the_checkpoint_lacks_come_back_from_the_journal() {
     let dir = tempfile::tempdir().expect("temp dir");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    persistence::ledger::write_legacy(
-        &dir.path().join(persistence::ledger::LEGACY_LEDGER_DIR),
-        &[
-            ("o_old", charge(500, SimulatedChargeState::Approved)),
-            ("o_gone", charge(700, SimulatedChargeState::Approved)),
-            ("o_gone", charge(700, SimulatedChargeState::Voided)),
-        ],
-    )
-    .expect("an old ledger");
-    let (storage, recovered) = Storage::open(dir.path(), options(1_000)).expect("open");
-    assert_eq!(
-        recovered.ledger.get("o_old"),
-        Some(&charge(500, SimulatedChargeState::Approved))
-    );
-    assert_eq!(
-        recovered.ledger.get("o_gone"),
-        Some(&charge(700, SimulatedChargeState::Voided))
-    );
-    // A later state is kept over the old ledger's: the old one is read once, not at every start.
-    let commit = storage.append_ledger("o_old", &charge(500, SimulatedChargeState::Voided));
-    runtime.block_on(commit.wait()).expect("durable");
+    let (storage, _) = Storage::open(dir.path(), options(1_000)).expect("open");
+    for (key, state) in [
+        ("o_a", SimulatedChargeState::Approved),
+        ("o_b", SimulatedChargeState::Declined),
+        ("o_a", SimulatedChargeState::Voided),
+    ] {
+        let commit = storage.append_ledger(key, &charge(100, state));
+        runtime.block_on(commit.wait()).expect("durable");
+    }
     storage.close();
     drop(storage);
+    // The checkpoint is written behind the journal: as if a crash had left it without these records.
+    let checkpoint_dir = dir.path().join(persistence::ledger::LEDGER_DIR);
+    std::fs::remove_dir_all(&checkpoint_dir).expect("remove the checkpoint");
+    let expected: HashMap<String, SimulatedCharge> = [
+        ("o_a", charge(100, SimulatedChargeState::Voided)),
+        ("o_b", charge(100, SimulatedChargeState::Declined)),
+    ]
+    .into_iter()
+    .map(|(key, charge)| (key.to_owned(), charge))
+    .collect();
     let (storage, recovered) = Storage::open(dir.path(), options(1_000)).expect("reopen");
-    assert_eq!(recovered.ledger.len(), 2);
-    assert_eq!(
-        recovered.ledger.get("o_old"),
-        Some(&charge(500, SimulatedChargeState::Voided))
-    );
+    assert_eq!(recovered.ledger, expected);
     storage.close();
+    drop(storage);
+    // Recovery wrote them to the checkpoint, in order, before going on.
+    let (checkpoint, charges, records) =
+        persistence::ledger::LedgerCheckpoint::open(&checkpoint_dir, true).expect("checkpoint");
+    checkpoint.close();
+    assert_eq!((charges, records), (expected, 3));
 }
