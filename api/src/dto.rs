@@ -358,7 +358,7 @@ pub struct UserResponse {
 impl From<&User> for UserResponse {
     fn from(user: &User) -> Self {
         Self {
-            id: user.id.0.clone(),
+            id: user.id.0.to_string(),
             username: user.username.clone(),
             gender: user.profile.gender.clone(),
             country: user.profile.country.clone(),
@@ -502,7 +502,7 @@ impl ClaimBody {
             _ => return Err(ApiError::invalid("give either quantity or seats")),
         };
         Ok(engine::desk::OrderRequest {
-            concert_id: engine::ids::ConcertId(self.concert_id),
+            concert_id: engine::ids::ConcertId::from(self.concert_id),
             claim,
         })
     }
@@ -521,8 +521,8 @@ pub struct HoldResponse {
 impl From<&Hold> for HoldResponse {
     fn from(hold: &Hold) -> Self {
         Self {
-            id: hold.id.0.clone(),
-            concert_id: hold.concert_id.0.clone(),
+            id: hold.id.0.to_string(),
+            concert_id: hold.concert_id.0.to_string(),
             seats: hold.seated.then(|| hold.seats.clone()),
             quantity: hold.quantity,
             expires_at: rfc3339(hold.expires_at_ms),
@@ -544,11 +544,11 @@ pub struct TicketResponse {
 impl From<&Ticket> for TicketResponse {
     fn from(ticket: &Ticket) -> Self {
         Self {
-            id: ticket.id.0.clone(),
+            id: ticket.id.0.to_string(),
             token: ticket.token.clone(),
             seat: ticket.seat.clone(),
-            order_id: ticket.order_id.0.clone(),
-            concert_id: ticket.concert_id.0.clone(),
+            order_id: ticket.order_id.0.to_string(),
+            concert_id: ticket.concert_id.0.to_string(),
             checked_in_at: ticket.checked_in_at_ms.map(rfc3339),
         }
     }
@@ -574,9 +574,9 @@ pub struct OrderResponse {
 impl From<&Order> for OrderResponse {
     fn from(order: &Order) -> Self {
         Self {
-            id: order.id.0.clone(),
-            concert_id: order.concert_id.0.clone(),
-            user_id: order.user_id.0.clone(),
+            id: order.id.0.to_string(),
+            concert_id: order.concert_id.0.to_string(),
+            user_id: order.user_id.0.to_string(),
             status: match order.status {
                 OrderStatus::Pending => "pending",
                 OrderStatus::Confirmed => "confirmed",

@@ -231,7 +231,7 @@ fn concert_report(
         ));
     }
     ConcertReport {
-        id: spec.id.0.clone(),
+        id: spec.id.0.to_string(),
         name: spec.name.clone(),
         capacity: spec.capacity(),
         remaining: total.remaining,
@@ -307,7 +307,7 @@ fn check_ledger(
         }
     }
     for order in &sold_orders {
-        if states.get(order.as_str()) != Some(&SimulatedChargeState::Approved) {
+        if states.get(&**order) != Some(&SimulatedChargeState::Approved) {
             violations.push(format!("order {order} has tickets but no approved charge"));
         }
     }

@@ -634,7 +634,7 @@ impl UserStore {
                 .map_err(|error| format!("user {id}: {error} (is this the node's master key?)"))?;
             let private: PrivatePart = postcard::from_bytes(&private)
                 .map_err(|error| format!("user {id} does not decode: {error}"))?;
-            decoded.push((UserId(id), stored, private));
+            decoded.push((UserId::from(id), stored, private));
         }
         decoded.sort_by(|a, b| (a.1.created_at_ms, &a.0).cmp(&(b.1.created_at_ms, &b.0)));
         let mut users = self.write();
@@ -819,7 +819,7 @@ fn sealed_record(key: &DataKey, user: &User, tokens: Vec<(TokenHash, u64)>) -> M
         data_key: user.data_key.clone(),
     });
     MetaRecord::User {
-        id: user.id.0.clone(),
+        id: user.id.0.to_string(),
         record: postcard::to_allocvec(&record).expect("users always encode"),
     }
 }

@@ -282,6 +282,8 @@ struct Straddle {
 }
 
 async fn straddle(cluster: &Cluster, prefix: &str, round: usize) -> Straddle {
+    // A node restarted by the step before may not be up in every entry point's eyes yet.
+    cluster.wait_connected().await;
     let front = &cluster.fronts[0];
     let concert = front.create_seated(&["A", "B"], 2, 6, 3).await;
     let owners = seats_by_node(&placement(front, &concert).await, 2, 6);

@@ -12,7 +12,7 @@
 //! run's disk use stays bounded.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use persistence::log::{LogConfig, LogWriter, StreamId};
+use persistence::log::{LogConfig, LogWriter, StreamId, SyncPolicy};
 use std::time::{Duration, Instant};
 
 /// The size of one record, about that of an encoded shard event.
@@ -59,8 +59,8 @@ fn journal(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     let runs = APPENDERS_SYNC
         .iter()
-        .map(|&appenders| ("sync", true, appenders))
-        .chain([("no_sync", false, APPENDERS_NO_SYNC)]);
+        .map(|&appenders| ("sync", SyncPolicy::EveryBatch, appenders))
+        .chain([("no_sync", SyncPolicy::Never, APPENDERS_NO_SYNC)]);
     for (name, sync, appenders) in runs {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
         let config = LogConfig {

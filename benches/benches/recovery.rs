@@ -58,7 +58,7 @@ fn write_sale(dir: &Path) -> Vec<ShardState> {
     for shard in 0..SHARDS {
         let mut state = ShardState::new(spec.shard_capacity(shard), false);
         for sold in 0..spec.shard_capacity(shard) {
-            let order_id = OrderId(format!("o_{shard:02}{sold:018}"));
+            let order_id = OrderId::from(format!("o_{shard:02}{sold:018}"));
             let purpose = Purpose::Order {
                 order_id: order_id.clone(),
                 meta: OrderMeta {
@@ -70,7 +70,7 @@ fn write_sale(dir: &Path) -> Vec<ShardState> {
                 quantity: 1,
                 up_to: false,
             };
-            let owner = UserId(format!("u_{:020}", sold % 50_000));
+            let owner = UserId::from(format!("u_{:020}", sold % 50_000));
             let reserved = state
                 .decide_reserve(&owner, &claim, purpose)
                 .expect("tickets left");
@@ -79,7 +79,7 @@ fn write_sale(dir: &Path) -> Vec<ShardState> {
             };
             commits.push(journal(&storage, &spec, shard, &mut state, reserved));
             let ticket = IssuedTicket {
-                ticket_id: TicketId(format!("t_{shard:02}{sold:018}")),
+                ticket_id: TicketId::from(format!("t_{shard:02}{sold:018}")),
                 token: format!("{:032x}", (u128::from(shard) << 64) | u128::from(sold)),
                 seat: None,
             };

@@ -149,7 +149,7 @@ fn sell(spec: &ConcertSpec) -> ShardState {
         if slot >= RESERVATIONS_SOLD + RESERVATIONS_HELD {
             continue;
         }
-        let owner = UserId(format!(
+        let owner = UserId::from(format!(
             "u_{:020x}",
             reservation * u64::from(TICKETS_PER_RESERVATION) / TICKETS_PER_USER_MAX
         ));

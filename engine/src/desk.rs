@@ -540,7 +540,7 @@ impl Desk {
         slot: PaymentSlot,
     ) -> OrderOutcome {
         let charge = ChargeRequest {
-            idempotency_key: order.id.0.clone(),
+            idempotency_key: order.id.0.to_string(),
             amount_cents: order.amount_cents,
             card,
         };

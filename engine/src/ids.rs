@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// A hash map keyed by what this node generated (ids, ticket tokens), never by a value a client chose: hashed
 /// with foldhash (seeded per map) rather than SipHash, which cost about 3% of an order's CPU
@@ -22,14 +23,14 @@ macro_rules! id_type {
     ($name:ident, $prefix:literal) => {
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(pub String);
+        pub struct $name(pub Arc<str>);
 
         impl $name {
             pub const PREFIX: &'static str = $prefix;
 
             /// A fresh random id.
             pub fn random() -> Self {
-                Self(format!("{}{}", $prefix, random_hex(ID_RANDOM_BYTES)))
+                Self(format!("{}{}", $prefix, random_hex(ID_RANDOM_BYTES)).into())
             }
 
             pub fn as_str(&self) -> &str {
@@ -45,7 +46,13 @@ macro_rules! id_type {
 
         impl From<&str> for $name {
             fn from(value: &str) -> Self {
-                Self(value.to_owned())
+                Self(value.into())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(value: String) -> Self {
+                Self(value.into())
             }
         }
     };
@@ -60,11 +67,14 @@ const HOME_SEPARATOR: char = '-';
 impl UserId {
     /// A fresh random id of a user who belongs to shard node `node` of a cluster.
     pub fn random_on(node: u32) -> Self {
-        Self(format!(
-            "{}{node}{HOME_SEPARATOR}{}",
-            Self::PREFIX,
-            random_hex(ID_RANDOM_BYTES)
-        ))
+        Self(
+            format!(
+                "{}{node}{HOME_SEPARATOR}{}",
+                Self::PREFIX,
+                random_hex(ID_RANDOM_BYTES)
+            )
+            .into(),
+        )
     }
 
     /// The shard node a user of a cluster belongs to; `None` for an id without one (a single node's user).

@@ -152,7 +152,7 @@ fn concurrent_buyers_never_oversell_and_sold_out_means_sold_out() {
             let concert = general(&router, 10, 4);
             let requests: Vec<(UserId, u32)> = (0..RACE_BUYERS)
                 .map(|buyer| {
-                    let user = UserId(format!("u_{round}_{buyer}"));
+                    let user = UserId::from(format!("u_{round}_{buyer}"));
                     (user, 1 + (buyer * 7 + round) % 4)
                 })
                 .collect();
@@ -444,7 +444,7 @@ fn many_holds_expire_by_themselves() {
             };
             concert
                 .reserve(
-                    &UserId(format!("u_{hold}")),
+                    &UserId::from(format!("u_{hold}")),
                     &ClaimRequest::Quantity(1),
                     hold_until(start_ms + offset_ms),
                 )

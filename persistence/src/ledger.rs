@@ -11,7 +11,7 @@
 //! them, and recovery appends to the checkpoint whatever the journal has beyond it. Nothing here is ever
 //! truncated; the simulator is for demos, tests and benchmarks.
 
-use crate::log::{self, LogConfig, LogWriter, StreamId};
+use crate::log::{self, LogConfig, LogWriter, StreamId, SyncPolicy};
 use engine::journal::JournalError;
 use engine::payment::SimulatedCharge;
 use serde::{Deserialize, Serialize};
@@ -46,8 +46,13 @@ impl LedgerCheckpoint {
     ) -> std::io::Result<(Self, HashMap<String, SimulatedCharge>, u64)> {
         let mut charges = HashMap::new();
         let mut seq = 0;
+        // Nobody waits for a checkpoint record: the journal holds it until a barrier has made it durable here.
         let config = LogConfig {
-            sync,
+            sync: if sync {
+                SyncPolicy::AtBarriers
+            } else {
+                SyncPolicy::Never
+            },
             ..LogConfig::new(dir)
         };
         let (log, report) = log::open(config, |bytes| {

@@ -32,7 +32,8 @@
 //! durable appends per second with a sync each). So the writer blocks for the first queued record, takes whatever
 //! else is already queued (up to `BATCH_BYTES_MAX`), writes the batch with one `write`, makes it durable with one
 //! `fdatasync`, and only then answers every appender of the batch. The more appenders wait, the bigger the batches,
-//! and the fewer syncs each record pays for.
+//! and the fewer syncs each record pays for. A log that nobody waits on record by record (the payment simulator's
+//! checkpoint) syncs only for a barrier, a full segment and close instead ([`SyncPolicy::AtBarriers`]).
 //!
 //! A failed write or sync poisons the writer: after a failed `fsync` the kernel may have dropped the dirty pages, so
 //! no later write could honestly be called durable. Every later append fails at once; restarting reopens the log and
@@ -87,9 +88,22 @@ pub struct LogConfig {
     pub segment_bytes_max: u64,
     /// Bound of the writer's queue; [`LogWriter::append`] blocks when it is full (disk backpressure).
     pub queue_max: usize,
-    /// `true`: one `fdatasync` per batch before its appenders are answered. `false`: write only, so a commit means
-    /// "handed to the kernel" (for benchmarks).
-    pub sync: bool,
+    /// When the writer calls `fdatasync`, and so what an answered append means.
+    pub sync: SyncPolicy,
+}
+
+/// When a log's writer makes what it wrote durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// One `fdatasync` per batch before its appenders are answered: an answered append is durable.
+    EveryBatch,
+    /// Batches are written without a sync and their appenders answered once written (a process crash keeps them, a
+    /// power loss may not); the writer syncs before it answers a barrier, before it leaves a full segment and when
+    /// it closes. For a log nobody waits on record by record, whose records another log also holds until a barrier
+    /// says they are durable here (the payment simulator's checkpoint): one sync per barrier instead of per batch.
+    AtBarriers,
+    /// Never: a commit means "handed to the kernel" (benchmarks of the CPU cost only).
+    Never,
 }
 
 impl LogConfig {
@@ -99,7 +113,7 @@ impl LogConfig {
             dir: dir.into(),
             segment_bytes_max: SEGMENT_BYTES_MAX,
             queue_max: QUEUE_MAX,
-            sync: true,
+            sync: SyncPolicy::EveryBatch,
         }
     }
 }
@@ -135,6 +149,8 @@ pub struct LogStats {
     /// Records this writer has written (and synced, with `sync`) since [`open`].
     pub records_appended: u64,
     pub batches: u64,
+    /// `fdatasync`s of the segment being written, since [`open`].
+    pub syncs: u64,
 }
 
 type Done = oneshot::Sender<Result<(), JournalError>>;
@@ -231,6 +247,7 @@ struct Shared {
     queue_depth: AtomicU64,
     records_appended: AtomicU64,
     batches: AtomicU64,
+    syncs: AtomicU64,
     /// Why the writer stopped writing, once a write or sync has failed.
     poison: OnceLock<String>,
 }
@@ -263,6 +280,7 @@ impl LogWriter {
             queue_depth: AtomicU64::new(0),
             records_appended: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
             poison: OnceLock::new(),
         });
         let (queue, queued) = mpsc::sync_channel(config.queue_max);
@@ -270,6 +288,7 @@ impl LogWriter {
             shared: Arc::clone(&shared),
             segment_bytes_max: config.segment_bytes_max,
             sync: config.sync,
+            unsynced: false,
             active,
             batch: Vec::new(),
             waiting: Vec::new(),
@@ -385,6 +404,7 @@ impl LogWriter {
                 + shared.active_bytes.load(Ordering::Relaxed),
             records_appended: shared.records_appended.load(Ordering::Relaxed),
             batches: shared.batches.load(Ordering::Relaxed),
+            syncs: shared.syncs.load(Ordering::Relaxed),
         }
     }
 
@@ -497,7 +517,9 @@ struct Waiting {
 struct Writer {
     shared: Arc<Shared>,
     segment_bytes_max: u64,
-    sync: bool,
+    sync: SyncPolicy,
+    /// With [`SyncPolicy::AtBarriers`]: the active segment holds writes not yet synced.
+    unsynced: bool,
     active: ActiveSegment,
     /// The frames of the batch being built; reused from batch to batch.
     batch: Vec<u8>,
@@ -527,6 +549,9 @@ impl Writer {
             if stopping {
                 break;
             }
+        }
+        if let Err(error) = self.sync_unsynced() {
+            self.poison(&error);
         }
         // Appends that raced with `close` and queued behind its stop.
         while let Ok(item) = queued.try_recv() {
@@ -574,8 +599,18 @@ impl Writer {
     /// the barriers queued with it (every record before a barrier is in this batch or an earlier one).
     fn commit(&mut self) {
         if self.waiting.is_empty() {
-            for done in self.barriers.drain(..) {
-                let _ = done.send(Ok(()));
+            let synced = if self.barriers.is_empty() {
+                Ok(())
+            } else {
+                self.sync_unsynced()
+            };
+            match synced {
+                Ok(()) => {
+                    for done in self.barriers.drain(..) {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                Err(error) => self.poison_barriers(&error),
             }
             return;
         }
@@ -611,12 +646,42 @@ impl Writer {
         self.batch.clear();
     }
 
+    /// After a failed sync with nothing in the batch: poisons the writer and fails the waiting barriers.
+    fn poison_barriers(&mut self, error: &io::Error) {
+        self.poison(error);
+        let reason = self.shared.poison.get().expect("poisoned just above");
+        for done in self.barriers.drain(..) {
+            fail(done, reason);
+        }
+    }
+
+    /// With [`SyncPolicy::AtBarriers`], syncs what was written to the active segment since its last sync.
+    fn sync_unsynced(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            self.sync_active()?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    fn sync_active(&mut self) -> io::Result<()> {
+        let started = Instant::now();
+        self.active.file.sync_data()?;
+        self.sync_seconds.record(started.elapsed().as_secs_f64());
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn write_batch(&mut self) -> io::Result<()> {
         self.active.file.write_all(&self.batch)?;
-        if self.sync {
-            let started = Instant::now();
-            self.active.file.sync_data()?;
-            self.sync_seconds.record(started.elapsed().as_secs_f64());
+        match self.sync {
+            SyncPolicy::EveryBatch => self.sync_active()?,
+            SyncPolicy::AtBarriers if !self.barriers.is_empty() => {
+                self.sync_active()?;
+                self.unsynced = false;
+            }
+            SyncPolicy::AtBarriers => self.unsynced = true,
+            SyncPolicy::Never => {}
         }
         self.active.bytes += self.batch.len() as u64;
         self.shared
@@ -631,6 +696,8 @@ impl Writer {
         if self.active.bytes < self.segment_bytes_max {
             return Ok(());
         }
+        // A closed segment is never written again: what it holds is synced before the writer leaves it.
+        self.sync_unsynced()?;
         let next = ActiveSegment::create(&self.shared.dir, self.active.index + 1)?;
         let full = std::mem::replace(&mut self.active, next);
         let mut closed = self.shared.closed.lock().expect("segment list lock");

@@ -16,7 +16,7 @@
 //! plus a longer replay.
 
 use crate::ledger::{LEDGER_DIR, LedgerCheckpoint};
-use crate::log::{self, LogConfig, LogStats, LogWriter, ReadReport, StreamId};
+use crate::log::{self, LogConfig, LogStats, LogWriter, ReadReport, StreamId, SyncPolicy};
 use crate::wire::{
     Entry, LEDGER_STREAM, META_STREAM, MetaRecord, decode_record, decode_snapshot, encode_record,
     encode_snapshot, shard_stream,
@@ -211,7 +211,11 @@ impl Storage {
         let mut events: HashMap<StreamId, Vec<(u64, ShardEvent)>> = HashMap::new();
         let mut sled_failure = None;
         let log_config = LogConfig {
-            sync: options.sync,
+            sync: if options.sync {
+                SyncPolicy::EveryBatch
+            } else {
+                SyncPolicy::Never
+            },
             segment_bytes_max: options.segment_bytes_max,
             ..LogConfig::new(dir.join("journal"))
         };

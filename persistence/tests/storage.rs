@@ -69,12 +69,12 @@ fn sell(storage: &Storage, spec: &ConcertSpec, shard: u32, steps: u64, seed: u64
         }
     };
     for step in 0..steps {
-        let owner = UserId(format!("u_{}", next() % 7));
-        let order_id = OrderId(format!("o_{shard}_{step}"));
+        let owner = UserId::from(format!("u_{}", next() % 7));
+        let order_id = OrderId::from(format!("o_{shard}_{step}"));
         let hold = next() % 3 == 0;
         let purpose = if hold {
             Purpose::Hold {
-                hold_id: engine::ids::HoldId(format!("h_{shard}_{step}")),
+                hold_id: engine::ids::HoldId::from(format!("h_{shard}_{step}")),
                 expires_at_ms: 1_000 + step,
             }
         } else {
@@ -112,7 +112,7 @@ fn sell(storage: &Storage, spec: &ConcertSpec, shard: u32, steps: u64, seed: u64
             _ if !hold => {
                 let tickets = (0..quantity)
                     .map(|n| IssuedTicket {
-                        ticket_id: TicketId(format!("t_{shard}_{step}_{n}")),
+                        ticket_id: TicketId::from(format!("t_{shard}_{step}_{n}")),
                         token: format!("{shard:04}{step:020}{n:08}"),
                         seat: None,
                     })
@@ -122,7 +122,7 @@ fn sell(storage: &Storage, spec: &ConcertSpec, shard: u32, steps: u64, seed: u64
                     .expect("confirm");
                 apply(&mut state, event);
                 if next() % 5 == 0 {
-                    let ticket = TicketId(format!("t_{shard}_{step}_0"));
+                    let ticket = TicketId::from(format!("t_{shard}_{step}_0"));
                     let event = state.decide_check_in(&ticket, step).expect("check in");
                     apply(&mut state, event);
                 }

@@ -204,7 +204,10 @@ async fn placements(cluster: &ClusterState, node: NodeId) -> Result<Vec<Placemen
     let placements: Vec<(ConcertId, Vec<NodeId>)> = postcard::from_bytes(&body).map_err(|_| ())?;
     Ok(placements
         .into_iter()
-        .map(|(id, shards)| PlacementView { id: id.0, shards })
+        .map(|(id, shards)| PlacementView {
+            id: id.0.to_string(),
+            shards,
+        })
         .collect())
 }
 

@@ -255,7 +255,7 @@ pub async fn create_users(
                 return Ok(created
                     .into_iter()
                     .map(|(id, username, token)| RegisteredResponse {
-                        id: id.0,
+                        id: id.0.to_string(),
                         username,
                         token,
                     })

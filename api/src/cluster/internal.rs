@@ -112,7 +112,7 @@ async fn concert(State(state): State<AppState>, ApiPath(id): ApiPath) -> ApiResu
     let concert = state
         .desk
         .router()
-        .concert(&ConcertId(id))
+        .concert(&ConcertId::from(id))
         .ok_or_else(|| ApiError::not_found("concert"))?;
     let record = ConcertRecord::V1 {
         spec: (*concert.spec).clone(),
@@ -198,7 +198,7 @@ async fn users_bulk(
             users: created
                 .into_iter()
                 .map(|(id, username, token)| RegisteredResponse {
-                    id: id.0,
+                    id: id.0.to_string(),
                     username,
                     token,
                 })

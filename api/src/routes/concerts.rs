@@ -91,7 +91,7 @@ pub async fn describe(concert: &ConcertHandle) -> ApiResult<ConcertResponse> {
     let availability = concert.availability().await?;
     let spec = &concert.spec;
     Ok(ConcertResponse {
-        id: spec.id.0.clone(),
+        id: spec.id.0.to_string(),
         name: spec.name.clone(),
         starts_at: spec.starts_at.clone(),
         price_cents: spec.price_cents,
@@ -129,7 +129,7 @@ pub async fn get(
     let concert = state
         .desk
         .router()
-        .concert(&ConcertId(id))
+        .concert(&ConcertId::from(id))
         .ok_or_else(|| ApiError::not_found("concert"))?;
     Ok(Json(describe(&concert).await?))
 }
@@ -145,7 +145,7 @@ pub async fn seats(
     let concert = state
         .desk
         .router()
-        .concert(&ConcertId(id))
+        .concert(&ConcertId::from(id))
         .ok_or_else(|| ApiError::not_found("concert"))?;
     if !concert.spec.is_seated() {
         return Err(ApiError::new(

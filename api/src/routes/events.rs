@@ -100,7 +100,7 @@ pub async fn stream(
     let concert = state
         .desk
         .router()
-        .concert(&ConcertId(id))
+        .concert(&ConcertId::from(id))
         .ok_or_else(|| ApiError::not_found("concert"))?;
     if let Some(cluster) = &state.cluster {
         return merged_stream(&state, cluster, concert, &headers, abort).await;

@@ -52,7 +52,7 @@ pub async fn cancel(
     UserCaller(user): UserCaller,
     ApiPath(id): ApiPath,
 ) -> ApiResult<StatusCode> {
-    let hold = HoldId(id);
+    let hold = HoldId::from(id);
     state.desk.cancel_hold(&user, &hold).await?;
     state.held_by_address.ended(&hold);
     Ok(StatusCode::NO_CONTENT)
@@ -72,7 +72,7 @@ pub async fn purchase(
     ApiPath(id): ApiPath,
 ) -> ApiResult<(StatusCode, Json<OrderResponse>)> {
     let card = state.users.payment_card(&user)?;
-    let hold = HoldId(id);
+    let hold = HoldId::from(id);
     let order = state.desk.purchase_hold(&user, card, &hold, key).await?;
     state.held_by_address.ended(&hold);
     Ok((StatusCode::CREATED, Json(OrderResponse::from(&order))))

@@ -66,7 +66,7 @@ pub async fn cluster(
         .concerts()
         .iter()
         .map(|concert| crate::cluster::front::PlacementView {
-            id: concert.spec.id.0.clone(),
+            id: concert.spec.id.0.to_string(),
             shards: concert.placement.clone(),
         })
         .collect();

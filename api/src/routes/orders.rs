@@ -46,7 +46,7 @@ pub async fn get(
     let local = state
         .desk
         .book_ready()
-        .map(|()| state.desk.order(&OrderId(id.clone())));
+        .map(|()| state.desk.order(&OrderId::from(id.as_str())));
     match (local, &caller, fan_out) {
         (Ok(Some(order)), ..) => {
             if !caller.may_access(&order.user_id) {

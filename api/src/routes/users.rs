@@ -61,7 +61,7 @@ pub async fn create(
     Ok((
         StatusCode::CREATED,
         Json(RegisteredResponse {
-            id: user.id.0,
+            id: user.id.0.to_string(),
             username: user.username,
             token,
         }),
@@ -100,7 +100,7 @@ pub async fn create_bulk(
             .await?
             .into_iter()
             .map(|(id, username, token)| RegisteredResponse {
-                id: id.0,
+                id: id.0.to_string(),
                 username,
                 token,
             })
@@ -132,7 +132,10 @@ pub async fn verify(
         Err(_) => attempt.abandoned(),
     }
     let (id, token) = outcome?;
-    Ok(Json(TokenResponse { id: id.0, token }))
+    Ok(Json(TokenResponse {
+        id: id.0.to_string(),
+        token,
+    }))
 }
 
 /// The code of a wrong username or password: what the login throttle counts.
@@ -166,7 +169,7 @@ pub async fn get(
     caller: Caller,
     ApiPath(id): ApiPath,
 ) -> ApiResult<Json<UserResponse>> {
-    let id = UserId(id);
+    let id = UserId::from(id);
     authorize(&caller, &id)?;
     let user = state
         .users
@@ -194,7 +197,7 @@ pub async fn update(
     ApiPath(id): ApiPath,
     ApiJson(body): ApiJson<UserUpdateRequest>,
 ) -> ApiResult<Json<UserResponse>> {
-    let id = UserId(id);
+    let id = UserId::from(id);
     authorize(&caller, &id)?;
     let (update, current_password) = body.validate()?;
     let username = state
@@ -288,7 +291,7 @@ pub async fn tickets(
     caller: Caller,
     ApiPath(id): ApiPath,
 ) -> ApiResult<Json<TicketList>> {
-    let id = UserId(id);
+    let id = UserId::from(id);
     authorize_existing(&state, &caller, &id)?;
     state.desk.book_ready()?;
     let tickets = state.desk.tickets_of(&id);
@@ -310,12 +313,12 @@ pub async fn ticket_qr(
     caller: Caller,
     ApiPathPair(id, ticket_id): ApiPathPair,
 ) -> ApiResult<Response> {
-    let id = UserId(id);
+    let id = UserId::from(id);
     authorize_existing(&state, &caller, &id)?;
     state.desk.book_ready()?;
     let ticket = state
         .desk
-        .ticket_of(&id, &TicketId(ticket_id))
+        .ticket_of(&id, &TicketId::from(ticket_id))
         .ok_or_else(|| ApiError::not_found("ticket"))?;
     let svg = qr_svg(&ticket.token)?;
     Ok((

@@ -49,7 +49,7 @@ impl Driver {
 
     fn hold_purpose(&self, ttl_ms: u64) -> Purpose {
         Purpose::Hold {
-            hold_id: HoldId(format!("h_{}", self.events.len())),
+            hold_id: HoldId::from(format!("h_{}", self.events.len())),
             expires_at_ms: self.now_ms + ttl_ms,
         }
     }
@@ -91,7 +91,7 @@ impl Driver {
                 let number = self.tickets_issued;
                 self.tickets_issued += 1;
                 IssuedTicket {
-                    ticket_id: TicketId(format!("t_{number}")),
+                    ticket_id: TicketId::from(format!("t_{number}")),
                     token: format!("token_{number}"),
                     seat: None,
                 }
@@ -140,7 +140,7 @@ impl Driver {
 }
 
 fn user(number: u8) -> UserId {
-    UserId(format!("u_{number}"))
+    UserId::from(format!("u_{number}"))
 }
 
 fn tickets_of(state: &ShardState) -> BTreeMap<TicketId, TicketRecord> {
@@ -668,7 +668,7 @@ fn step(driver: &mut Driver, model: &mut Model, op: &Op) {
     let purpose = |driver: &Driver, hold_ttl_ms: Option<u64>| match hold_ttl_ms {
         Some(ttl_ms) => driver.hold_purpose(ttl_ms),
         None => Purpose::Order {
-            order_id: OrderId(format!("o_direct_{}", driver.events.len())),
+            order_id: OrderId::from(format!("o_direct_{}", driver.events.len())),
             meta: OrderMeta::default(),
         },
     };
@@ -709,7 +709,7 @@ fn step(driver: &mut Driver, model: &mut Model, op: &Op) {
                 Some(reservation) if *as_owner => reservation.owner.clone(),
                 _ => UserId("u_stranger".into()),
             };
-            let order_id = OrderId(format!("o_{}", driver.events.len()));
+            let order_id = OrderId::from(format!("o_{}", driver.events.len()));
             let expected = model.begin_purchase(reservation_id, &owner, &order_id, driver.now_ms);
             assert_eq!(
                 driver.begin_purchase(reservation_id, &owner, &order_id),
@@ -1242,7 +1242,7 @@ fn tickets_carry_their_seats() {
     let seats: BTreeMap<String, Option<u32>> = driver
         .state
         .tickets()
-        .map(|(id, ticket)| (id.0.clone(), ticket.seat))
+        .map(|(id, ticket)| (id.0.to_string(), ticket.seat))
         .collect();
     let expected: BTreeMap<String, Option<u32>> = [("t_0", 4), ("t_1", 1), ("t_2", 5)]
         .into_iter()
@@ -1256,7 +1256,7 @@ fn book_views_read_in_pages_give_the_whole_view() {
     let mut driver = Driver::new(30, false);
     for number in 0..25u8 {
         let owner = user(number % 3);
-        let order_id = OrderId(format!("o_{number}"));
+        let order_id = OrderId::from(format!("o_{number}"));
         let purpose = Purpose::Order {
             order_id: order_id.clone(),
             meta: OrderMeta::default(),

@@ -544,7 +544,7 @@ proptest! {
         cut in any::<Index>(),
     ) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = LogConfig { segment_bytes_max, sync: false, ..LogConfig::new(dir.path()) };
+        let config = LogConfig { segment_bytes_max, sync: SyncPolicy::Never, ..LogConfig::new(dir.path()) };
         let mut seqs = [0u64; STREAMS.len()];
         let written: Vec<Record> = sizes
             .iter()
@@ -593,7 +593,7 @@ proptest! {
         covered in proptest::collection::vec(proptest::option::of(0..20u64), STREAMS.len()),
     ) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = LogConfig { segment_bytes_max, sync: false, ..LogConfig::new(dir.path()) };
+        let config = LogConfig { segment_bytes_max, sync: SyncPolicy::Never, ..LogConfig::new(dir.path()) };
         let mut seqs = [0u64; STREAMS.len()];
         let written: Vec<Record> = sizes
             .iter()
@@ -621,4 +621,65 @@ proptest! {
             prop_assert!(is_covered || read.contains(record), "{:?} lost", record);
         }
     }
+}
+
+#[test]
+fn a_log_synced_at_barriers_syncs_only_for_a_barrier_a_full_segment_and_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let written = records(30, 200);
+    let config = LogConfig {
+        sync: SyncPolicy::AtBarriers,
+        // Ten of these records fill a segment.
+        segment_bytes_max: SEGMENT_HEADER_BYTES + 10 * (FRAME_HEADER_BYTES as u64 + 200),
+        ..LogConfig::new(dir.path())
+    };
+    let (log, _, _) = open_and_read(&config).expect("log opens");
+    let append = |record: &Record| {
+        log.append(
+            Arc::clone(&record.stream),
+            record.seq,
+            record.payload.clone(),
+        )
+        .blocking_recv()
+        .expect("the writer answers")
+        .expect("written");
+    };
+    // Answered once written, one at a time: nine records, no sync.
+    written[..9].iter().for_each(append);
+    assert_eq!(log.stats().syncs, 0);
+    log.barrier()
+        .blocking_recv()
+        .expect("the writer answers")
+        .expect("synced");
+    assert_eq!(log.stats().syncs, 1);
+    // Nothing written since: a barrier needs no sync.
+    log.barrier()
+        .blocking_recv()
+        .expect("the writer answers")
+        .expect("nothing to sync");
+    assert_eq!(log.stats().syncs, 1);
+    // The segment fills at the tenth; the eleventh goes to a new one, and the full one is synced first.
+    written[9..11].iter().for_each(append);
+    assert_eq!((log.stats().segments, log.stats().syncs), (2, 2));
+    written[11..].iter().for_each(append);
+    let before_close = log.stats().syncs;
+    log.close();
+    assert_eq!(log.stats().syncs, before_close + 1, "close syncs the rest");
+    let (_, read) = read_back(&config);
+    assert_eq!(read, written);
+}
+
+#[test]
+fn a_log_synced_every_batch_syncs_each_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig::new(dir.path());
+    let (log, _, _) = open_and_read(&config).expect("log opens");
+    for record in records(5, 64) {
+        log.append(record.stream, record.seq, record.payload)
+            .blocking_recv()
+            .expect("the writer answers")
+            .expect("durable");
+    }
+    let stats = log.stats();
+    assert_eq!((stats.batches, stats.syncs), (5, 5));
 }
