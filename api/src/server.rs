@@ -373,7 +373,19 @@ async fn recover(
     simulator.restore(std::mem::take(&mut recovered.ledger));
     let (events_replayed, snapshots_rejected) =
         (recovered.events_replayed(), recovered.snapshots_rejected());
-    let user_count = users.restore(recovered.users)?;
+    let restored = users.restore(recovered.users)?;
+    let user_count = restored.users;
+    if restored.cards_without_cvv > 0 {
+        for commit in restored.commits {
+            commit.wait().await.map_err(|error| {
+                format!("cannot rewrite a user without its card's cvv: {error}")
+            })?;
+        }
+        tracing::info!(
+            users = restored.cards_without_cvv,
+            "cards on file rewritten without their cvv (kept by an earlier version, sealed)"
+        );
+    }
     let mut in_flight = Vec::new();
     let (mut sold, mut held) = (0, 0);
     let concert_count = recovered.concerts.len();

@@ -2,7 +2,10 @@
 //!
 //! Passwords are argon2id hashes; a bearer token is 256 random bits handed out once and kept only as its SHA-256
 //! hash, with an expiry. A card is kept in two parts: what may be shown ([`CardSummary`], masked to `last4`)
-//! and what only the payment provider may see ([`CardSecret`]).
+//! and what only the payment provider may see ([`CardSecret`]). Of the secret part only the number is kept: the
+//! CVV is used once, to verify the card with the payment provider when it is stored, and then dropped (PCI DSS
+//! forbids keeping it after authorization, even encrypted). Records written before that ([`StoredUser::V1`],
+//! whose sealed card held the CVV too) are rewritten without it when the node starts ([`UserStore::restore`]).
 //!
 //! Envelope encryption (`persistence::crypto`): every user has a data key, kept wrapped under the master key. The
 //! card's secret part is sealed under it the moment it arrives and stays sealed in memory; it is opened only to
@@ -65,11 +68,18 @@ pub struct CardSummary {
     pub exp_year: u16,
 }
 
-/// Never shown, never logged: the part of a card only the payment provider sees.
+/// Never shown, never logged: the part of a card only the payment provider sees, as a request gives it. Only
+/// the number is ever sealed ([`CardNumber`]); the CVV goes to the provider once, when the card is verified.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardSecret {
     pub number: String,
     pub cvv: String,
+}
+
+/// What of a card's secret part is kept, sealed: the number alone.
+#[derive(Serialize, Deserialize)]
+struct CardNumber {
+    number: String,
 }
 
 impl std::fmt::Debug for CardSecret {
@@ -86,14 +96,14 @@ pub struct StoredCard {
 }
 
 impl StoredCard {
-    /// The card as the payment provider sees it, to verify it before it is stored.
+    /// The card as the payment provider sees it, to verify it before it is stored: the one time its CVV is used.
     pub fn payment_card(&self) -> PaymentCard {
         PaymentCard {
             holder_name: self.summary.holder_name.clone(),
             number: self.secret.number.clone(),
             exp_month: self.summary.exp_month,
             exp_year: self.summary.exp_year,
-            cvv: self.secret.cvv.clone(),
+            cvv: Some(self.secret.cvv.clone()),
         }
     }
 }
@@ -105,8 +115,11 @@ pub struct CardOnFile {
     secret: Sealed,
 }
 
-/// Purposes bound into the associated data of what is sealed for a user.
-const CARD_PURPOSE: &str = "card";
+/// Purposes bound into the associated data of what is sealed for a user. A card's [`CardNumber`] is sealed under
+/// `card-number`; `card` was the purpose of the number and CVV together ([`CardSecret`], records of format V1),
+/// which is only ever opened to rewrite such a record without its CVV.
+const CARD_PURPOSE: &str = "card-number";
+const CARD_WITH_CVV_PURPOSE: &str = "card";
 const PRIVATE_PURPOSE: &str = "private";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,9 +145,12 @@ pub struct User {
 type TokenHash = [u8; 32];
 
 /// A user as the journal and sled keep it; the variant is the format version. Tokens are kept as their hashes.
+/// `V1`: the sealed card is a [`CardSecret`] (number and CVV) under `card`; read only to be rewritten as `V2`.
+/// `V2`: the same fields, the sealed card a [`CardNumber`] under `card-number`.
 #[derive(Serialize, Deserialize)]
 enum StoredUser {
     V1(StoredUserV1),
+    V2(StoredUserV1),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -146,6 +162,15 @@ struct StoredUserV1 {
     data_key: WrappedKey,
     /// [`PrivatePart`], sealed under the data key.
     private: Sealed,
+}
+
+/// What [`UserStore::restore`] loaded.
+pub struct Restored {
+    pub users: usize,
+    /// Users whose record still held a sealed CVV, rewritten without it.
+    pub cards_without_cvv: usize,
+    /// The rewritten records' commits.
+    pub commits: Vec<Commit>,
 }
 
 /// What of a user is sealed at rest.
@@ -620,21 +645,38 @@ impl UserStore {
         self.durable.append_meta(sealed_record(&key, user, tokens))
     }
 
-    /// Loads the users a restarted node recovered, oldest first; tokens that have expired are dropped.
-    pub fn restore(&self, records: Vec<(String, Vec<u8>)>) -> Result<usize, String> {
+    /// Loads the users a restarted node recovered, oldest first; tokens that have expired are dropped. A user
+    /// whose record still holds a sealed CVV (format V1) gets its card resealed without it, and the record
+    /// journaled again: the returned commits complete once every such record is durable in the new format.
+    pub fn restore(&self, records: Vec<(String, Vec<u8>)>) -> Result<Restored, String> {
         let now_ms = self.clock.now_ms();
         let mut decoded = Vec::with_capacity(records.len());
+        let mut migrated = Vec::new();
         for (id, bytes) in records {
-            let StoredUser::V1(stored) = postcard::from_bytes(&bytes)
-                .map_err(|error| format!("user {id} does not decode: {error}"))?;
-            let private = self
+            let (stored, with_cvv) = match postcard::from_bytes(&bytes)
+                .map_err(|error| format!("user {id} does not decode: {error}"))?
+            {
+                StoredUser::V1(stored) => (stored, true),
+                StoredUser::V2(stored) => (stored, false),
+            };
+            let key = self
                 .keys
                 .unwrap(&stored.data_key, &id)
-                .and_then(|key| key.open(&id, PRIVATE_PURPOSE, &stored.private))
                 .map_err(|error| format!("user {id}: {error} (is this the node's master key?)"))?;
-            let private: PrivatePart = postcard::from_bytes(&private)
+            let private = key
+                .open(&id, PRIVATE_PURPOSE, &stored.private)
+                .map_err(|error| format!("user {id}: {error} (is this the node's master key?)"))?;
+            let mut private: PrivatePart = postcard::from_bytes(&private)
                 .map_err(|error| format!("user {id} does not decode: {error}"))?;
-            decoded.push((UserId::from(id), stored, private));
+            let id = UserId::from(id);
+            if with_cvv && let Some(card) = private.card.take() {
+                private.card = Some(
+                    drop_cvv(&key, &id, card)
+                        .map_err(|error| format!("user {id}: card does not open: {error}"))?,
+                );
+                migrated.push(id.clone());
+            }
+            decoded.push((id, stored, private));
         }
         decoded.sort_by(|a, b| (a.1.created_at_ms, &a.0).cmp(&(b.1.created_at_ms, &b.0)));
         let mut users = self.write();
@@ -655,7 +697,12 @@ impl UserStore {
                 data_key: stored.data_key,
             });
         }
-        Ok(count)
+        let commits = migrated.iter().map(|id| self.persist(&users, id)).collect();
+        Ok(Restored {
+            users: count,
+            cards_without_cvv: migrated.len(),
+            commits,
+        })
     }
 
     /// The user's card as the payment provider needs it: the one place its secret part is opened. `None` when
@@ -676,13 +723,13 @@ impl UserStore {
             .unwrap(&data_key, &id.0)
             .and_then(|key| key.open(&id.0, CARD_PURPOSE, &card.secret))
             .map_err(ApiError::internal)?;
-        let secret: CardSecret = postcard::from_bytes(&secret).map_err(ApiError::internal)?;
+        let secret: CardNumber = postcard::from_bytes(&secret).map_err(ApiError::internal)?;
         Ok(Some(PaymentCard {
             holder_name: card.summary.holder_name,
             number: secret.number,
             exp_month: card.summary.exp_month,
             exp_year: card.summary.exp_year,
-            cvv: secret.cvv,
+            cvv: None,
         }))
     }
 
@@ -783,9 +830,26 @@ fn seal_card(key: &DataKey, user: &UserId, card: StoredCard) -> CardOnFile {
     seal_encoded_card(key, user, card.summary, &secret)
 }
 
-/// A card's secret part encoded for sealing; zeroed when dropped.
+/// What of a card's secret part is sealed (its number, never its CVV), encoded; zeroed when dropped.
 fn encode_card_secret(secret: &CardSecret) -> Zeroizing<Vec<u8>> {
-    Zeroizing::new(postcard::to_allocvec(secret).expect("cards always encode"))
+    let number = CardNumber {
+        number: secret.number.clone(),
+    };
+    let encoded = Zeroizing::new(postcard::to_allocvec(&number).expect("cards always encode"));
+    drop(Zeroizing::new(number.number));
+    encoded
+}
+
+/// A card of a V1 record (number and CVV sealed together) resealed as its number alone.
+fn drop_cvv(key: &DataKey, user: &UserId, card: CardOnFile) -> Result<CardOnFile, String> {
+    let opened = key
+        .open(&user.0, CARD_WITH_CVV_PURPOSE, &card.secret)
+        .map_err(|error| error.to_string())?;
+    let secret: CardSecret = postcard::from_bytes(&opened).map_err(|error| error.to_string())?;
+    let number = encode_card_secret(&secret);
+    let CardSecret { number: old, cvv } = secret;
+    drop((Zeroizing::new(old), Zeroizing::new(cvv)));
+    Ok(seal_encoded_card(key, user, card.summary, &number))
 }
 
 /// Seals a card whose secret part is already encoded (one encoding sealed for many users in a bulk creation).
@@ -810,7 +874,7 @@ fn sealed_record(key: &DataKey, user: &User, tokens: Vec<(TokenHash, u64)>) -> M
     let private = postcard::to_allocvec(&private)
         .map(Zeroizing::new)
         .expect("users always encode");
-    let record = StoredUser::V1(StoredUserV1 {
+    let record = StoredUser::V2(StoredUserV1 {
         username: user.username.clone(),
         password_hash: user.password_hash.clone(),
         created_at_ms: user.created_at_ms,
@@ -894,5 +958,158 @@ mod tests {
         assert!(verify_password("correct horse", &hash));
         assert!(!verify_password("wrong horse", &hash));
         assert!(!verify_password("correct horse", "not a hash"));
+    }
+
+    const NUMBER: &str = "4242424242424242";
+    const CVV: &str = "7391";
+
+    fn store(durable: Durable, keys: &Arc<KeyRing>) -> UserStore {
+        UserStore::new(
+            60_000,
+            Arc::new(engine::clock::SystemClock),
+            durable,
+            keys.clone(),
+            None,
+        )
+    }
+
+    fn card() -> StoredCard {
+        StoredCard {
+            summary: CardSummary {
+                kind: "visa".into(),
+                holder_name: "Holder".into(),
+                last4: "4242".into(),
+                exp_month: 12,
+                exp_year: 2030,
+            },
+            secret: CardSecret {
+                number: NUMBER.into(),
+                cvv: CVV.into(),
+            },
+        }
+    }
+
+    /// The card of a stored user record, opened: the sealed bytes and the purpose they opened under.
+    fn open_card(keys: &KeyRing, id: &str, bytes: &[u8]) -> (bool, Zeroizing<Vec<u8>>) {
+        let (stored, v1) = match postcard::from_bytes(bytes).expect("a user record") {
+            StoredUser::V1(stored) => (stored, true),
+            StoredUser::V2(stored) => (stored, false),
+        };
+        let key = keys.unwrap(&stored.data_key, id).expect("the data key");
+        let private = key
+            .open(id, PRIVATE_PURPOSE, &stored.private)
+            .expect("the private part");
+        let private: PrivatePart = postcard::from_bytes(&private).expect("decodes");
+        let card = private.card.expect("a card");
+        let purpose = if v1 {
+            CARD_WITH_CVV_PURPOSE
+        } else {
+            CARD_PURPOSE
+        };
+        (
+            v1,
+            key.open(id, purpose, &card.secret).expect("the card opens"),
+        )
+    }
+
+    fn contains(haystack: &[u8], needle: &str) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|window| window == needle.as_bytes())
+    }
+
+    #[test]
+    fn a_card_is_sealed_without_its_cvv() {
+        let keys = Arc::new(KeyRing::new(persistence::crypto::MasterKey::generate()));
+        let id = UserId::from("u_1");
+        let (key, data_key) = keys.new_data_key(&id.0);
+        let user = User {
+            card: Some(seal_card(&key, &id, card())),
+            id: id.clone(),
+            username: "holder".into(),
+            password_hash: "x".into(),
+            profile: Profile::default(),
+            created_at_ms: 1,
+            data_key,
+        };
+        let MetaRecord::User { record, .. } = sealed_record(&key, &user, Vec::new()) else {
+            unreachable!("a user's record")
+        };
+        let (v1, opened) = open_card(&keys, &id.0, &record);
+        assert!(!v1, "written in the current format");
+        assert!(contains(&opened, NUMBER), "the number is kept");
+        assert!(!contains(&opened, CVV), "the cvv is not");
+        let card = user.card.expect("a card");
+        assert!(
+            key.open(&id.0, CARD_WITH_CVV_PURPOSE, &card.secret)
+                .is_err()
+        );
+    }
+
+    /// A user record as the version before this one wrote it: number and cvv sealed together.
+    fn v1_record(keys: &KeyRing, id: &str) -> Vec<u8> {
+        let (key, data_key) = keys.new_data_key(id);
+        let secret = postcard::to_allocvec(&card().secret).expect("encodes");
+        let private = PrivatePart {
+            profile: Profile::default(),
+            card: Some(CardOnFile {
+                summary: card().summary,
+                secret: key.seal(id, CARD_WITH_CVV_PURPOSE, &secret),
+            }),
+        };
+        let private = postcard::to_allocvec(&private).expect("encodes");
+        postcard::to_allocvec(&StoredUser::V1(StoredUserV1 {
+            username: "old".into(),
+            password_hash: "x".into(),
+            created_at_ms: 1,
+            tokens: Vec::new(),
+            data_key,
+            private: key.seal(id, PRIVATE_PURPOSE, &private),
+        }))
+        .expect("encodes")
+    }
+
+    #[tokio::test]
+    async fn a_record_with_a_sealed_cvv_is_rewritten_without_it_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = Arc::new(KeyRing::new(persistence::crypto::MasterKey::generate()));
+        let (storage, _) = persistence::storage::Storage::open(dir.path(), Default::default())
+            .expect("storage opens");
+        let durable = Durable::default();
+        durable.set(storage);
+        let users = store(durable.clone(), &keys);
+        let restored = users
+            .restore(vec![("u_old".into(), v1_record(&keys, "u_old"))])
+            .expect("restores");
+        assert_eq!((restored.users, restored.cards_without_cvv), (1, 1));
+        for commit in restored.commits {
+            commit.wait().await.expect("durable");
+        }
+        // The card still pays, without a cvv.
+        let card = users
+            .payment_card(&UserId::from("u_old"))
+            .expect("opens")
+            .expect("a card");
+        assert_eq!((card.number.as_str(), card.cvv), (NUMBER, None));
+        durable.storage().expect("set").close();
+        drop((users, durable));
+
+        // What the storage holds now is the new record.
+        let (storage, recovered) =
+            persistence::storage::Storage::open(dir.path(), Default::default())
+                .expect("storage reopens");
+        let (_, bytes) = recovered
+            .users
+            .iter()
+            .find(|(id, _)| id == "u_old")
+            .expect("the user");
+        let (v1, opened) = open_card(&keys, "u_old", bytes);
+        assert!(!v1);
+        assert!(contains(&opened, NUMBER) && !contains(&opened, CVV));
+        // Nothing is left to rewrite.
+        let users = store(Durable::default(), &keys);
+        let again = users.restore(recovered.users).expect("restores");
+        assert_eq!((again.users, again.cards_without_cvv), (1, 0));
+        storage.close();
     }
 }

@@ -16,14 +16,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Card data as the provider needs it. Its `Debug` form never shows the number or cvv.
+/// Card data as the provider needs it. Its `Debug` form never shows the number or cvv. The cvv is there only
+/// when a card is verified before it is stored; a charge of a card on file has none, since none is kept.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PaymentCard {
     pub holder_name: String,
     pub number: String,
     pub exp_month: u8,
     pub exp_year: u16,
-    pub cvv: String,
+    pub cvv: Option<String>,
 }
 
 impl fmt::Debug for PaymentCard {
@@ -489,7 +490,7 @@ mod tests {
             number: number.into(),
             exp_month: 12,
             exp_year: 2030,
-            cvv: "123".into(),
+            cvv: Some("123".into()),
         }
     }
 

@@ -101,7 +101,7 @@ fn card(number: &str) -> Option<PaymentCard> {
         number: number.into(),
         exp_month: 12,
         exp_year: 2030,
-        cvv: "123".into(),
+        cvv: None,
     })
 }
 
