@@ -56,6 +56,52 @@ pub enum Command {
     RotateMasterKey(RotateMasterKeyArgs),
     /// Print what a stopped node's data dir holds and check every invariant offline; exits 1 if one is broken.
     Inspect(InspectArgs),
+    /// Run a standalone payment provider: the subset of Stripe's PaymentIntents API a node uses, with its own
+    /// data dir and seeded fault injection. The API key clients must present is `BOXOFFICE_PAYMENT_API_KEY`.
+    PaymentProvider(ProviderArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProviderArgs {
+    /// Where to listen; port 0 picks a free one (printed on the first line of standard output).
+    #[arg(
+        long,
+        env = "BOXOFFICE_PROVIDER_LISTEN",
+        default_value = "127.0.0.1:8090"
+    )]
+    pub listen: SocketAddr,
+    /// The provider's own data: its log (payment methods, intents, refunds, idempotency keys) and its master
+    /// key (`master.key`, or `BOXOFFICE_MASTER_KEY` in its environment), which seals the card numbers.
+    #[arg(
+        long,
+        env = "BOXOFFICE_PROVIDER_DATA_DIR",
+        default_value = "./payment-data"
+    )]
+    pub data_dir: PathBuf,
+    /// Latency added to every call, in milliseconds (the median with --latency-sigma).
+    #[arg(long, env = "BOXOFFICE_PROVIDER_LATENCY_MS", default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Spread of a log-normal latency (the standard deviation of its logarithm); 0: every call takes
+    /// --latency-ms.
+    #[arg(long, env = "BOXOFFICE_PROVIDER_LATENCY_SIGMA", default_value_t = 0.0)]
+    pub latency_sigma: f64,
+    /// Share of authorizations declined at random, 0 to 1 (cards ending in 0002 are always declined).
+    #[arg(long, env = "BOXOFFICE_PROVIDER_DECLINE_RATE", default_value_t = 0.0)]
+    pub decline_rate: f64,
+    /// Share of calls that fail, 0 to 1: a third each answer 500 before anything happens, answer 500 after the
+    /// change committed, or hang for --hang-ms after it committed.
+    #[arg(long, env = "BOXOFFICE_PROVIDER_FAULT_RATE", default_value_t = 0.0)]
+    pub fault_rate: f64,
+    /// How long a hanging call waits before it answers, in milliseconds.
+    #[arg(long, env = "BOXOFFICE_PROVIDER_HANG_MS", default_value_t = 30_000)]
+    pub hang_ms: u64,
+    /// Seed of the generator behind latencies, declines and faults.
+    #[arg(long, env = "BOXOFFICE_PROVIDER_SEED", default_value_t = 0)]
+    pub seed: u64,
+    /// Requests per second answered at most (a token bucket of one second's worth); beyond, 429 with
+    /// Retry-After.
+    #[arg(long, env = "BOXOFFICE_PROVIDER_RATE_LIMIT", default_value_t = 1000)]
+    pub rate_limit: u32,
 }
 
 #[derive(Args, Debug, Clone)]

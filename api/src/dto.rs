@@ -126,7 +126,8 @@ impl CardRequest {
     }
 }
 
-fn luhn_valid(number: &str) -> bool {
+/// Whether a string of ASCII digits passes the Luhn check every card number does.
+pub(crate) fn luhn_valid(number: &str) -> bool {
     let sum: u32 = number
         .bytes()
         .rev()

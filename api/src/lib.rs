@@ -23,6 +23,7 @@ pub mod offline;
 pub mod openapi;
 pub mod per_address;
 pub mod private_files;
+pub mod provider;
 pub mod routes;
 pub mod server;
 pub mod state;

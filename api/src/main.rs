@@ -33,6 +33,13 @@ fn main() -> ExitCode {
             });
             exit_code(system.block_on(api::server::run(*args)))
         }
+        Command::PaymentProvider(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            exit_code(runtime.block_on(api::provider::run(args)))
+        }
         Command::Snapshot(args) => exit_code(api::offline::snapshot(&args)),
         Command::RotateMasterKey(args) => exit_code(api::keys::rotate_over_http(&args)),
         Command::Inspect(args) => match api::offline::inspect(&args) {

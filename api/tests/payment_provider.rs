@@ -1,0 +1,603 @@
+//! `boxoffice payment-provider` as a client sees it over HTTP: the vault, the life of a payment intent, Stripe's
+//! idempotency semantics (also across a kill -9 and restart), the rate limit, and seeded faults, after which every
+//! idempotency key stands for exactly one intent.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const API_KEY: &str = "sk_test_0123456789abcdef";
+const CARD: &str = "4242424242424242";
+const DECLINING: &str = "4000000000000002";
+const CVC: &str = "7391";
+
+struct Provider {
+    child: Child,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Provider {
+    fn start(dir: &std::path::Path, flags: &[&str]) -> Provider {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_boxoffice"))
+            .args(["payment-provider", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(flags)
+            .env("BOXOFFICE_PAYMENT_API_KEY", API_KEY)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the provider");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the listening line");
+        let base = line
+            .trim()
+            .strip_prefix("boxoffice payment-provider listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        Provider {
+            child,
+            base,
+            client,
+        }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    async fn post(&self, path: &str, key: Option<&str>, form: &[(&str, &str)]) -> Reply {
+        let body = form
+            .iter()
+            .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(API_KEY)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        Reply::from(request.send().await.expect("an answer")).await
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        let request = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(API_KEY);
+        Reply::from(request.send().await.expect("an answer")).await
+    }
+
+    async fn card(&self, number: &str) -> String {
+        let reply = self
+            .post(
+                "/v1/payment_methods",
+                None,
+                &[
+                    ("type", "card"),
+                    ("card[number]", number),
+                    ("card[exp_month]", "12"),
+                    ("card[exp_year]", "2030"),
+                    ("card[cvc]", CVC),
+                ],
+            )
+            .await;
+        reply.expect(200)["id"].as_str().expect("an id").to_owned()
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    replayed: bool,
+    retry_after: Option<String>,
+    body: Value,
+}
+
+impl Reply {
+    async fn from(response: reqwest::Response) -> Reply {
+        let status = response.status();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        let replayed = header("idempotent-replayed").is_some();
+        let retry_after = header("retry-after");
+        let body = response.json().await.unwrap_or(Value::Null);
+        Reply {
+            status,
+            replayed,
+            retry_after,
+            body,
+        }
+    }
+
+    fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "{}", self.body);
+        self.body
+    }
+
+    fn error(&self) -> (&str, &str) {
+        let error = &self.body["error"];
+        (
+            error["type"].as_str().unwrap_or(""),
+            error["code"].as_str().unwrap_or(""),
+        )
+    }
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+fn intent_form<'a>(method: &'a str, amount: &'a str, order: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("amount", amount),
+        ("currency", "eur"),
+        ("payment_method", method),
+        ("confirm", "true"),
+        ("capture_method", "manual"),
+        ("metadata[order_id]", order),
+    ]
+}
+
+#[tokio::test]
+async fn a_vaulted_card_is_authorized_captured_refunded_and_listed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(dir.path(), &[]);
+
+    // The vault shows what may be shown and nothing else.
+    let method = provider
+        .post(
+            "/v1/payment_methods",
+            None,
+            &[
+                ("type", "card"),
+                ("card[number]", CARD),
+                ("card[exp_month]", "12"),
+                ("card[exp_year]", "2030"),
+                ("card[cvc]", CVC),
+            ],
+        )
+        .await
+        .expect(200);
+    assert_eq!(method["card"]["brand"], "visa");
+    assert_eq!(method["card"]["last4"], "4242");
+    let text = method.to_string();
+    assert!(!text.contains(CARD) && !text.contains(CVC), "{text}");
+    let method = method["id"].as_str().expect("an id").to_owned();
+    // A refused card: an incorrect CVC, as Stripe's test card ending in 0127.
+    let refused = provider
+        .post(
+            "/v1/payment_methods",
+            None,
+            &[
+                ("card[number]", "4000000000000127"),
+                ("card[exp_month]", "12"),
+                ("card[exp_year]", "2030"),
+                ("card[cvc]", CVC),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(refused.error(), ("card_error", "incorrect_cvc"));
+
+    // Authorized, then captured once.
+    let intent = provider
+        .post(
+            "/v1/payment_intents",
+            None,
+            &intent_form(&method, "4200", "o_1"),
+        )
+        .await
+        .expect(200);
+    assert_eq!(intent["status"], "requires_capture");
+    assert_eq!(intent["amount_capturable"], 4200);
+    assert_eq!(intent["metadata"]["order_id"], "o_1");
+    let id = intent["id"].as_str().expect("an id").to_owned();
+    let captured = provider
+        .post(&format!("/v1/payment_intents/{id}/capture"), None, &[])
+        .await
+        .expect(200);
+    assert_eq!(
+        (&captured["status"], &captured["amount_received"]),
+        (&Value::from("succeeded"), &Value::from(4200))
+    );
+    let again = provider
+        .post(&format!("/v1/payment_intents/{id}/capture"), None, &[])
+        .await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        again.error(),
+        ("invalid_request_error", "payment_intent_unexpected_state")
+    );
+    let cancel = provider
+        .post(&format!("/v1/payment_intents/{id}/cancel"), None, &[])
+        .await;
+    assert_eq!(cancel.status, StatusCode::BAD_REQUEST);
+
+    // Refunds up to what was captured.
+    provider
+        .post(
+            "/v1/refunds",
+            None,
+            &[("payment_intent", &id), ("amount", "1000")],
+        )
+        .await
+        .expect(200);
+    let over = provider
+        .post(
+            "/v1/refunds",
+            None,
+            &[("payment_intent", &id), ("amount", "3201")],
+        )
+        .await;
+    assert_eq!(over.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        provider
+            .get(&format!("/v1/payment_intents/{id}"))
+            .await
+            .expect(200)["amount_refunded"],
+        1000
+    );
+
+    // A declined authorization leaves the intent needing another payment method; it can be canceled.
+    let declining = provider.card(DECLINING).await;
+    let declined = provider
+        .post(
+            "/v1/payment_intents",
+            None,
+            &intent_form(&declining, "4200", "o_2"),
+        )
+        .await;
+    assert_eq!(declined.status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(declined.error(), ("card_error", "card_declined"));
+    let declined_id = declined.body["error"]["payment_intent"]["id"]
+        .as_str()
+        .expect("the intent")
+        .to_owned();
+    assert_eq!(
+        provider
+            .get(&format!("/v1/payment_intents/{declined_id}"))
+            .await
+            .expect(200)["status"],
+        "requires_payment_method"
+    );
+    provider
+        .post(
+            &format!("/v1/payment_intents/{declined_id}/cancel"),
+            None,
+            &[],
+        )
+        .await
+        .expect(200);
+
+    // Listed newest first, a page at a time.
+    let third = provider
+        .post(
+            "/v1/payment_intents",
+            None,
+            &intent_form(&method, "100", "o_3"),
+        )
+        .await
+        .expect(200)["id"]
+        .clone();
+    let page = provider
+        .get("/v1/payment_intents?limit=2")
+        .await
+        .expect(200);
+    let ids: Vec<&Value> = page["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|i| &i["id"])
+        .collect();
+    assert_eq!(ids, [&third, &Value::from(declined_id.as_str())]);
+    assert_eq!(page["has_more"], true);
+    let rest = provider
+        .get(&format!(
+            "/v1/payment_intents?limit=2&starting_after={declined_id}"
+        ))
+        .await
+        .expect(200);
+    assert_eq!(rest["data"][0]["id"], Value::from(id.as_str()));
+    assert_eq!(rest["has_more"], false);
+
+    // Without the key, or with an unknown object or bad parameters: Stripe's errors.
+    let anonymous = provider
+        .client
+        .get(format!("{}/v1/payment_intents", provider.base))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let unknown = provider.get("/v1/payment_intents/pi_nope").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        unknown.error(),
+        ("invalid_request_error", "resource_missing")
+    );
+    let bad = provider
+        .post(
+            "/v1/payment_intents",
+            None,
+            &intent_form(&method, "-5", "o_4"),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    drop(provider);
+
+    // Neither the card number nor the CVC is anywhere in the provider's data dir.
+    for entry in walk(dir.path()) {
+        let bytes = std::fs::read(&entry).expect("readable");
+        for secret in [CARD, DECLINING, CVC] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} in {}",
+                entry.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("a directory") {
+        let path = entry.expect("an entry").path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_its_first_answer_even_after_a_kill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(dir.path(), &[]);
+    let method = provider.card(CARD).await;
+    let declining = provider.card(DECLINING).await;
+
+    let first = provider
+        .post(
+            "/v1/payment_intents",
+            Some("order-1"),
+            &intent_form(&method, "500", "o_1"),
+        )
+        .await;
+    assert!(!first.replayed);
+    let first = first.expect(200);
+    let replay = provider
+        .post(
+            "/v1/payment_intents",
+            Some("order-1"),
+            &intent_form(&method, "500", "o_1"),
+        )
+        .await;
+    assert!(replay.replayed);
+    assert_eq!(replay.expect(200)["id"], first["id"]);
+    // The same key with another body.
+    let other = provider
+        .post(
+            "/v1/payment_intents",
+            Some("order-1"),
+            &intent_form(&method, "501", "o_1"),
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::BAD_REQUEST);
+    assert_eq!(other.error().0, "idempotency_error");
+    // A decline is an answer like any other: replayed, not retried.
+    let declined = provider
+        .post(
+            "/v1/payment_intents",
+            Some("order-2"),
+            &intent_form(&declining, "500", "o_2"),
+        )
+        .await;
+    assert_eq!(declined.status, StatusCode::PAYMENT_REQUIRED);
+    let declined_again = provider
+        .post(
+            "/v1/payment_intents",
+            Some("order-2"),
+            &intent_form(&declining, "500", "o_2"),
+        )
+        .await;
+    assert!(declined_again.replayed);
+    assert_eq!(declined_again.body, declined.body);
+    // Bad parameters store nothing: the key is free for the corrected request.
+    let bad = provider
+        .post(
+            "/v1/payment_intents",
+            Some("order-3"),
+            &intent_form(&method, "0", "o_3"),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let third = provider
+        .post(
+            "/v1/payment_intents",
+            Some("order-3"),
+            &intent_form(&method, "300", "o_3"),
+        )
+        .await;
+    assert!(!third.replayed);
+    third.expect(200);
+
+    provider.kill();
+    let provider = Provider::start(dir.path(), &[]);
+    let after = provider
+        .post(
+            "/v1/payment_intents",
+            Some("order-1"),
+            &intent_form(&method, "500", "o_1"),
+        )
+        .await;
+    assert!(after.replayed);
+    assert_eq!(after.expect(200)["id"], first["id"]);
+    let id = first["id"].as_str().expect("an id");
+    assert_eq!(
+        provider
+            .get(&format!("/v1/payment_intents/{id}"))
+            .await
+            .expect(200)["status"],
+        "requires_capture"
+    );
+    // The vaulted card still authorizes.
+    provider
+        .post(
+            "/v1/payment_intents",
+            None,
+            &intent_form(&method, "100", "o_4"),
+        )
+        .await
+        .expect(200);
+}
+
+#[tokio::test]
+async fn a_second_request_with_a_key_in_flight_is_409() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(dir.path(), &["--latency-ms", "1500"]);
+    let method = provider.card(CARD).await;
+    let form = intent_form(&method, "500", "o_1");
+    let (a, b) = tokio::join!(
+        provider.post("/v1/payment_intents", Some("k"), &form),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            provider.post("/v1/payment_intents", Some("k"), &form).await
+        }
+    );
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(b.status, StatusCode::CONFLICT, "{}", b.body);
+    assert_eq!(b.error().0, "idempotency_error");
+    let list = provider.get("/v1/payment_intents").await.expect(200);
+    assert_eq!(list["data"].as_array().expect("data").len(), 1);
+}
+
+#[tokio::test]
+async fn beyond_the_rate_limit_calls_are_429_with_retry_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(dir.path(), &["--rate-limit", "5"]);
+    let replies =
+        futures_util::future::join_all((0..20).map(|_| provider.get("/v1/payment_intents"))).await;
+    let limited: Vec<&Reply> = replies
+        .iter()
+        .filter(|reply| reply.status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert!(!limited.is_empty(), "20 calls at once against 5 a second");
+    assert!(limited.len() < 20, "the bucket starts full");
+    for reply in limited {
+        assert_eq!(reply.error(), ("rate_limit_error", "rate_limit"));
+        assert_eq!(reply.retry_after.as_deref(), Some("1"));
+    }
+}
+
+#[tokio::test]
+async fn after_seeded_faults_every_key_stands_for_exactly_one_intent() {
+    const CALLS: usize = 30;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let method = {
+        let provider = Provider::start(dir.path(), &[]);
+        let method = provider.card(CARD).await;
+        provider.kill();
+        method
+    };
+    let provider = Provider::start(
+        dir.path(),
+        &["--fault-rate", "1", "--seed", "7", "--hang-ms", "200"],
+    );
+    let mut failed = Vec::new();
+    let mut answered = 0;
+    for call in 0..CALLS {
+        let key = format!("key-{call}");
+        let reply = provider
+            .post(
+                "/v1/payment_intents",
+                Some(&key),
+                &intent_form(&method, "100", &key),
+            )
+            .await;
+        match reply.status {
+            StatusCode::OK => answered += 1,
+            StatusCode::INTERNAL_SERVER_ERROR => failed.push(key),
+            other => panic!("unexpected {other}: {}", reply.body),
+        }
+    }
+    assert!(
+        answered > 0 && !failed.is_empty(),
+        "hangs and errors both drawn"
+    );
+    provider.kill();
+
+    // Without faults: a key whose 500 came after the intent committed replays that 500; one whose 500 came
+    // before anything happened runs now. Either way one intent per key, never two.
+    let provider = Provider::start(dir.path(), &[]);
+    let (mut replayed, mut retried) = (0, 0);
+    for key in &failed {
+        let reply = provider
+            .post(
+                "/v1/payment_intents",
+                Some(key),
+                &intent_form(&method, "100", key),
+            )
+            .await;
+        if reply.replayed {
+            assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+            replayed += 1;
+        } else {
+            reply.expect(200);
+            retried += 1;
+        }
+    }
+    assert!(replayed > 0 && retried > 0, "both kinds of 500 drawn");
+    let list = provider
+        .get("/v1/payment_intents?limit=100")
+        .await
+        .expect(200);
+    let mut orders: Vec<String> = list["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|intent| {
+            intent["metadata"]["order_id"]
+                .as_str()
+                .expect("an order")
+                .to_owned()
+        })
+        .collect();
+    orders.sort();
+    let mut expected: Vec<String> = (0..CALLS).map(|call| format!("key-{call}")).collect();
+    expected.sort();
+    assert_eq!(orders, expected);
+}
