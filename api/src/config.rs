@@ -14,8 +14,24 @@ use std::time::Duration;
     about = "An actor-based, in-memory concert-ticket engine"
 )]
 pub struct Cli {
+    /// How log lines are written to standard error: `text` (colour codes only on a terminal) or `json` (one
+    /// object per line: timestamp, level, target, message and fields).
+    #[arg(
+        long,
+        global = true,
+        env = "BOXOFFICE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Cli {

@@ -1,6 +1,6 @@
 //! The `boxoffice` binary: `boxoffice serve [flags]`, and the offline tools `boxoffice snapshot` and `inspect`.
 
-use api::config::{Cli, Command};
+use api::config::{Cli, Command, LogFormat};
 use std::process::ExitCode;
 
 /// mimalloc rather than glibc's malloc: a node allocates and frees small objects from every worker thread at once
@@ -9,18 +9,21 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
+    let cli = Cli::parse_with_env();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
         // Colour codes only on a terminal: a log file or a collector gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     // Everything any subcommand writes (data dirs, snapshots, keys) is private to this user.
     api::private_files::restrict_new_files();
-    let cli = Cli::parse_with_env();
     match cli.command {
         Command::Serve(args) => {
             // Actix actors need a System; axum needs a multi-thread tokio runtime. FACTS.md: building the System

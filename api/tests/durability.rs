@@ -616,3 +616,29 @@ async fn inspect_fails_on_a_charge_without_tickets() {
     );
     assert_eq!(report["ledger"]["approved"], 2);
 }
+
+#[tokio::test]
+async fn offline_tools_refuse_a_running_nodes_data_dir_saying_why() {
+    let server = Server::start(&[]);
+    for tool in ["inspect", "snapshot"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_boxoffice"))
+            .args([tool, "--data-dir"])
+            .arg(server.data_dir())
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run the tool");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{tool} on a running node's data dir"
+        );
+        assert!(
+            stderr.contains("is in use by a running node")
+                && stderr.contains("stop that node first"),
+            "{tool}: {stderr}"
+        );
+    }
+    // The node is untouched and still sells.
+    server.get("/health", None).await.expect(200);
+    server.stop();
+}

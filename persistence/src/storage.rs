@@ -72,6 +72,8 @@ pub enum StorageError {
     Sled(sled::Error),
     /// The data dir cannot be turned back into a consistent state.
     Unrecoverable(String),
+    /// Another process (a running node) has the data dir open: sled's lock on it is taken.
+    InUse(std::path::PathBuf),
 }
 
 impl fmt::Display for StorageError {
@@ -80,6 +82,12 @@ impl fmt::Display for StorageError {
             Self::Io(error) => write!(f, "storage i/o failed: {error}"),
             Self::Sled(error) => write!(f, "sled failed: {error}"),
             Self::Unrecoverable(reason) => write!(f, "data dir cannot be recovered: {reason}"),
+            Self::InUse(dir) => write!(
+                f,
+                "{} is in use by a running node (its storage is locked): stop that node first (SIGTERM), or \
+                 work on a copy of the data dir made while it was stopped",
+                dir.display()
+            ),
         }
     }
 }
@@ -195,7 +203,19 @@ impl Storage {
         let started = Instant::now();
         std::fs::create_dir_all(dir)?;
         let db_dir = dir.join("db");
-        let db = sled::Config::new().path(&db_dir).open()?;
+        let db = sled::Config::new()
+            .path(&db_dir)
+            .open()
+            .map_err(|error| match error {
+                // sled wraps the failed `flock` in an error of kind `Other` that says so.
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StorageError::InUse(dir.to_path_buf())
+                }
+                other => StorageError::Sled(other),
+            })?;
         let trees = Trees {
             concerts: db.open_tree("concerts")?,
             placements: db.open_tree("placements")?,
