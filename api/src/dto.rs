@@ -204,7 +204,7 @@ fn profile_of(
 }
 
 impl UserRequest {
-    pub fn validate(self) -> ApiResult<NewUser> {
+    pub fn validate(self) -> ApiResult<(NewUser, Option<StoredCard>)> {
         check_username(&self.username)?;
         check_password(&self.password)?;
         let profile = profile_of(
@@ -215,12 +215,15 @@ impl UserRequest {
             self.street,
         )?;
         let card = self.card.map(CardRequest::validate).transpose()?;
-        Ok(NewUser {
-            username: self.username,
-            password: self.password,
-            profile,
+        Ok((
+            NewUser {
+                username: self.username,
+                password: self.password,
+                profile,
+                card: None,
+            },
             card,
-        })
+        ))
     }
 }
 
@@ -280,8 +283,8 @@ pub struct UserUpdateRequest {
 }
 
 impl UserUpdateRequest {
-    /// The change, and the current password if one was given.
-    pub fn validate(self) -> ApiResult<(UserUpdate, Option<String>)> {
+    /// The change (its card, to go to the provider's vault, apart), and the current password if one was given.
+    pub fn validate(self) -> ApiResult<(UserUpdate, Option<StoredCard>, Option<String>)> {
         if let Some(password) = &self.password {
             check_password(password)?;
         }
@@ -307,8 +310,9 @@ impl UserUpdateRequest {
                     self.zip_code,
                     self.street,
                 )?,
-                card: self.card.map(CardRequest::validate).transpose()?,
+                card: None,
             },
+            self.card.map(CardRequest::validate).transpose()?,
             current_password,
         ))
     }

@@ -6,10 +6,13 @@
 
 use crate::error::ApiError;
 use engine::journal::{Commit, Journal, JournalRecord, ShardSnapshot};
-use engine::payment::{LedgerStore, SimulatedCharge};
+use engine::payment::{LedgerStore, PaymentCard, SimulatedCard, SimulatedCharge};
+use persistence::crypto::{KeyRing, Sealed, WrappedKey};
 use persistence::storage::Storage;
 use persistence::wire::MetaRecord;
-use std::sync::{Arc, OnceLock};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// `--durability`: `fsync` journals every change with group commit; `none` keeps state in memory only, which
 /// exists to measure what durability costs and is never for a real sale.
@@ -78,12 +81,123 @@ impl Journal for Durable {
     }
 }
 
-/// The payment simulator's ledger lives in the node's storage (see `persistence::ledger`).
-impl LedgerStore for Durable {
+/// Where the in-process payment simulator keeps what it must remember across a restart, as a real provider
+/// would: its ledger (see `persistence::ledger`) and its vault, each card's number sealed with the envelope
+/// encryption under a data key of its own (the payment method id bound as associated data), kept as a node-wide
+/// record. The vault's cards are the simulator's; the node's users keep only payment method ids. The sealed
+/// records stay in memory too, so that a master key rotation re-wraps their data keys ([`Self::rewrap_data_keys`]).
+pub struct SimulatorStore {
+    durable: Durable,
+    keys: Arc<KeyRing>,
+    vault: Mutex<HashMap<String, VaultRecord>>,
+}
+
+/// A card in the simulator's vault as the storage keeps it; the variant is the format version.
+#[derive(Serialize, Deserialize)]
+enum StoredVaultCard {
+    V1(VaultRecord),
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct VaultRecord {
+    data_key: WrappedKey,
+    /// The number, sealed under the data key.
+    number: Sealed,
+}
+
+/// Purpose bound into the associated data of a vaulted card number.
+const VAULT_PURPOSE: &str = "vault-card-number";
+
+impl SimulatorStore {
+    pub fn new(durable: Durable, keys: Arc<KeyRing>) -> Self {
+        Self {
+            durable,
+            keys,
+            vault: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn append(&self, payment_method: &str, record: &VaultRecord) -> Commit {
+        self.durable.append_meta(MetaRecord::PaymentMethod {
+            id: payment_method.to_owned(),
+            record: postcard::to_allocvec(&StoredVaultCard::V1(record.clone()))
+                .expect("vaulted cards always encode"),
+        })
+    }
+
+    /// Loads the vault recovery read back; returns what the simulator keeps of each card in memory.
+    pub fn restore(
+        &self,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<HashMap<String, SimulatedCard>, String> {
+        let mut cards = HashMap::with_capacity(records.len());
+        let mut vault = self.vault.lock().expect("vault lock");
+        for (id, bytes) in records {
+            let StoredVaultCard::V1(record) = postcard::from_bytes(&bytes)
+                .map_err(|error| format!("vaulted card {id} does not decode: {error}"))?;
+            let number = self
+                .keys
+                .unwrap(&record.data_key, &id)
+                .and_then(|key| key.open(&id, VAULT_PURPOSE, &record.number))
+                .map_err(|error| {
+                    format!("vaulted card {id}: {error} (is this the node's master key?)")
+                })?;
+            let number = std::str::from_utf8(&number)
+                .map_err(|_| format!("vaulted card {id}: not a card number"))?;
+            cards.insert(id.clone(), SimulatedCard::of_number(number));
+            vault.insert(id, record);
+        }
+        Ok(cards)
+    }
+
+    /// Wraps every vaulted card's data key that is not under the current master key under it, journaling each;
+    /// returns how many.
+    pub async fn rewrap_data_keys(&self) -> Result<usize, ApiError> {
+        let current = self.keys.current_id();
+        let stale: Vec<String> = self
+            .vault
+            .lock()
+            .expect("vault lock")
+            .iter()
+            .filter(|(_, record)| record.data_key.master_key_id != current)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut commits = Vec::with_capacity(stale.len());
+        for id in &stale {
+            let mut vault = self.vault.lock().expect("vault lock");
+            let Some(record) = vault.get_mut(id) else {
+                continue;
+            };
+            record.data_key = self
+                .keys
+                .rewrap(&record.data_key, id)
+                .map_err(ApiError::internal)?;
+            commits.push(self.append(id, record));
+        }
+        for commit in commits {
+            Durable::wait(commit).await?;
+        }
+        Ok(stale.len())
+    }
+}
+
+impl LedgerStore for SimulatorStore {
     fn record(&self, idempotency_key: &str, charge: &SimulatedCharge) -> Commit {
-        match self.0.get() {
+        match self.durable.0.get() {
             Some(storage) => storage.append_ledger(idempotency_key, charge),
             None => Commit::failed("the storage is not open yet".into()),
         }
+    }
+
+    fn record_card(&self, payment_method: &str, card: &PaymentCard) -> Commit {
+        let (key, data_key) = self.keys.new_data_key(payment_method);
+        let record = VaultRecord {
+            number: key.seal(payment_method, VAULT_PURPOSE, card.number.as_bytes()),
+            data_key,
+        };
+        let mut vault = self.vault.lock().expect("vault lock");
+        let commit = self.append(payment_method, &record);
+        vault.insert(payment_method.to_owned(), record);
+        commit
     }
 }

@@ -11,7 +11,7 @@
 
 use crate::cluster::ClusterState;
 use crate::config::ServeArgs;
-use crate::durability::{DurabilityMode, Durable};
+use crate::durability::{DurabilityMode, Durable, SimulatorStore};
 use crate::keys::MasterKeys;
 use crate::state::AppState;
 use crate::users::UserStore;
@@ -101,8 +101,8 @@ impl Node {
             ),
             _ => Router::new(handles, Arc::new(durable.clone()), clock.clone()),
         });
-        let simulator = payment_simulator(args, &durable);
         let master_keys = Arc::new(MasterKeys::load(&args.data_dir)?);
+        let (simulator, simulator_store) = payment_simulator(args, &durable, master_keys.ring());
         let payments = Arc::new(PaymentPool::new(
             simulator.clone(),
             PaymentPoolConfig {
@@ -133,6 +133,9 @@ impl Node {
             master_keys.ring(),
             node,
         ));
+        if let Some(store) = simulator_store {
+            users.set_card_vault(store);
+        }
         let state = AppState::new(
             desk.clone(),
             users.clone(),
@@ -330,18 +333,69 @@ pub(crate) fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::ne
 
 /// The in-process payment simulator; with durability, its ledger lives in the node's storage (restored by
 /// [`recover`]; see `persistence::ledger`).
-fn payment_simulator(args: &ServeArgs, durable: &Durable) -> Arc<SimulatedProvider> {
+fn payment_simulator(
+    args: &ServeArgs,
+    durable: &Durable,
+    keys: Arc<persistence::crypto::KeyRing>,
+) -> (Arc<SimulatedProvider>, Option<Arc<SimulatorStore>>) {
     let latency = Duration::from_millis(args.payment_latency_ms);
-    Arc::new(if args.durability == DurabilityMode::None {
-        SimulatedProvider::new(latency, args.payment_decline_rate)
-    } else {
-        SimulatedProvider::with_store(
-            latency,
-            args.payment_decline_rate,
-            std::collections::HashMap::new(),
-            Arc::new(durable.clone()),
-        )
-    })
+    if args.durability == DurabilityMode::None {
+        return (
+            Arc::new(SimulatedProvider::new(latency, args.payment_decline_rate)),
+            None,
+        );
+    }
+    let store = Arc::new(SimulatorStore::new(durable.clone(), keys));
+    let simulator = SimulatedProvider::with_store(
+        latency,
+        args.payment_decline_rate,
+        std::collections::HashMap::new(),
+        store.clone(),
+    );
+    (Arc::new(simulator), Some(store))
+}
+
+/// Moves the cards of users whose records an earlier version wrote (their number, and in the oldest format their
+/// cvv, sealed in the user's record) into the payment provider's vault, and journals each user again with the
+/// payment method id instead; waits until every new record is durable. A card the vault refuses now (expired
+/// since) is dropped: its user stores a new one before the next order.
+async fn move_legacy_cards(
+    desk: &Arc<Desk>,
+    users: &UserStore,
+    cards: Vec<crate::users::LegacyCard>,
+) -> Result<(), String> {
+    if cards.is_empty() {
+        return Ok(());
+    }
+    let (mut moved, mut dropped) = (0, 0);
+    let mut commits = Vec::with_capacity(cards.len());
+    for crate::users::LegacyCard { user, card } in cards {
+        let mut payment_card = card.payment_card();
+        payment_card.cvv = None;
+        match desk.vault_card(payment_card).await {
+            Ok(vaulted) => {
+                commits.push(users.attach_card(&user, card.on_file(vaulted)));
+                moved += 1;
+            }
+            Err(engine::error::EngineError::CardRefused { reason }) => {
+                tracing::warn!(user_id = %user, %reason, "a card on file the vault refuses is dropped");
+                dropped += 1;
+            }
+            Err(error) => return Err(format!("cannot move a card into the vault: {error}")),
+        }
+    }
+    for commit in commits {
+        commit
+            .wait()
+            .await
+            .map_err(|error| format!("cannot rewrite a user with its vaulted card: {error}"))?;
+    }
+    tracing::info!(
+        moved,
+        dropped,
+        "cards on file moved into the payment provider's vault (an earlier version kept them sealed, some with their cvv)"
+    );
+    Ok(())
 }
 
 /// Opens the storage and rebuilds the node: users, concerts with their shards, the desk's book; then settles the
@@ -373,19 +427,12 @@ async fn recover(
     simulator.restore(std::mem::take(&mut recovered.ledger));
     let (events_replayed, snapshots_rejected) =
         (recovered.events_replayed(), recovered.snapshots_rejected());
+    if let Some(store) = users.card_vault() {
+        simulator.restore_cards(store.restore(std::mem::take(&mut recovered.payment_methods))?);
+    }
     let restored = users.restore(recovered.users)?;
     let user_count = restored.users;
-    if restored.cards_without_cvv > 0 {
-        for commit in restored.commits {
-            commit.wait().await.map_err(|error| {
-                format!("cannot rewrite a user without its card's cvv: {error}")
-            })?;
-        }
-        tracing::info!(
-            users = restored.cards_without_cvv,
-            "cards on file rewritten without their cvv (kept by an earlier version, sealed)"
-        );
-    }
+    move_legacy_cards(desk, users, restored.legacy_cards).await?;
     let mut in_flight = Vec::new();
     let (mut sold, mut held) = (0, 0);
     let concert_count = recovered.concerts.len();

@@ -28,7 +28,7 @@ use axum::http::StatusCode;
 use base64::Engine as _;
 use engine::ids::{UserId, fill_random};
 use engine::journal::Commit;
-use engine::payment::PaymentCard;
+use engine::payment::{PaymentCard, VaultedCard};
 use persistence::crypto::{DataKey, KeyRing, Sealed, WrappedKey};
 use persistence::wire::MetaRecord;
 use serde::{Deserialize, Serialize};
@@ -68,15 +68,15 @@ pub struct CardSummary {
     pub exp_year: u16,
 }
 
-/// Never shown, never logged: the part of a card only the payment provider sees, as a request gives it. Only
-/// the number is ever sealed ([`CardNumber`]); the CVV goes to the provider once, when the card is verified.
+/// Never shown, never logged: the part of a card only the payment provider sees, as a request gives it. It goes
+/// to the provider's vault once and is not kept: the node keeps the payment method id the vault answers.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardSecret {
     pub number: String,
     pub cvv: String,
 }
 
-/// What of a card's secret part is kept, sealed: the number alone.
+/// What of a card's secret part records of format V2 kept, sealed: the number alone.
 #[derive(Serialize, Deserialize)]
 struct CardNumber {
     number: String,
@@ -88,7 +88,7 @@ impl std::fmt::Debug for CardSecret {
     }
 }
 
-/// A card as a request gives it, before it is sealed.
+/// A card as a request gives it, before it goes to the provider's vault.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredCard {
     pub summary: CardSummary,
@@ -106,19 +106,45 @@ impl StoredCard {
             cvv: Some(self.secret.cvv.clone()),
         }
     }
+
+    /// The card as the node keeps it once the provider's vault has it.
+    pub fn on_file(self, vaulted: VaultedCard) -> CardOnFile {
+        CardOnFile {
+            summary: CardSummary {
+                last4: vaulted.last4,
+                exp_month: vaulted.exp_month,
+                exp_year: vaulted.exp_year,
+                ..self.summary
+            },
+            payment_method: vaulted.payment_method,
+        }
+    }
 }
 
-/// A card as the store keeps it: the summary, and the secret part sealed under the user's data key.
+/// A card as the node keeps it: what may be shown, and the provider's payment method id. No number, no cvv.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardOnFile {
     pub summary: CardSummary,
+    pub payment_method: String,
+}
+
+/// A card as records of formats V1 and V2 kept it: the summary, and the secret part sealed under the user's data
+/// key. Read only to move the card into the provider's vault.
+#[derive(Serialize, Deserialize)]
+struct LegacyCardOnFile {
+    summary: CardSummary,
     secret: Sealed,
 }
 
-/// Purposes bound into the associated data of what is sealed for a user. A card's [`CardNumber`] is sealed under
-/// `card-number`; `card` was the purpose of the number and CVV together ([`CardSecret`], records of format V1),
-/// which is only ever opened to rewrite such a record without its CVV.
-const CARD_PURPOSE: &str = "card-number";
+/// A card of an earlier version's record, opened at start to be moved into the provider's vault.
+pub struct LegacyCard {
+    pub user: UserId,
+    pub card: StoredCard,
+}
+
+/// Purposes bound into the associated data of what was sealed for a user's card in earlier formats: V2 sealed its
+/// [`CardNumber`] under `card-number`, V1 the number and cvv together ([`CardSecret`]) under `card`.
+const CARD_NUMBER_PURPOSE: &str = "card-number";
 const CARD_WITH_CVV_PURPOSE: &str = "card";
 const PRIVATE_PURPOSE: &str = "private";
 
@@ -145,12 +171,14 @@ pub struct User {
 type TokenHash = [u8; 32];
 
 /// A user as the journal and sled keep it; the variant is the format version. Tokens are kept as their hashes.
-/// `V1`: the sealed card is a [`CardSecret`] (number and CVV) under `card`; read only to be rewritten as `V2`.
-/// `V2`: the same fields, the sealed card a [`CardNumber`] under `card-number`.
+/// `V1` and `V2` seal a [`LegacyPrivatePart`], whose card is sealed in turn: in `V1` a [`CardSecret`] (number and
+/// cvv), in `V2` a [`CardNumber`]; both are read only to move the card into the provider's vault. `V3` seals a
+/// [`PrivatePart`], whose card is a payment method id.
 #[derive(Serialize, Deserialize)]
 enum StoredUser {
     V1(StoredUserV1),
     V2(StoredUserV1),
+    V3(StoredUserV1),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -167,10 +195,9 @@ struct StoredUserV1 {
 /// What [`UserStore::restore`] loaded.
 pub struct Restored {
     pub users: usize,
-    /// Users whose record still held a sealed CVV, rewritten without it.
-    pub cards_without_cvv: usize,
-    /// The rewritten records' commits.
-    pub commits: Vec<Commit>,
+    /// Cards of records written by an earlier version (format V1 or V2), which kept the number (and in V1 the
+    /// cvv) sealed: each to be moved into the provider's vault ([`UserStore::attach_card`]).
+    pub legacy_cards: Vec<LegacyCard>,
 }
 
 /// What of a user is sealed at rest.
@@ -178,6 +205,13 @@ pub struct Restored {
 struct PrivatePart {
     profile: Profile,
     card: Option<CardOnFile>,
+}
+
+/// What records of formats V1 and V2 sealed.
+#[derive(Serialize, Deserialize)]
+struct LegacyPrivatePart {
+    profile: Profile,
+    card: Option<LegacyCardOnFile>,
 }
 
 struct TokenRecord {
@@ -277,6 +311,8 @@ pub struct UserStore {
     changes: HashingPool,
     /// A real hash to verify against when the username is unknown, so that timing does not tell who exists.
     decoy_hash: OnceLock<String>,
+    /// The in-process simulator's vault, when it keeps one (with durability).
+    card_vault: OnceLock<Arc<crate::durability::SimulatorStore>>,
 }
 
 /// A new user as validated from a request.
@@ -284,7 +320,8 @@ pub struct NewUser {
     pub username: String,
     pub password: String,
     pub profile: Profile,
-    pub card: Option<StoredCard>,
+    /// In the provider's vault already.
+    pub card: Option<CardOnFile>,
 }
 
 /// A change to a user; `None` leaves a field as it is.
@@ -292,7 +329,8 @@ pub struct NewUser {
 pub struct UserUpdate {
     pub password: Option<String>,
     pub profile: Profile,
-    pub card: Option<StoredCard>,
+    /// In the provider's vault already.
+    pub card: Option<CardOnFile>,
 }
 
 impl UserStore {
@@ -315,6 +353,7 @@ impl UserStore {
             logins: HashingPool::new(cores),
             changes: HashingPool::new((cores / 2).max(1)),
             decoy_hash: OnceLock::new(),
+            card_vault: OnceLock::new(),
         }
     }
 
@@ -325,9 +364,9 @@ impl UserStore {
         let password = new_user.password;
         let password_hash = self.changes.run(move || hash_password(&password)).await??;
         let id = self.new_id();
-        let (key, data_key) = self.keys.new_data_key(&id.0);
+        let (_, data_key) = self.keys.new_data_key(&id.0);
         let user = User {
-            card: new_user.card.map(|card| seal_card(&key, &id, card)),
+            card: new_user.card,
             id,
             username: new_user.username,
             password_hash,
@@ -357,7 +396,7 @@ impl UserStore {
     pub async fn register_bulk(
         &self,
         usernames: Vec<String>,
-        card: Option<StoredCard>,
+        card: Option<CardOnFile>,
     ) -> ApiResult<Vec<(UserId, String, String)>> {
         assert!(
             usernames.len() <= USERS_BULK_MAX,
@@ -366,7 +405,6 @@ impl UserStore {
         if self.read().any_taken(usernames.iter().map(String::as_str)) {
             return Err(username_taken());
         }
-        let card = card.map(|card| (card.summary, encode_card_secret(&card.secret)));
         let created_at_ms = self.clock.now_ms();
         let expires_at_ms = created_at_ms + self.token_ttl_ms;
         // Keys are drawn and records sealed before the lock is taken; under it only maps change and records queue.
@@ -375,9 +413,7 @@ impl UserStore {
             let id = self.new_id();
             let (key, data_key) = self.keys.new_data_key(&id.0);
             let user = User {
-                card: card
-                    .as_ref()
-                    .map(|(summary, secret)| seal_encoded_card(&key, &id, summary.clone(), secret)),
+                card: card.clone(),
                 id,
                 username,
                 password_hash: String::new(),
@@ -594,11 +630,7 @@ impl UserStore {
                 }
             }
             if let Some(card) = update.card {
-                let key = self
-                    .keys
-                    .unwrap(&user.data_key, &user.id.0)
-                    .map_err(ApiError::internal)?;
-                user.card = Some(seal_card(&key, &user.id, card));
+                user.card = Some(card);
             }
             let user = user.clone();
             if password_changed {
@@ -645,38 +677,54 @@ impl UserStore {
         self.durable.append_meta(sealed_record(&key, user, tokens))
     }
 
-    /// Loads the users a restarted node recovered, oldest first; tokens that have expired are dropped. A user
-    /// whose record still holds a sealed CVV (format V1) gets its card resealed without it, and the record
-    /// journaled again: the returned commits complete once every such record is durable in the new format.
+    /// Loads the users a restarted node recovered, oldest first; tokens that have expired are dropped. A user of a
+    /// record written by an earlier version (V1, V2), which kept the card's number sealed (and in V1 its cvv), is
+    /// loaded without a card, and the card is returned opened, to be moved into the provider's vault and attached
+    /// again ([`UserStore::attach_card`]) before the node serves.
     pub fn restore(&self, records: Vec<(String, Vec<u8>)>) -> Result<Restored, String> {
         let now_ms = self.clock.now_ms();
         let mut decoded = Vec::with_capacity(records.len());
-        let mut migrated = Vec::new();
+        let mut legacy_cards = Vec::new();
         for (id, bytes) in records {
-            let (stored, with_cvv) = match postcard::from_bytes(&bytes)
-                .map_err(|error| format!("user {id} does not decode: {error}"))?
-            {
-                StoredUser::V1(stored) => (stored, true),
-                StoredUser::V2(stored) => (stored, false),
+            let stored: StoredUser = postcard::from_bytes(&bytes)
+                .map_err(|error| format!("user {id} does not decode: {error}"))?;
+            let (stored, card_purpose) = match stored {
+                StoredUser::V1(stored) => (stored, Some(CARD_WITH_CVV_PURPOSE)),
+                StoredUser::V2(stored) => (stored, Some(CARD_NUMBER_PURPOSE)),
+                StoredUser::V3(stored) => (stored, None),
             };
+            let fail =
+                |error: String| format!("user {id}: {error} (is this the node's master key?)");
             let key = self
                 .keys
                 .unwrap(&stored.data_key, &id)
-                .map_err(|error| format!("user {id}: {error} (is this the node's master key?)"))?;
+                .map_err(|error| fail(error.to_string()))?;
             let private = key
                 .open(&id, PRIVATE_PURPOSE, &stored.private)
-                .map_err(|error| format!("user {id}: {error} (is this the node's master key?)"))?;
-            let mut private: PrivatePart = postcard::from_bytes(&private)
-                .map_err(|error| format!("user {id} does not decode: {error}"))?;
-            let id = UserId::from(id);
-            if with_cvv && let Some(card) = private.card.take() {
-                private.card = Some(
-                    drop_cvv(&key, &id, card)
-                        .map_err(|error| format!("user {id}: card does not open: {error}"))?,
-                );
-                migrated.push(id.clone());
-            }
-            decoded.push((id, stored, private));
+                .map_err(|error| fail(error.to_string()))?;
+            let undecodable =
+                |error: postcard::Error| format!("user {id} does not decode: {error}");
+            let user_id = UserId::from(id.as_str());
+            let private = match card_purpose {
+                None => postcard::from_bytes::<PrivatePart>(&private).map_err(undecodable)?,
+                Some(purpose) => {
+                    let legacy: LegacyPrivatePart =
+                        postcard::from_bytes(&private).map_err(undecodable)?;
+                    if let Some(card) = legacy.card {
+                        let card = open_legacy_card(&key, &id, purpose, card)
+                            .map_err(|error| fail(format!("card does not open: {error}")))?;
+                        legacy_cards.push(LegacyCard {
+                            user: user_id.clone(),
+                            card,
+                        });
+                    }
+                    PrivatePart {
+                        profile: legacy.profile,
+                        card: None,
+                    }
+                }
+            };
+            decoded.push((user_id, stored, private));
         }
         decoded.sort_by(|a, b| (a.1.created_at_ms, &a.0).cmp(&(b.1.created_at_ms, &b.0)));
         let mut users = self.write();
@@ -697,40 +745,34 @@ impl UserStore {
                 data_key: stored.data_key,
             });
         }
-        let commits = migrated.iter().map(|id| self.persist(&users, id)).collect();
         Ok(Restored {
             users: count,
-            cards_without_cvv: migrated.len(),
-            commits,
+            legacy_cards,
         })
     }
 
-    /// The user's card as the payment provider needs it: the one place its secret part is opened. `None` when
-    /// the user has no card; `422 card_expired` when it has expired since it was stored.
-    pub fn payment_card(&self, id: &UserId) -> ApiResult<Option<PaymentCard>> {
-        // The card and the key it is sealed under, not a copy of the whole user: this runs for every order.
-        let Some((card, data_key)) = self.read().by_id.get(id).and_then(|user| {
-            let card = user.card.clone()?;
-            Some((card, user.data_key.clone()))
-        }) else {
+    /// Gives `id` the card `card` (in the provider's vault) and journals the user; the commit completes once the
+    /// record is durable. How a card of an earlier version's record comes back after it moved into the vault.
+    pub fn attach_card(&self, id: &UserId, card: CardOnFile) -> Commit {
+        let mut users = self.write();
+        match users.by_id.get_mut(id) {
+            Some(user) => user.card = Some(card),
+            None => return Commit::failed(format!("no user {id}")),
+        }
+        self.persist(&users, id)
+    }
+
+    /// The payment method id of the user's card on file, as the provider's vault named it: what an order is
+    /// charged to. `None` when the user has no card; `422 card_expired` when it has expired since it was stored.
+    pub fn payment_method(&self, id: &UserId) -> ApiResult<Option<String>> {
+        let users = self.read();
+        let Some(card) = users.by_id.get(id).and_then(|user| user.card.as_ref()) else {
             return Ok(None);
         };
         if engine::payment::card_expired(card.summary.exp_month, card.summary.exp_year) {
             return Err(card_expired());
         }
-        let secret = self
-            .keys
-            .unwrap(&data_key, &id.0)
-            .and_then(|key| key.open(&id.0, CARD_PURPOSE, &card.secret))
-            .map_err(ApiError::internal)?;
-        let secret: CardNumber = postcard::from_bytes(&secret).map_err(ApiError::internal)?;
-        Ok(Some(PaymentCard {
-            holder_name: card.summary.holder_name,
-            number: secret.number,
-            exp_month: card.summary.exp_month,
-            exp_year: card.summary.exp_year,
-            cvv: None,
-        }))
+        Ok(Some(card.payment_method.clone()))
     }
 
     /// Whether `id` may reserve tickets: a card on file, accepted by the payment provider when it was stored
@@ -771,7 +813,22 @@ impl UserStore {
             Durable::wait(commit).await?;
             rewrapped += 1;
         }
+        if let Some(vault) = self.card_vault.get() {
+            let cards = vault.rewrap_data_keys().await?;
+            if cards > 0 {
+                tracing::info!(cards, "vaulted cards re-wrapped under the new master key");
+            }
+        }
         Ok(rewrapped)
+    }
+
+    /// The in-process payment simulator's vault, whose data keys a master key rotation re-wraps with the users'.
+    pub fn set_card_vault(&self, vault: Arc<crate::durability::SimulatorStore>) {
+        assert!(self.card_vault.set(vault).is_ok(), "the vault is set once");
+    }
+
+    pub fn card_vault(&self) -> Option<&Arc<crate::durability::SimulatorStore>> {
+        self.card_vault.get()
     }
 
     /// Forgets every master key but the current one, once nothing needs them.
@@ -824,45 +881,30 @@ impl HashingPool {
     }
 }
 
-/// Seals a card's secret part for `user`; the plaintext is dropped (and zeroed) here.
-fn seal_card(key: &DataKey, user: &UserId, card: StoredCard) -> CardOnFile {
-    let secret = encode_card_secret(&card.secret);
-    seal_encoded_card(key, user, card.summary, &secret)
-}
-
-/// What of a card's secret part is sealed (its number, never its CVV), encoded; zeroed when dropped.
-fn encode_card_secret(secret: &CardSecret) -> Zeroizing<Vec<u8>> {
-    let number = CardNumber {
-        number: secret.number.clone(),
-    };
-    let encoded = Zeroizing::new(postcard::to_allocvec(&number).expect("cards always encode"));
-    drop(Zeroizing::new(number.number));
-    encoded
-}
-
-/// A card of a V1 record (number and CVV sealed together) resealed as its number alone.
-fn drop_cvv(key: &DataKey, user: &UserId, card: CardOnFile) -> Result<CardOnFile, String> {
-    let opened = key
-        .open(&user.0, CARD_WITH_CVV_PURPOSE, &card.secret)
-        .map_err(|error| error.to_string())?;
-    let secret: CardSecret = postcard::from_bytes(&opened).map_err(|error| error.to_string())?;
-    let number = encode_card_secret(&secret);
-    let CardSecret { number: old, cvv } = secret;
-    drop((Zeroizing::new(old), Zeroizing::new(cvv)));
-    Ok(seal_encoded_card(key, user, card.summary, &number))
-}
-
-/// Seals a card whose secret part is already encoded (one encoding sealed for many users in a bulk creation).
-fn seal_encoded_card(
+/// Opens the sealed card of a V1 or V2 record (sealed under `purpose`): the number, and in V1 the cvv.
+fn open_legacy_card(
     key: &DataKey,
-    user: &UserId,
-    summary: CardSummary,
-    secret: &[u8],
-) -> CardOnFile {
-    CardOnFile {
-        summary,
-        secret: key.seal(&user.0, CARD_PURPOSE, secret),
-    }
+    user: &str,
+    purpose: &str,
+    card: LegacyCardOnFile,
+) -> Result<StoredCard, String> {
+    let opened = key
+        .open(user, purpose, &card.secret)
+        .map_err(|error| error.to_string())?;
+    let secret = if purpose == CARD_WITH_CVV_PURPOSE {
+        postcard::from_bytes::<CardSecret>(&opened).map_err(|error| error.to_string())?
+    } else {
+        let CardNumber { number } =
+            postcard::from_bytes(&opened).map_err(|error| error.to_string())?;
+        CardSecret {
+            number,
+            cvv: String::new(),
+        }
+    };
+    Ok(StoredCard {
+        summary: card.summary,
+        secret,
+    })
 }
 
 /// A user's journal record: the profile and card sealed as a whole under the user's data key, with its tokens.
@@ -874,7 +916,7 @@ fn sealed_record(key: &DataKey, user: &User, tokens: Vec<(TokenHash, u64)>) -> M
     let private = postcard::to_allocvec(&private)
         .map(Zeroizing::new)
         .expect("users always encode");
-    let record = StoredUser::V2(StoredUserV1 {
+    let record = StoredUser::V3(StoredUserV1 {
         username: user.username.clone(),
         password_hash: user.password_hash.clone(),
         created_at_ms: user.created_at_ms,
@@ -973,43 +1015,14 @@ mod tests {
         )
     }
 
-    fn card() -> StoredCard {
-        StoredCard {
-            summary: CardSummary {
-                kind: "visa".into(),
-                holder_name: "Holder".into(),
-                last4: "4242".into(),
-                exp_month: 12,
-                exp_year: 2030,
-            },
-            secret: CardSecret {
-                number: NUMBER.into(),
-                cvv: CVV.into(),
-            },
+    fn summary() -> CardSummary {
+        CardSummary {
+            kind: "visa".into(),
+            holder_name: "Holder".into(),
+            last4: "4242".into(),
+            exp_month: 12,
+            exp_year: 2030,
         }
-    }
-
-    /// The card of a stored user record, opened: the sealed bytes and the purpose they opened under.
-    fn open_card(keys: &KeyRing, id: &str, bytes: &[u8]) -> (bool, Zeroizing<Vec<u8>>) {
-        let (stored, v1) = match postcard::from_bytes(bytes).expect("a user record") {
-            StoredUser::V1(stored) => (stored, true),
-            StoredUser::V2(stored) => (stored, false),
-        };
-        let key = keys.unwrap(&stored.data_key, id).expect("the data key");
-        let private = key
-            .open(id, PRIVATE_PURPOSE, &stored.private)
-            .expect("the private part");
-        let private: PrivatePart = postcard::from_bytes(&private).expect("decodes");
-        let card = private.card.expect("a card");
-        let purpose = if v1 {
-            CARD_WITH_CVV_PURPOSE
-        } else {
-            CARD_PURPOSE
-        };
-        (
-            v1,
-            key.open(id, purpose, &card.secret).expect("the card opens"),
-        )
     }
 
     fn contains(haystack: &[u8], needle: &str) -> bool {
@@ -1018,59 +1031,60 @@ mod tests {
             .any(|window| window == needle.as_bytes())
     }
 
-    #[test]
-    fn a_card_is_sealed_without_its_cvv() {
-        let keys = Arc::new(KeyRing::new(persistence::crypto::MasterKey::generate()));
-        let id = UserId::from("u_1");
-        let (key, data_key) = keys.new_data_key(&id.0);
-        let user = User {
-            card: Some(seal_card(&key, &id, card())),
-            id: id.clone(),
-            username: "holder".into(),
-            password_hash: "x".into(),
-            profile: Profile::default(),
-            created_at_ms: 1,
-            data_key,
-        };
-        let MetaRecord::User { record, .. } = sealed_record(&key, &user, Vec::new()) else {
-            unreachable!("a user's record")
-        };
-        let (v1, opened) = open_card(&keys, &id.0, &record);
-        assert!(!v1, "written in the current format");
-        assert!(contains(&opened, NUMBER), "the number is kept");
-        assert!(!contains(&opened, CVV), "the cvv is not");
-        let card = user.card.expect("a card");
-        assert!(
-            key.open(&id.0, CARD_WITH_CVV_PURPOSE, &card.secret)
-                .is_err()
-        );
-    }
-
-    /// A user record as the version before this one wrote it: number and cvv sealed together.
-    fn v1_record(keys: &KeyRing, id: &str) -> Vec<u8> {
+    /// A user record as an earlier version wrote it: `V1` sealed the number and cvv together, `V2` the number.
+    fn legacy_record(keys: &KeyRing, id: &str, v1: bool) -> Vec<u8> {
         let (key, data_key) = keys.new_data_key(id);
-        let secret = postcard::to_allocvec(&card().secret).expect("encodes");
-        let private = PrivatePart {
+        let (secret, purpose) = if v1 {
+            let secret = CardSecret {
+                number: NUMBER.into(),
+                cvv: CVV.into(),
+            };
+            (postcard::to_allocvec(&secret), CARD_WITH_CVV_PURPOSE)
+        } else {
+            let number = CardNumber {
+                number: NUMBER.into(),
+            };
+            (postcard::to_allocvec(&number), CARD_NUMBER_PURPOSE)
+        };
+        let private = LegacyPrivatePart {
             profile: Profile::default(),
-            card: Some(CardOnFile {
-                summary: card().summary,
-                secret: key.seal(id, CARD_WITH_CVV_PURPOSE, &secret),
+            card: Some(LegacyCardOnFile {
+                summary: summary(),
+                secret: key.seal(id, purpose, &secret.expect("encodes")),
             }),
         };
         let private = postcard::to_allocvec(&private).expect("encodes");
-        postcard::to_allocvec(&StoredUser::V1(StoredUserV1 {
-            username: "old".into(),
+        let stored = StoredUserV1 {
+            username: id.into(),
             password_hash: "x".into(),
             created_at_ms: 1,
             tokens: Vec::new(),
-            data_key,
             private: key.seal(id, PRIVATE_PURPOSE, &private),
-        }))
-        .expect("encodes")
+            data_key,
+        };
+        let stored = if v1 {
+            StoredUser::V1(stored)
+        } else {
+            StoredUser::V2(stored)
+        };
+        postcard::to_allocvec(&stored).expect("encodes")
+    }
+
+    /// The private part of a current (V3) user record, opened.
+    fn open_v3(keys: &KeyRing, id: &str, bytes: &[u8]) -> (PrivatePart, Zeroizing<Vec<u8>>) {
+        let StoredUser::V3(stored) = postcard::from_bytes(bytes).expect("a user record") else {
+            panic!("{id}: not a V3 record");
+        };
+        let key = keys.unwrap(&stored.data_key, id).expect("the data key");
+        let opened = key
+            .open(id, PRIVATE_PURPOSE, &stored.private)
+            .expect("the private part");
+        (postcard::from_bytes(&opened).expect("decodes"), opened)
     }
 
     #[tokio::test]
-    async fn a_record_with_a_sealed_cvv_is_rewritten_without_it_at_start() {
+    async fn cards_of_earlier_records_move_to_the_vault_and_the_records_keep_neither_number_nor_cvv()
+     {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys = Arc::new(KeyRing::new(persistence::crypto::MasterKey::generate()));
         let (storage, _) = persistence::storage::Storage::open(dir.path(), Default::default())
@@ -1079,37 +1093,78 @@ mod tests {
         durable.set(storage);
         let users = store(durable.clone(), &keys);
         let restored = users
-            .restore(vec![("u_old".into(), v1_record(&keys, "u_old"))])
+            .restore(vec![
+                ("u_v1".into(), legacy_record(&keys, "u_v1", true)),
+                ("u_v2".into(), legacy_record(&keys, "u_v2", false)),
+            ])
             .expect("restores");
-        assert_eq!((restored.users, restored.cards_without_cvv), (1, 1));
-        for commit in restored.commits {
-            commit.wait().await.expect("durable");
+        assert_eq!(restored.users, 2);
+        // Both cards come back opened, to go to the vault; until then their users have none.
+        let mut legacy: Vec<(String, String, String)> = restored
+            .legacy_cards
+            .iter()
+            .map(|legacy| {
+                let secret = &legacy.card.secret;
+                (
+                    legacy.user.to_string(),
+                    secret.number.clone(),
+                    secret.cvv.clone(),
+                )
+            })
+            .collect();
+        legacy.sort();
+        assert_eq!(
+            legacy,
+            [
+                ("u_v1".into(), NUMBER.into(), CVV.into()),
+                ("u_v2".into(), NUMBER.into(), String::new())
+            ]
+        );
+        assert_eq!(
+            users
+                .payment_method(&UserId::from("u_v1"))
+                .expect("no error"),
+            None
+        );
+        for (number, legacy) in restored.legacy_cards.into_iter().enumerate() {
+            let vaulted = VaultedCard {
+                payment_method: format!("pm_{number}"),
+                brand: "visa".into(),
+                last4: "4242".into(),
+                exp_month: 12,
+                exp_year: 2030,
+            };
+            let user = legacy.user.clone();
+            users
+                .attach_card(&user, legacy.card.on_file(vaulted))
+                .wait()
+                .await
+                .expect("durable");
+            assert_eq!(
+                users.payment_method(&user).expect("no error"),
+                Some(format!("pm_{number}"))
+            );
         }
-        // The card still pays, without a cvv.
-        let card = users
-            .payment_card(&UserId::from("u_old"))
-            .expect("opens")
-            .expect("a card");
-        assert_eq!((card.number.as_str(), card.cvv), (NUMBER, None));
         durable.storage().expect("set").close();
         drop((users, durable));
 
-        // What the storage holds now is the new record.
+        // What the storage holds now: current records with a payment method, and no number or cvv.
         let (storage, recovered) =
             persistence::storage::Storage::open(dir.path(), Default::default())
                 .expect("storage reopens");
-        let (_, bytes) = recovered
-            .users
-            .iter()
-            .find(|(id, _)| id == "u_old")
-            .expect("the user");
-        let (v1, opened) = open_card(&keys, "u_old", bytes);
-        assert!(!v1);
-        assert!(contains(&opened, NUMBER) && !contains(&opened, CVV));
-        // Nothing is left to rewrite.
+        for (id, bytes) in &recovered.users {
+            let (private, opened) = open_v3(&keys, id, bytes);
+            let card = private.card.expect("a card");
+            assert!(card.payment_method.starts_with("pm_"));
+            assert_eq!(card.summary, summary());
+            assert!(
+                !contains(&opened, NUMBER) && !contains(&opened, CVV),
+                "{id}"
+            );
+        }
         let users = store(Durable::default(), &keys);
         let again = users.restore(recovered.users).expect("restores");
-        assert_eq!((again.users, again.cards_without_cvv), (1, 0));
+        assert_eq!((again.users, again.legacy_cards.len()), (2, 0));
         storage.close();
     }
 }

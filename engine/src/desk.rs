@@ -30,7 +30,9 @@ use crate::clock::Clock;
 use crate::concert::ConcertSpec;
 use crate::error::EngineError;
 use crate::ids::{ConcertId, HoldId, IdMap, OrderId, TicketId, UserId, ticket_token};
-use crate::payment::{ChargeRequest, PaymentCard, PaymentPool, PaymentResult, PaymentSlot};
+use crate::payment::{
+    ChargeRequest, PaymentCard, PaymentPool, PaymentResult, PaymentSlot, VaultedCard,
+};
 use crate::router::{ClaimRequest, ConcertHandle, Part, Router};
 use crate::shard_state::{
     IdempotencyTag, IssuedTicket, OrderMeta, Purpose, ReleaseReason, StableHasher,
@@ -142,7 +144,7 @@ struct StartedPurchase {
     hold: Hold,
     parts: Vec<Part>,
     slot: PaymentSlot,
-    card: PaymentCard,
+    payment_method: String,
 }
 
 struct HoldRecord {
@@ -458,27 +460,27 @@ impl Desk {
         }
     }
 
-    /// Asks the payment provider whether it accepts `card` on file (through the payment pool: a slot and its
-    /// deadline): what a user's card must pass before it is stored.
-    pub async fn verify_card(&self, card: PaymentCard) -> Result<(), EngineError> {
-        self.payments.verify_card(card).await
+    /// Hands `card` to the payment provider's vault (through the payment pool: a slot and its deadline): what a
+    /// user's card must pass before it is stored; the node keeps the payment method id it answers.
+    pub async fn vault_card(&self, card: PaymentCard) -> Result<VaultedCard, EngineError> {
+        self.payments.vault_card(card).await
     }
 
     /// Reserves, charges and confirms an order; see the module comment for what happens when the caller leaves.
     pub async fn place_order(
         self: &Arc<Self>,
         user: &UserId,
-        card: Option<PaymentCard>,
+        payment_method: Option<String>,
         request: OrderRequest,
         idempotency_key: Option<String>,
     ) -> OrderOutcome {
         self.book_ready()?;
         let concert = self.concert_for(&request)?;
-        let card = card.ok_or(EngineError::CardRequired)?;
+        let payment_method = payment_method.ok_or(EngineError::CardRequired)?;
         let fingerprint = fingerprint(&("order", &request));
         let (desk, owner) = (self.clone(), user.clone());
         self.idempotent(user, idempotency_key, fingerprint, move |tag| {
-            desk.order_flow(owner, card, concert, request.claim, tag)
+            desk.order_flow(owner, payment_method, concert, request.claim, tag)
         })
         .await
     }
@@ -486,7 +488,7 @@ impl Desk {
     async fn order_flow(
         self: Arc<Self>,
         user: UserId,
-        card: PaymentCard,
+        payment_method: String,
         concert: Arc<ConcertHandle>,
         claim: ClaimRequest,
         idempotency: Option<IdempotencyTag>,
@@ -522,7 +524,8 @@ impl Desk {
             debug_assert_eq!(quantity, parts_tickets(&parts), "a claim is granted whole");
             let order = pending_order(order_id, &concert.spec, &user, &parts, &meta);
             self.book().upsert_order(&order);
-            self.settle(order, &concert, &parts, card, slot).await
+            self.settle(order, &concert, &parts, payment_method, slot)
+                .await
         }
         .await;
         self.metrics.record(&outcome, started);
@@ -536,13 +539,13 @@ impl Desk {
         mut order: Order,
         concert: &ConcertHandle,
         parts: &[Part],
-        card: PaymentCard,
+        payment_method: String,
         slot: PaymentSlot,
     ) -> OrderOutcome {
         let charge = ChargeRequest {
             idempotency_key: order.id.0.to_string(),
             amount_cents: order.amount_cents,
-            card,
+            payment_method,
         };
         let (reason, error) = match self.payments.charge(slot, charge).await {
             PaymentResult::Approved => return self.confirm(order, concert, parts).await,
@@ -747,7 +750,7 @@ impl Desk {
     pub async fn purchase_hold(
         self: &Arc<Self>,
         user: &UserId,
-        card: Option<PaymentCard>,
+        payment_method: Option<String>,
         hold_id: &HoldId,
         idempotency_key: Option<String>,
     ) -> OrderOutcome {
@@ -755,7 +758,7 @@ impl Desk {
         let fingerprint = fingerprint(&("purchase", hold_id));
         let (desk, owner, hold_id) = (self.clone(), user.clone(), hold_id.clone());
         self.idempotent(user, idempotency_key, fingerprint, move |tag| {
-            desk.purchase_flow(owner, card, hold_id, tag)
+            desk.purchase_flow(owner, payment_method, hold_id, tag)
         })
         .await
     }
@@ -763,23 +766,23 @@ impl Desk {
     async fn purchase_flow(
         self: Arc<Self>,
         user: UserId,
-        card: Option<PaymentCard>,
+        payment_method: Option<String>,
         hold_id: HoldId,
         idempotency: Option<IdempotencyTag>,
     ) -> OrderOutcome {
         let started = Instant::now();
         let now_ms = self.clock.now_ms();
-        let (sender, record_hold, parts, slot, card) =
-            match self.begin_hold_purchase(&user, &hold_id, card, now_ms)? {
+        let (sender, record_hold, parts, slot, payment_method) =
+            match self.begin_hold_purchase(&user, &hold_id, payment_method, now_ms)? {
                 PurchaseStart::Started(started) => {
                     let StartedPurchase {
                         sender,
                         hold,
                         parts,
                         slot,
-                        card,
+                        payment_method,
                     } = *started;
-                    (sender, hold, parts, slot, card)
+                    (sender, hold, parts, slot, payment_method)
                 }
                 PurchaseStart::AlreadyPurchasing(outcome) => return wait_outcome(outcome).await,
             };
@@ -803,7 +806,8 @@ impl Desk {
             Ok((concert, order_id, meta)) => {
                 let order = pending_order(order_id, &concert.spec, &user, &parts, &meta);
                 self.book().upsert_order(&order);
-                self.settle(order, &concert, &parts, card, slot).await
+                self.settle(order, &concert, &parts, payment_method, slot)
+                    .await
             }
             Err(error) => {
                 self.book()
@@ -829,7 +833,7 @@ impl Desk {
         &self,
         user: &UserId,
         hold_id: &HoldId,
-        card: Option<PaymentCard>,
+        payment_method: Option<String>,
         now_ms: u64,
     ) -> Result<PurchaseStart, EngineError> {
         let mut book = self.book();
@@ -844,7 +848,7 @@ impl Desk {
         if record.hold.expires_at_ms <= now_ms {
             return Err(EngineError::HoldExpired);
         }
-        let card = card.ok_or(EngineError::CardRequired)?;
+        let payment_method = payment_method.ok_or(EngineError::CardRequired)?;
         let slot = self.payments.admit()?;
         let (sender, receiver) = watch::channel(None);
         record.state = HoldState::Purchasing {
@@ -856,7 +860,7 @@ impl Desk {
             hold: record.hold.clone(),
             parts: record.parts.clone(),
             slot,
-            card,
+            payment_method,
         };
         // The hold's tickets stop counting as an active hold and count as being paid for, in one step.
         book.forget_active_hold(user, hold_id);

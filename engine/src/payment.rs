@@ -16,8 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Card data as the provider needs it. Its `Debug` form never shows the number or cvv. The cvv is there only
-/// when a card is verified before it is stored; a charge of a card on file has none, since none is kept.
+/// A card as a user gives it, handed to the provider's vault once ([`PaymentProvider::vault_card`]); the node
+/// keeps only the payment method id the vault answers and what may be shown. Its `Debug` form never shows the
+/// number or cvv. The cvv is there when a user gives the card; a card moved into the vault from a data dir of an
+/// earlier version has none, since none was kept.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PaymentCard {
     pub holder_name: String,
@@ -38,7 +40,18 @@ pub struct ChargeRequest {
     /// The order id: a provider charges one key at most once.
     pub idempotency_key: String,
     pub amount_cents: u64,
-    pub card: PaymentCard,
+    /// The card, as the provider's vault named it.
+    pub payment_method: String,
+}
+
+/// A card in the provider's vault: its id, and what of it may be shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VaultedCard {
+    pub payment_method: String,
+    pub brand: String,
+    pub last4: String,
+    pub exp_month: u8,
+    pub exp_year: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,16 +81,15 @@ pub trait PaymentProvider: Send + Sync + 'static {
         &self,
         idempotency_key: &str,
     ) -> BoxFuture<'static, Result<ChargeStatus, PaymentError>>;
-    /// Whether the provider accepts `card` to be kept on file and charged later (a verification without a
-    /// charge): asked once, when a user stores the card.
-    fn verify_card(&self, card: PaymentCard)
-    -> BoxFuture<'static, Result<CardCheck, PaymentError>>;
+    /// Checks `card` (its cvv included, when there is one) and keeps it in the provider's vault, to be charged
+    /// later by the payment method id it answers: asked once, when a user stores the card.
+    fn vault_card(&self, card: PaymentCard) -> BoxFuture<'static, Result<CardCheck, PaymentError>>;
 }
 
 /// A provider's answer to a card offered to be kept on file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CardCheck {
-    Accepted,
+    Vaulted(VaultedCard),
     Refused { reason: String },
 }
 
@@ -85,6 +97,25 @@ pub enum CardCheck {
 /// `4000000000000127` is at Stripe); every charge of a card ending in [`SIMULATOR_DECLINING_CARD_SUFFIX`] is
 /// declined instead, though the card verifies.
 pub const SIMULATOR_REFUSED_CARD_SUFFIX: &str = "0127";
+
+/// The brand of a card number, as a provider names it (`visa`, `mastercard`, `amex`, else `unknown`).
+pub fn card_brand(number: &str) -> &'static str {
+    let prefix = |digits: usize| -> u32 {
+        number
+            .get(..digits)
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or(0)
+    };
+    if number.starts_with('4') {
+        "visa"
+    } else if (51..=55).contains(&prefix(2)) || (2221..=2720).contains(&prefix(4)) {
+        "mastercard"
+    } else if prefix(2) == 34 || prefix(2) == 37 {
+        "amex"
+    } else {
+        "unknown"
+    }
+}
 
 /// Whether a card valid through the end of `month`/`year` has expired, by today's date (UTC).
 pub fn card_expired(month: u8, year: u16) -> bool {
@@ -107,6 +138,23 @@ pub enum ChargeStatus {
 /// order's confirmation among them), and returns the commit that completes once it is durable.
 pub trait LedgerStore: Send + Sync + 'static {
     fn record(&self, idempotency_key: &str, charge: &SimulatedCharge) -> Commit;
+    /// Keeps a card of the simulator's vault (sealing its number); the commit completes once it is durable.
+    fn record_card(&self, payment_method: &str, card: &PaymentCard) -> Commit;
+}
+
+/// What the simulator keeps of a card in its vault, in memory: whether charges of it decline. The number itself
+/// is only in the store, sealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimulatedCard {
+    pub declines: bool,
+}
+
+impl SimulatedCard {
+    pub fn of_number(number: &str) -> Self {
+        Self {
+            declines: number.ends_with(SIMULATOR_DECLINING_CARD_SUFFIX),
+        }
+    }
 }
 
 /// Card numbers ending in this always decline in the simulator, whatever the decline rate.
@@ -136,6 +184,7 @@ pub struct SimulatedProvider {
     latency: Duration,
     decline_rate: f64,
     ledger: Arc<Mutex<HashMap<String, SimulatedCharge>>>,
+    cards: Arc<Mutex<HashMap<String, SimulatedCard>>>,
     store: Option<Arc<dyn LedgerStore>>,
 }
 
@@ -149,6 +198,7 @@ impl SimulatedProvider {
             latency,
             decline_rate,
             ledger: Arc::new(Mutex::new(HashMap::new())),
+            cards: Arc::new(Mutex::new(HashMap::new())),
             store: None,
         }
     }
@@ -172,6 +222,11 @@ impl SimulatedProvider {
         *self.ledger.lock().expect("ledger lock") = ledger;
     }
 
+    /// Replaces the vault with what recovery read back from the store.
+    pub fn restore_cards(&self, cards: HashMap<String, SimulatedCard>) {
+        *self.cards.lock().expect("vault lock") = cards;
+    }
+
     /// A copy of the ledger, for tests and reconciliation.
     pub fn ledger(&self) -> HashMap<String, SimulatedCharge> {
         self.ledger.lock().expect("ledger lock").clone()
@@ -185,11 +240,18 @@ impl PaymentProvider for SimulatedProvider {
     ) -> BoxFuture<'static, Result<ChargeOutcome, PaymentError>> {
         let (ledger, store) = (self.ledger.clone(), self.store.clone());
         let latency = self.latency;
-        let declines = request
-            .card
-            .number
-            .ends_with(SIMULATOR_DECLINING_CARD_SUFFIX)
-            || rand::random_bool(self.decline_rate);
+        let card = self
+            .cards
+            .lock()
+            .expect("vault lock")
+            .get(&request.payment_method)
+            .copied();
+        let Some(card) = card else {
+            return Box::pin(std::future::ready(Ok(ChargeOutcome::Declined {
+                reason: "no such payment method".into(),
+            })));
+        };
+        let declines = card.declines || rand::random_bool(self.decline_rate);
         Box::pin(async move {
             {
                 let mut ledger = ledger.lock().expect("ledger lock");
@@ -267,23 +329,46 @@ impl PaymentProvider for SimulatedProvider {
         Box::pin(std::future::ready(Ok(status)))
     }
 
-    /// Answers at once: `--payment-latency-ms` is the latency of a charge.
-    fn verify_card(
-        &self,
-        card: PaymentCard,
-    ) -> BoxFuture<'static, Result<CardCheck, PaymentError>> {
+    /// Answers once the card is durable in the vault, without `--payment-latency-ms` (the latency of a charge).
+    fn vault_card(&self, card: PaymentCard) -> BoxFuture<'static, Result<CardCheck, PaymentError>> {
+        let refused = |reason: &str| {
+            Box::pin(std::future::ready(Ok(CardCheck::Refused {
+                reason: reason.into(),
+            })))
+        };
+        if card_expired(card.exp_month, card.exp_year) {
+            return refused("expired card");
+        }
+        if card.number.ends_with(SIMULATOR_REFUSED_CARD_SUFFIX) {
+            return refused("incorrect cvc");
+        }
+        let payment_method = format!("pm_{}", crate::ids::random_hex(12));
+        let commit = self
+            .store
+            .as_ref()
+            .map(|store| store.record_card(&payment_method, &card));
+        let cards = self.cards.clone();
+        let simulated = SimulatedCard::of_number(&card.number);
+        let vaulted = VaultedCard {
+            payment_method,
+            brand: card_brand(&card.number).to_owned(),
+            last4: card.number[card.number.len().saturating_sub(4)..].to_owned(),
+            exp_month: card.exp_month,
+            exp_year: card.exp_year,
+        };
+        drop(card);
         Box::pin(async move {
-            Ok(if card_expired(card.exp_month, card.exp_year) {
-                CardCheck::Refused {
-                    reason: "expired card".into(),
-                }
-            } else if card.number.ends_with(SIMULATOR_REFUSED_CARD_SUFFIX) {
-                CardCheck::Refused {
-                    reason: "incorrect cvc".into(),
-                }
-            } else {
-                CardCheck::Accepted
-            })
+            if let Some(commit) = commit {
+                commit
+                    .wait()
+                    .await
+                    .map_err(|error| PaymentError::Provider(error.to_string()))?;
+            }
+            cards
+                .lock()
+                .expect("vault lock")
+                .insert(vaulted.payment_method.clone(), simulated);
+            Ok(CardCheck::Vaulted(vaulted))
         })
     }
 
@@ -433,21 +518,21 @@ impl PaymentPool {
         result
     }
 
-    /// Asks the provider whether it accepts `card` on file, within the pool's deadline, at most
-    /// [`VERIFICATIONS_IN_FLIGHT_MAX`] at once (apart from the charges: a sale that fills the charge queue does
-    /// not stop sign-ups). `CardRefused` when it does not, `PaymentUnavailable` when it does not answer in time.
-    pub async fn verify_card(&self, card: PaymentCard) -> Result<(), EngineError> {
+    /// Hands `card` to the provider's vault, within the pool's deadline, at most [`VERIFICATIONS_IN_FLIGHT_MAX`]
+    /// at once (apart from the charges: a sale that fills the charge queue does not stop sign-ups).
+    /// `CardRefused` when it refuses the card, `PaymentUnavailable` when it does not answer in time.
+    pub async fn vault_card(&self, card: PaymentCard) -> Result<VaultedCard, EngineError> {
         let answer = tokio::time::timeout(self.timeout, async {
             let _verifying = self
                 .verifying
                 .acquire()
                 .await
                 .expect("the verification semaphore is never closed");
-            self.provider.verify_card(card).await
+            self.provider.vault_card(card).await
         })
         .await;
         match answer {
-            Ok(Ok(CardCheck::Accepted)) => Ok(()),
+            Ok(Ok(CardCheck::Vaulted(card))) => Ok(card),
             Ok(Ok(CardCheck::Refused { reason })) => Err(EngineError::CardRefused { reason }),
             Ok(Err(error)) => {
                 tracing::warn!(?error, "card verification failed");
@@ -494,28 +579,41 @@ mod tests {
         }
     }
 
-    fn request(key: &str, number: &str) -> ChargeRequest {
+    /// Vaults `number` in `provider` and returns its payment method id.
+    async fn vaulted(provider: &SimulatedProvider, number: &str) -> String {
+        match provider.vault_card(card(number)).await {
+            Ok(CardCheck::Vaulted(card)) => card.payment_method,
+            other => panic!("not vaulted: {other:?}"),
+        }
+    }
+
+    fn request(key: &str, payment_method: &str) -> ChargeRequest {
         ChargeRequest {
             idempotency_key: key.into(),
             amount_cents: 500,
-            card: card(number),
+            payment_method: payment_method.into(),
         }
     }
 
     #[tokio::test]
     async fn simulator_charges_a_key_once_and_declines_the_test_card() {
         let provider = SimulatedProvider::new(Duration::ZERO, 0.0);
-        let first = provider.charge(request("o_1", "4242424242424242")).await;
-        let again = provider.charge(request("o_1", "4242424242424242")).await;
+        let good = vaulted(&provider, "4242424242424242").await;
+        let first = provider.charge(request("o_1", &good)).await;
+        let again = provider.charge(request("o_1", &good)).await;
         assert_eq!(first, Ok(ChargeOutcome::Approved));
         assert_eq!(again, Ok(ChargeOutcome::Approved));
         assert_eq!(provider.ledger().len(), 1);
-        let declined = provider.charge(request("o_2", "4000000000000002")).await;
+        let declining = vaulted(&provider, "4000000000000002").await;
+        let declined = provider.charge(request("o_2", &declining)).await;
         assert!(matches!(declined, Ok(ChargeOutcome::Declined { .. })));
+        // A payment method the vault never gave out is declined.
+        let unknown = provider.charge(request("o_3", "pm_unknown")).await;
+        assert!(matches!(unknown, Ok(ChargeOutcome::Declined { .. })));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_card_is_verified_at_once_apart_from_the_charges() {
+    async fn a_card_is_vaulted_at_once_apart_from_the_charges() {
         let provider = Arc::new(SimulatedProvider::new(Duration::from_secs(10), 0.0));
         let pool = PaymentPool::new(
             provider,
@@ -525,22 +623,35 @@ mod tests {
                 timeout: Duration::from_secs(1),
             },
         );
-        // The one charge slot is taken: verifications do not need it, nor wait for the charge latency.
+        // The one charge slot is taken: the vault does not need it, nor wait for the charge latency.
         let _slot = pool.admit().expect("a slot");
-        assert_eq!(pool.verify_card(card("4242424242424242")).await, Ok(()));
+        let good = pool
+            .vault_card(card("4242424242424242"))
+            .await
+            .expect("vaulted");
         assert_eq!(
-            pool.verify_card(card("4000000000000002")).await,
-            Ok(()),
-            "a card whose charges decline verifies"
+            (
+                good.brand.as_str(),
+                good.last4.as_str(),
+                good.exp_month,
+                good.exp_year
+            ),
+            ("visa", "4242", 12, 2030)
         );
+        assert!(good.payment_method.starts_with("pm_"));
+        let declining = pool
+            .vault_card(card("4000000000000002"))
+            .await
+            .expect("a card whose charges decline is vaulted");
+        assert_ne!(declining.payment_method, good.payment_method);
         assert!(matches!(
-            pool.verify_card(card("4000000000000127")).await,
+            pool.vault_card(card("4000000000000127")).await,
             Err(EngineError::CardRefused { .. })
         ));
         let mut expired = card("4242424242424242");
         expired.exp_year = 2001;
         assert!(matches!(
-            pool.verify_card(expired).await,
+            pool.vault_card(expired).await,
             Err(EngineError::CardRefused { .. })
         ));
     }
@@ -556,11 +667,10 @@ mod tests {
                 timeout: Duration::from_secs(1),
             },
         );
+        let good = vaulted(&provider, "4242424242424242").await;
         let slot = pool.admit().expect("empty pool admits");
         assert!(pool.admit().is_err(), "a pool of one admits one");
-        let result = pool
-            .charge(slot, request("o_slow", "4242424242424242"))
-            .await;
+        let result = pool.charge(slot, request("o_slow", &good)).await;
         assert_eq!(result, PaymentResult::Failed);
         assert_eq!(
             provider.ledger()["o_slow"].state,

@@ -95,14 +95,21 @@ fn general(desk: &Desk, capacity: u64, shards: u32) -> Arc<ConcertHandle> {
     desk.router().add_concert(spec).expect("room for a concert")
 }
 
-fn card(number: &str) -> Option<PaymentCard> {
-    Some(PaymentCard {
+/// A card in the desk's payment vault: its payment method id.
+async fn card(desk: &Desk, number: &str) -> Option<String> {
+    let card = PaymentCard {
         holder_name: "Test Buyer".into(),
         number: number.into(),
         exp_month: 12,
         exp_year: 2030,
-        cvv: None,
-    })
+        cvv: Some("123".into()),
+    };
+    Some(desk.vault_card(card).await.expect("vaulted").payment_method)
+}
+
+/// The good and the declining card, in the desk's vault.
+async fn cards(desk: &Desk) -> (Option<String>, Option<String>) {
+    (card(desk, GOOD).await, card(desk, DECLINING).await)
 }
 
 const GOOD: &str = "4242424242424242";
@@ -125,10 +132,11 @@ fn limit_reached() -> EngineError {
 fn concurrent_orders_of_one_user_stop_at_the_limit() {
     run(async |env| {
         let desk = env.desk(PAYMENT_LATENCY);
+        let good = card(&desk, GOOD).await;
         let concert = general(&desk, 1_000, 4);
         let user = UserId::from("u_alice");
         let outcomes = join_all(
-            (0..25).map(|_| desk.place_order(&user, card(GOOD), tickets(&concert, 1), None)),
+            (0..25).map(|_| desk.place_order(&user, good.clone(), tickets(&concert, 1), None)),
         )
         .await;
         let confirmed = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
@@ -142,11 +150,11 @@ fn concurrent_orders_of_one_user_stop_at_the_limit() {
 
         // The limit is per user and per concert.
         let other = UserId::from("u_bob");
-        desk.place_order(&other, card(GOOD), tickets(&concert, 10), None)
+        desk.place_order(&other, good.clone(), tickets(&concert, 10), None)
             .await
             .expect("another user buys");
         let second = general(&desk, 100, 1);
-        desk.place_order(&user, card(GOOD), tickets(&second, 10), None)
+        desk.place_order(&user, good.clone(), tickets(&second, 10), None)
             .await
             .expect("the same user buys at another concert");
     });
@@ -156,20 +164,21 @@ fn concurrent_orders_of_one_user_stop_at_the_limit() {
 fn a_single_request_above_the_limit_is_refused_without_reserving() {
     run(async |env| {
         let desk = env.desk(Duration::ZERO);
+        let good = card(&desk, GOOD).await;
         let concert = general(&desk, 100, 2);
         let user = UserId::from("u_alice");
-        desk.place_order(&user, card(GOOD), tickets(&concert, 7), None)
+        desk.place_order(&user, good.clone(), tickets(&concert, 7), None)
             .await
             .expect("first order");
         let refused = desk
-            .place_order(&user, card(GOOD), tickets(&concert, 4), None)
+            .place_order(&user, good.clone(), tickets(&concert, 4), None)
             .await;
         assert_eq!(refused, Err(limit_reached()));
         let refused = desk.place_hold(&user, tickets(&concert, 4)).await;
         assert_eq!(refused, Err(limit_reached()));
         let availability = concert.availability().await.expect("shards answer");
         assert_eq!((availability.sold, availability.held), (7, 0));
-        desk.place_order(&user, card(GOOD), tickets(&concert, 3), None)
+        desk.place_order(&user, good.clone(), tickets(&concert, 3), None)
             .await
             .expect("up to the limit exactly");
     });
@@ -179,21 +188,22 @@ fn a_single_request_above_the_limit_is_refused_without_reserving() {
 fn declined_and_refused_orders_give_their_tickets_back() {
     run(async |env| {
         let desk = env.desk(Duration::ZERO);
+        let (good, declining) = cards(&desk).await;
         let concert = general(&desk, 12, 2);
         let user = UserId::from("u_alice");
         for _ in 0..3 {
             let declined = desk
-                .place_order(&user, card(DECLINING), tickets(&concert, 10), None)
+                .place_order(&user, declining.clone(), tickets(&concert, 10), None)
                 .await;
             assert!(matches!(declined, Err(EngineError::PaymentDeclined { .. })));
             assert_eq!(desk.tickets_claimed(&user, &concert.spec.id), 0);
         }
         let other = UserId::from("u_bob");
-        desk.place_order(&other, card(GOOD), tickets(&concert, 5), None)
+        desk.place_order(&other, good.clone(), tickets(&concert, 5), None)
             .await
             .expect("bob buys");
         let sold_out = desk
-            .place_order(&user, card(GOOD), tickets(&concert, 8), None)
+            .place_order(&user, good.clone(), tickets(&concert, 8), None)
             .await;
         assert_eq!(sold_out, Err(EngineError::SoldOut));
         assert_eq!(desk.tickets_claimed(&user, &concert.spec.id), 0);
@@ -201,7 +211,7 @@ fn declined_and_refused_orders_give_their_tickets_back() {
             .place_order(&user, None, tickets(&concert, 7), None)
             .await;
         assert_eq!(no_card, Err(EngineError::CardRequired));
-        desk.place_order(&user, card(GOOD), tickets(&concert, 7), None)
+        desk.place_order(&user, good.clone(), tickets(&concert, 7), None)
             .await
             .expect("the allowance is whole again");
         assert_eq!(desk.tickets_claimed(&user, &concert.spec.id), 7);
@@ -212,6 +222,7 @@ fn declined_and_refused_orders_give_their_tickets_back() {
 fn holds_count_until_cancelled_or_expired_and_a_purchase_keeps_them_counted() {
     run(async |env| {
         let desk = env.desk(Duration::ZERO);
+        let good = card(&desk, GOOD).await;
         let concert = general(&desk, 100, 2);
         let id = &concert.spec.id;
         let user = UserId::from("u_alice");
@@ -225,16 +236,16 @@ fn holds_count_until_cancelled_or_expired_and_a_purchase_keeps_them_counted() {
             .expect("hold");
         assert_eq!(desk.tickets_claimed(&user, id), 8);
         let refused = desk
-            .place_order(&user, card(GOOD), tickets(&concert, 3), None)
+            .place_order(&user, good.clone(), tickets(&concert, 3), None)
             .await;
         assert_eq!(refused, Err(limit_reached()));
-        desk.place_order(&user, card(GOOD), tickets(&concert, 2), None)
+        desk.place_order(&user, good.clone(), tickets(&concert, 2), None)
             .await
             .expect("up to the limit");
 
         desk.cancel_hold(&user, &first.id).await.expect("cancel");
         assert_eq!(desk.tickets_claimed(&user, id), 6);
-        desk.purchase_hold(&user, card(GOOD), &second.id, None)
+        desk.purchase_hold(&user, good.clone(), &second.id, None)
             .await
             .expect("purchase");
         assert_eq!(desk.tickets_claimed(&user, id), 6, "bought, still counted");
@@ -251,7 +262,7 @@ fn holds_count_until_cancelled_or_expired_and_a_purchase_keeps_them_counted() {
         );
         desk.sweep();
         assert_eq!(desk.tickets_claimed(&user, id), 6);
-        desk.place_order(&user, card(GOOD), tickets(&concert, 4), None)
+        desk.place_order(&user, good.clone(), tickets(&concert, 4), None)
             .await
             .expect("the expired hold's tickets are free again");
         assert_eq!(desk.tickets_claimed(&user, id), 10);
@@ -262,6 +273,7 @@ fn holds_count_until_cancelled_or_expired_and_a_purchase_keeps_them_counted() {
 fn a_failed_hold_purchase_gives_the_tickets_back() {
     run(async |env| {
         let desk = env.desk(Duration::ZERO);
+        let (good, declining) = cards(&desk).await;
         let concert = general(&desk, 100, 1);
         let user = UserId::from("u_alice");
         let hold = desk
@@ -269,7 +281,7 @@ fn a_failed_hold_purchase_gives_the_tickets_back() {
             .await
             .expect("hold");
         let declined = desk
-            .purchase_hold(&user, card(DECLINING), &hold.id, None)
+            .purchase_hold(&user, declining.clone(), &hold.id, None)
             .await;
         assert!(matches!(declined, Err(EngineError::PaymentDeclined { .. })));
         assert_eq!(desk.tickets_claimed(&user, &concert.spec.id), 0);
@@ -280,7 +292,9 @@ fn a_failed_hold_purchase_gives_the_tickets_back() {
             .await
             .expect("hold");
         env.clock.advance_ms(HOLD_TTL_MS);
-        let expired = desk.purchase_hold(&user, card(GOOD), &hold.id, None).await;
+        let expired = desk
+            .purchase_hold(&user, good.clone(), &hold.id, None)
+            .await;
         assert_eq!(expired, Err(EngineError::HoldExpired));
         assert_eq!(desk.tickets_claimed(&user, &concert.spec.id), 0);
     });
@@ -332,6 +346,7 @@ fn concurrent_holds_of_one_user_stop_at_the_hold_limit() {
 fn a_restart_rebuilds_the_counts_and_settling_gives_back_what_was_not_paid() {
     run(async |env| {
         let desk = env.desk(PAYMENT_LATENCY_NEVER);
+        let good = card(&desk, GOOD).await;
         let concert = general(&desk, 100, 2);
         let id = concert.spec.id.clone();
         let user = UserId::from("u_alice");
@@ -342,7 +357,8 @@ fn a_restart_rebuilds_the_counts_and_settling_gives_back_what_was_not_paid() {
         // An order that is still being paid for when the node stops.
         let paying = {
             let (desk, user, request) = (desk.clone(), user.clone(), tickets(&concert, 3));
-            tokio::spawn(async move { desk.place_order(&user, card(GOOD), request, None).await })
+            let good = good.clone();
+            tokio::spawn(async move { desk.place_order(&user, good, request, None).await })
         };
         while desk.tickets_claimed(&user, &id) < 5
             || concert.availability().await.expect("shards answer").held < 5
@@ -353,6 +369,8 @@ fn a_restart_rebuilds_the_counts_and_settling_gives_back_what_was_not_paid() {
         paying.abort();
 
         let restarted = env.desk(Duration::ZERO);
+        // The user's card, in the restarted provider's vault.
+        let good = card(&restarted, GOOD).await;
         let in_flight = restarted.restore(&concert.spec, &states);
         restarted
             .router()
@@ -364,7 +382,7 @@ fn a_restart_rebuilds_the_counts_and_settling_gives_back_what_was_not_paid() {
         let refused = restarted
             .place_order(
                 &user,
-                card(GOOD),
+                good.clone(),
                 tickets(&restarted_concert(&restarted, &id), 6),
                 None,
             )
@@ -378,13 +396,13 @@ fn a_restart_rebuilds_the_counts_and_settling_gives_back_what_was_not_paid() {
         }
         assert_eq!(restarted.tickets_claimed(&user, &id), 2, "the hold remains");
         restarted
-            .purchase_hold(&user, card(GOOD), &hold.id, None)
+            .purchase_hold(&user, good.clone(), &hold.id, None)
             .await
             .expect("the recovered hold is bought");
         restarted
             .place_order(
                 &user,
-                card(GOOD),
+                good.clone(),
                 tickets(&restarted_concert(&restarted, &id), 8),
                 None,
             )

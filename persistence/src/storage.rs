@@ -131,6 +131,8 @@ pub struct Recovered {
     pub concerts: Vec<RecoveredConcert>,
     /// Users by id, as the HTTP front encoded them.
     pub users: Vec<(String, Vec<u8>)>,
+    /// The payment simulator's vault: cards by payment method id, as the HTTP front encoded them.
+    pub payment_methods: Vec<(String, Vec<u8>)>,
     /// The payment simulator's ledger: every charge's last state, by idempotency key.
     pub ledger: HashMap<String, SimulatedCharge>,
     pub journal: ReadReport,
@@ -159,6 +161,7 @@ struct Trees {
     concerts: sled::Tree,
     placements: sled::Tree,
     users: sled::Tree,
+    payment_methods: sled::Tree,
     snapshots: sled::Tree,
     meta: sled::Tree,
 }
@@ -220,6 +223,7 @@ impl Storage {
             concerts: db.open_tree("concerts")?,
             placements: db.open_tree("placements")?,
             users: db.open_tree("users")?,
+            payment_methods: db.open_tree("payment_methods")?,
             snapshots: db.open_tree("snapshots")?,
             meta: db.open_tree("meta")?,
         };
@@ -293,15 +297,17 @@ impl Storage {
         for stream in events.keys() {
             tracing::warn!(%stream, "journal events of an unknown concert ignored");
         }
-        let users = trees
-            .users
-            .iter()
-            .map(|entry| {
-                entry.map(|(id, record)| {
-                    (String::from_utf8_lossy(&id).into_owned(), record.to_vec())
+        let read_tree = |tree: &sled::Tree| {
+            tree.iter()
+                .map(|entry| {
+                    entry.map(|(id, record)| {
+                        (String::from_utf8_lossy(&id).into_owned(), record.to_vec())
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let users = read_tree(&trees.users)?;
+        let payment_methods = read_tree(&trees.payment_methods)?;
         let covered = oldest_snapshot_per_stream(&trees.snapshots)?;
         let inner = Arc::new(Inner {
             db_dir,
@@ -327,6 +333,7 @@ impl Storage {
         let recovered = Recovered {
             concerts,
             users,
+            payment_methods,
             ledger,
             journal,
             elapsed: started.elapsed(),
@@ -461,6 +468,11 @@ fn apply_meta(trees: &Trees, seq: u64, record: &MetaRecord) -> Result<(), sled::
         }
         MetaRecord::User { id, record } => {
             trees.users.insert(id.as_bytes(), record.as_slice())?;
+        }
+        MetaRecord::PaymentMethod { id, record } => {
+            trees
+                .payment_methods
+                .insert(id.as_bytes(), record.as_slice())?;
         }
         MetaRecord::PlacedConcert { spec, placement } => {
             let bytes = postcard::to_allocvec(&(seq, spec)).expect("concerts always encode");

@@ -30,6 +30,8 @@ pub enum MetaRecord {
         spec: ConcertSpec,
         placement: Vec<NodeId>,
     },
+    /// A card in the in-process payment simulator's vault, as the HTTP front encodes it (sealed); opaque here.
+    PaymentMethod { id: String, record: Vec<u8> },
 }
 
 /// One journal record as written to the segment log.

@@ -251,6 +251,7 @@ pub async fn create_users(
                     .expect("it was one")
                     .map(CardRequest::validate)
                     .transpose()?;
+                let card = crate::routes::users::vault(state, card).await?;
                 let created = state.users.register_bulk(names, card).await?;
                 return Ok(created
                     .into_iter()

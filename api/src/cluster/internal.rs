@@ -191,6 +191,7 @@ async fn users_bulk(
         crate::dto::check_username(username)?;
     }
     let card = body.card.map(CardRequest::validate).transpose()?;
+    let card = crate::routes::users::vault(&state, card).await?;
     let created = state.users.register_bulk(body.usernames, card).await?;
     Ok((
         StatusCode::CREATED,

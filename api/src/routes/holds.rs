@@ -71,9 +71,12 @@ pub async fn purchase(
     IdempotencyKey(key): IdempotencyKey,
     ApiPath(id): ApiPath,
 ) -> ApiResult<(StatusCode, Json<OrderResponse>)> {
-    let card = state.users.payment_card(&user)?;
+    let payment_method = state.users.payment_method(&user)?;
     let hold = HoldId::from(id);
-    let order = state.desk.purchase_hold(&user, card, &hold, key).await?;
+    let order = state
+        .desk
+        .purchase_hold(&user, payment_method, &hold, key)
+        .await?;
     state.held_by_address.ended(&hold);
     Ok((StatusCode::CREATED, Json(OrderResponse::from(&order))))
 }

@@ -27,8 +27,11 @@ pub async fn create(
     ApiJson(body): ApiJson<ClaimBody>,
 ) -> ApiResult<(StatusCode, Json<OrderResponse>)> {
     let request = body.into_request()?;
-    let card = state.users.payment_card(&user)?;
-    let order = state.desk.place_order(&user, card, request, key).await?;
+    let payment_method = state.users.payment_method(&user)?;
+    let order = state
+        .desk
+        .place_order(&user, payment_method, request, key)
+        .await?;
     Ok((StatusCode::CREATED, Json(OrderResponse::from(&order))))
 }
 

@@ -31,7 +31,7 @@ pub async fn create(
     ClientIp(address): ClientIp,
     ApiJson(body): ApiJson<UserRequest>,
 ) -> ApiResult<(StatusCode, Json<RegisteredResponse>)> {
-    let new_user = body.validate()?;
+    let (mut new_user, card) = body.validate()?;
     state
         .signups
         .admit(address)
@@ -53,9 +53,7 @@ pub async fn create(
             }
         }
     }
-    if let Some(card) = &new_user.card {
-        state.desk.verify_card(card.payment_card()).await?;
-    }
+    new_user.card = vault(&state, card).await?;
     let (user, token) = state.users.register(new_user).await?;
     tracing::info!(user_id = %user.id, "user registered");
     Ok((
@@ -85,10 +83,6 @@ pub async fn create_bulk(
 ) -> ApiResult<(StatusCode, Json<BulkUsersResponse>)> {
     let card_json = serde_json::to_value(&body.card).expect("a card serializes");
     let (usernames, card) = body.validate()?;
-    // One card for every user: the provider sees it once.
-    if let Some(card) = &card {
-        state.desk.verify_card(card.payment_card()).await?;
-    }
     let users = match fan_out {
         Some(cluster) => {
             let card = serde_json::from_value(card_json).expect("it was one");
@@ -96,7 +90,7 @@ pub async fn create_bulk(
         }
         None => state
             .users
-            .register_bulk(usernames, card)
+            .register_bulk(usernames, vault(&state, card).await?)
             .await?
             .into_iter()
             .map(|(id, username, token)| RegisteredResponse {
@@ -199,7 +193,7 @@ pub async fn update(
 ) -> ApiResult<Json<UserResponse>> {
     let id = UserId::from(id);
     authorize(&caller, &id)?;
-    let (update, current_password) = body.validate()?;
+    let (mut update, card, current_password) = body.validate()?;
     let username = state
         .users
         .get(&id)
@@ -238,9 +232,7 @@ pub async fn update(
             }
         }
     }
-    if let Some(card) = &update.card {
-        state.desk.verify_card(card.payment_card()).await?;
-    }
+    update.card = vault(&state, card).await?;
     let password_changed = update.password.is_some();
     let user = state.users.update(&id, update, keep.as_deref()).await?;
     if password_changed {
@@ -358,4 +350,18 @@ pub async fn logout(
     let revoked = state.users.revoke(&session.user, token).await?;
     tracing::info!(user_id = %session.user, revoked, "tokens revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Hands a card a request gave to the payment provider's vault (checked there, its cvv used this once) and
+/// returns what the node keeps of it: the payment method id and what may be shown. One card of a bulk creation
+/// goes to the vault once, and its users share it.
+pub(crate) async fn vault(
+    state: &AppState,
+    card: Option<crate::users::StoredCard>,
+) -> ApiResult<Option<crate::users::CardOnFile>> {
+    let Some(card) = card else {
+        return Ok(None);
+    };
+    let vaulted = state.desk.vault_card(card.payment_card()).await?;
+    Ok(Some(card.on_file(vaulted)))
 }
