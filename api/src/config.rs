@@ -165,8 +165,9 @@ pub struct ServeArgs {
     /// Create one seated and one general-admission demo concert if there are none.
     #[arg(long)]
     pub demo: bool,
-    /// Payment provider: `sim` is the in-process simulator.
-    #[arg(long, default_value = "sim", value_parser = ["sim"])]
+    /// Payment provider: `sim`, the in-process simulator, or `http://HOST:PORT`, a provider speaking the
+    /// PaymentIntents subset of `boxoffice payment-provider` (its key in BOXOFFICE_PAYMENT_API_KEY).
+    #[arg(long, default_value = "sim", value_parser = parse_payment)]
     pub payment: String,
     /// Simulated provider latency per charge.
     #[arg(long, default_value_t = 0)]
@@ -381,5 +382,28 @@ fn parse_probability(text: &str) -> Result<f64, String> {
         Ok(value)
     } else {
         Err("must be between 0.0 and 1.0".into())
+    }
+}
+
+/// `--payment`: `sim`, or the base URL of a provider, `http://HOST:PORT` without a path.
+fn parse_payment(text: &str) -> Result<String, String> {
+    if text == "sim" {
+        return Ok(text.to_owned());
+    }
+    let authority = text
+        .strip_prefix("http://")
+        .ok_or("`sim` or http://HOST:PORT")?
+        .trim_end_matches('/');
+    let valid = !authority.is_empty()
+        && authority.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0)
+        })
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if valid {
+        Ok(format!("http://{authority}"))
+    } else {
+        Err("`sim` or http://HOST:PORT (no path)".into())
     }
 }

@@ -21,6 +21,7 @@ pub mod extract;
 pub mod keys;
 pub mod offline;
 pub mod openapi;
+pub mod payment_http;
 pub mod per_address;
 pub mod private_files;
 pub mod provider;

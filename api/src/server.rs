@@ -103,8 +103,17 @@ impl Node {
         });
         let master_keys = Arc::new(MasterKeys::load(&args.data_dir)?);
         let (simulator, simulator_store) = payment_simulator(args, &durable, master_keys.ring());
+        let provider: Arc<dyn engine::payment::PaymentProvider> = if args.payment == "sim" {
+            simulator.clone()
+        } else {
+            Arc::new(crate::payment_http::HttpProvider::new(
+                &args.payment,
+                Duration::from_millis(args.payment_timeout_ms),
+                args.payment_concurrency as usize,
+            )?)
+        };
         let payments = Arc::new(PaymentPool::new(
-            simulator.clone(),
+            provider,
             PaymentPoolConfig {
                 concurrency: args.payment_concurrency as usize,
                 queue_max: args.payment_queue_max as usize,
@@ -133,7 +142,9 @@ impl Node {
             master_keys.ring(),
             node,
         ));
-        if let Some(store) = simulator_store {
+        if let Some(store) = simulator_store
+            && args.payment == "sim"
+        {
             users.set_card_vault(store);
         }
         let state = AppState::new(

@@ -1,9 +1,11 @@
 //! `boxoffice payment-provider` as a client sees it over HTTP: the vault, the life of a payment intent, Stripe's
 //! idempotency semantics (also across a kill -9 and restart), the rate limit, and seeded faults, after which every
-//! idempotency key stands for exactly one intent.
+//! idempotency key stands for exactly one intent; and a node selling with `--payment http://...` against it.
+
+mod common;
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -21,8 +23,13 @@ struct Provider {
 
 impl Provider {
     fn start(dir: &std::path::Path, flags: &[&str]) -> Provider {
+        Self::start_on("127.0.0.1:0", dir, flags)
+    }
+
+    /// Starts on `listen`: the address of a provider that was killed, to come back where its clients look.
+    fn start_on(listen: &str, dir: &std::path::Path, flags: &[&str]) -> Provider {
         let mut child = Command::new(env!("CARGO_BIN_EXE_boxoffice"))
-            .args(["payment-provider", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["payment-provider", "--listen", listen, "--data-dir"])
             .arg(dir)
             .args(flags)
             .env("BOXOFFICE_PAYMENT_API_KEY", API_KEY)
@@ -97,6 +104,21 @@ impl Provider {
             )
             .await;
         reply.expect(200)["id"].as_str().expect("an id").to_owned()
+    }
+}
+
+impl Provider {
+    /// Every intent created for the order `order`.
+    async fn intents_of(&self, order: &str) -> Vec<Value> {
+        let query = format!("metadata['order_id']:'{order}'");
+        let reply = self
+            .get(&format!(
+                "/v1/payment_intents/search?query={}",
+                encode(&query)
+            ))
+            .await
+            .expect(200);
+        reply["data"].as_array().expect("data").clone()
     }
 }
 
@@ -600,4 +622,127 @@ async fn after_seeded_faults_every_key_stands_for_exactly_one_intent() {
     let mut expected: Vec<String> = (0..CALLS).map(|call| format!("key-{call}")).collect();
     expected.sort();
     assert_eq!(orders, expected);
+}
+
+/// A node started with `--payment` pointing at `provider`.
+fn node_paying_with(provider: &Provider, extra: &[&str]) -> common::Server {
+    let payment = provider.base.clone();
+    let mut args = vec![
+        "--payment",
+        payment.as_str(),
+        "--payment-timeout-ms",
+        "5000",
+    ];
+    args.extend_from_slice(extra);
+    common::Server::launch_with(
+        tempfile::tempdir().expect("data dir"),
+        "127.0.0.1:0",
+        &args,
+        &[("BOXOFFICE_PAYMENT_API_KEY", API_KEY)],
+        Stdio::inherit(),
+        "warn",
+        &[],
+    )
+}
+
+#[tokio::test]
+async fn a_node_vaults_cards_and_charges_orders_at_the_network_provider() {
+    let provider_dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(provider_dir.path(), &[]);
+    let node = node_paying_with(&provider, &[]);
+    let concert = node.create_general(100, 2, 2500).await;
+
+    // The card goes to the provider's vault; the node shows its last four digits only.
+    let (id, token) = node.register("alice", CARD).await;
+    let profile = node
+        .get(&format!("/users/{id}"), Some(&token))
+        .await
+        .expect(200);
+    assert_eq!(profile["card"]["last4"], "4242");
+    // A card the provider refuses is refused at registration.
+    let refused = node
+        .post(
+            "/users",
+            None,
+            json!({"username": "bob", "password": "correct horse battery",
+                   "card": {"type": "visa", "holder_name": "Bob", "number": "4000000000000127",
+                            "exp_month": 12, "exp_year": 2030, "cvv": "123"}}),
+        )
+        .await;
+    refused.expect_error(422, "card_refused");
+
+    // An order is charged once, at the provider, under its order id.
+    let order = node
+        .post(
+            "/orders",
+            Some(&token),
+            json!({"concert_id": concert, "quantity": 2}),
+        )
+        .await
+        .expect(201);
+    let order_id = order["id"].as_str().expect("an id");
+    let intents = provider.intents_of(order_id).await;
+    assert_eq!(
+        intents.len(),
+        1,
+        "{order_id}: {}",
+        provider.get("/v1/payment_intents").await.body
+    );
+    assert_eq!(intents[0]["status"], "succeeded");
+    assert_eq!(intents[0]["amount_received"], 5000);
+
+    // A declining card: the order is refused and its tickets go back.
+    let (_, declining) = node.register("carol", DECLINING).await;
+    node.post(
+        "/orders",
+        Some(&declining),
+        json!({"concert_id": concert, "quantity": 1}),
+    )
+    .await
+    .expect_error(402, "payment_declined");
+    let (remaining, held, sold, capacity) = node.availability(&concert).await;
+    assert_eq!((remaining, held, sold, capacity), (98, 0, 2, 100));
+
+    // The provider gone: no card is stored and no order sold, and nothing is left held.
+    let address = provider.base.trim_start_matches("http://").to_owned();
+    provider.kill();
+    let down = node
+        .post(
+            "/orders",
+            Some(&token),
+            json!({"concert_id": concert, "quantity": 1}),
+        )
+        .await;
+    assert_eq!(down.status.as_u16(), 503, "{}", down.body);
+    assert_eq!(down.code(), "payment_unavailable");
+    let register = node
+        .post(
+            "/users",
+            None,
+            json!({"username": "dave", "password": "correct horse battery",
+                   "card": {"type": "visa", "holder_name": "Dave", "number": CARD,
+                            "exp_month": 12, "exp_year": 2030, "cvv": "123"}}),
+        )
+        .await;
+    assert_eq!(register.status.as_u16(), 503, "{}", register.body);
+    let (remaining, held, sold, _) = node.availability(&concert).await;
+    assert_eq!((remaining, held, sold), (98, 0, 2));
+
+    // Back on the same data: the vaulted card charges again.
+    let provider = Provider::start_on(&address, provider_dir.path(), &[]);
+    let again = node
+        .post(
+            "/orders",
+            Some(&token),
+            json!({"concert_id": concert, "quantity": 1}),
+        )
+        .await
+        .expect(201);
+    let intents = provider
+        .intents_of(again["id"].as_str().expect("an id"))
+        .await;
+    assert_eq!(intents[0]["status"], "succeeded");
+    let (remaining, held, sold, _) = node.availability(&concert).await;
+    assert_eq!((remaining, held, sold), (97, 0, 3));
+    node.stop();
 }

@@ -180,6 +180,7 @@ fn router(provider: Arc<Provider>) -> Router {
         )
         .route("/v1/payment_methods", post(create_method))
         .route("/v1/payment_intents", post(create_intent).get(list_intents))
+        .route("/v1/payment_intents/search", get(search_intents))
         .route("/v1/payment_intents/{id}", get(read_intent))
         .route("/v1/payment_intents/{id}/capture", post(capture_intent))
         .route("/v1/payment_intents/{id}/cancel", post(cancel_intent))
@@ -680,7 +681,8 @@ fn vault(provider: &Provider, form: &HashMap<String, String>) -> Result<PaymentM
     let number = required(form, "card[number]").map_err(Outcome::Refused)?;
     let exp_month: u8 = number_param(form, "card[exp_month]").map_err(Outcome::Refused)?;
     let exp_year: u16 = number_param(form, "card[exp_year]").map_err(Outcome::Refused)?;
-    let cvc = required(form, "card[cvc]").map_err(Outcome::Refused)?;
+    // Optional, as at Stripe (a card moved from another store has none); checked when given, never kept.
+    let cvc = form.get("card[cvc]").map(String::as_str);
     let card_error = |code: &str, message: &str| {
         Err(Outcome::Done(
             StatusCode::PAYMENT_REQUIRED,
@@ -708,7 +710,9 @@ fn vault(provider: &Provider, form: &HashMap<String, String>) -> Result<PaymentM
     if engine::payment::card_expired(exp_month, exp_year) {
         return card_error("expired_card", "Your card has expired.");
     }
-    if !(3..=4).contains(&cvc.len()) || !cvc.bytes().all(|b| b.is_ascii_digit()) {
+    if let Some(cvc) = cvc
+        && (!(3..=4).contains(&cvc.len()) || !cvc.bytes().all(|b| b.is_ascii_digit()))
+    {
         return card_error("invalid_cvc", "Your card's security code is invalid.");
     }
     if number.ends_with(REFUSED_SUFFIX) {
@@ -1017,4 +1021,37 @@ async fn list_intents(
         json!({"object": "list", "url": "/v1/payment_intents", "data": page, "has_more": has_more}),
     )
     .into_response()
+}
+
+/// `GET /v1/payment_intents/search?query=metadata['order_id']:'ID'`: the one query of Stripe's search language the
+/// provider answers, every intent created for an order, newest first. (Stripe's search may lag a few seconds
+/// behind; this one does not.)
+async fn search_intents(
+    AxumState(provider): AxumState<Arc<Provider>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(error) = provider.admit_read(&headers).await {
+        return error.into_response();
+    }
+    let order = query
+        .get("query")
+        .and_then(|query| query.strip_prefix("metadata['order_id']:'"))
+        .and_then(|rest| rest.strip_suffix('\''))
+        .filter(|order| !order.is_empty() && !order.contains('\''));
+    let Some(order) = order else {
+        return invalid("query must be metadata['order_id']:'ID'".into()).into_response();
+    };
+    let guard = provider.lock();
+    let state = &guard.1;
+    let data: Vec<Value> = state
+        .intents_by_order
+        .get(order)
+        .into_iter()
+        .flatten()
+        .rev()
+        .take(LIST_LIMIT_MAX)
+        .filter_map(|id| state.intents.get(id).map(intent_json))
+        .collect();
+    axum::Json(json!({"object": "search_result", "data": data, "has_more": false})).into_response()
 }

@@ -111,6 +111,8 @@ pub struct State {
     pub intents: HashMap<String, Intent>,
     /// Intent ids by position, for `GET /v1/payment_intents` (newest first).
     pub intent_order: BTreeMap<u64, String>,
+    /// Intent ids by their `metadata[order_id]`, oldest first, for the search by order.
+    pub intents_by_order: HashMap<String, Vec<String>>,
     pub refunds: HashMap<String, Refund>,
     pub keys: HashMap<String, KeyState>,
     /// Answered keys in the order they were stored, with that time, so the oldest are forgotten first.
@@ -126,7 +128,16 @@ impl State {
             }
             Record::Intent(intent) => {
                 self.next_position = self.next_position.max(intent.position + 1);
-                self.intent_order.insert(intent.position, intent.id.clone());
+                let new = self
+                    .intent_order
+                    .insert(intent.position, intent.id.clone())
+                    .is_none();
+                if new && let Some(order) = intent.metadata.get("order_id") {
+                    self.intents_by_order
+                        .entry(order.clone())
+                        .or_default()
+                        .push(intent.id.clone());
+                }
                 self.intents.insert(intent.id.clone(), intent);
             }
             Record::Refund(refund) => {

@@ -1,0 +1,316 @@
+//! `--payment http://HOST:PORT`: the node's payment provider over the network, a thin client of the subset of
+//! Stripe's PaymentIntents API that `boxoffice payment-provider` serves (form-encoded requests, JSON answers,
+//! `Authorization: Bearer` with `BOXOFFICE_PAYMENT_API_KEY`, an `Idempotency-Key` on every `POST`).
+//!
+//! - A card a user stores goes to `POST /v1/payment_methods` (its cvv with it, this once); the node keeps the
+//!   payment method id.
+//! - A charge is one `POST /v1/payment_intents` with `confirm=true`, `capture_method=automatic`,
+//!   `metadata[order_id]` and the order id as its idempotency key: a retry of the same order can never charge twice,
+//!   and the provider replays its first answer.
+//! - What became of an order's charge (`status`, how recovery settles an order a crash cut) and voiding it read the
+//!   order's intent back with `GET /v1/payment_intents/search?query=metadata['order_id']:'ID'`; a void cancels an
+//!   authorized intent and refunds a captured one.
+//! - A transport error, a timeout, a 429 or a 5xx is an error, not a decline: the pool then voids the charge, so no
+//!   order keeps money it has no tickets for.
+//!
+//! The pool's `--payment-concurrency` bounds the calls in flight, and so the connections kept to the provider.
+
+use engine::payment::{
+    CardCheck, ChargeOutcome, ChargeRequest, ChargeStatus, PaymentCard, PaymentError,
+    PaymentProvider, VaultedCard,
+};
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The environment variable with the key the provider expects.
+pub const API_KEY_ENV: &str = "BOXOFFICE_PAYMENT_API_KEY";
+/// The currency every amount is charged in (a concert's price is in its smallest unit).
+pub const CURRENCY: &str = "eur";
+/// Largest answer body read from the provider.
+const ANSWER_BYTES_MAX: usize = 1 << 20;
+
+pub struct HttpProvider {
+    base: Arc<str>,
+    api_key: Arc<str>,
+    client: reqwest::Client,
+}
+
+impl HttpProvider {
+    /// A client of the provider at `base` (`http://HOST:PORT`), each call within `timeout`, at most
+    /// `connections` idle connections kept.
+    pub fn new(base: &str, timeout: Duration, connections: usize) -> Result<Self, String> {
+        let api_key = std::env::var(API_KEY_ENV)
+            .map_err(|_| format!("--payment {base} needs {API_KEY_ENV}"))?;
+        if api_key.is_empty() || !api_key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!("{API_KEY_ENV} must be visible ASCII"));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(connections)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|error| format!("payment client: {error}"))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').into(),
+            api_key: api_key.into(),
+            client,
+        })
+    }
+
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        form: Option<(Vec<(&str, String)>, String)>,
+    ) -> BoxFuture<'static, Result<(u16, Value), PaymentError>> {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.api_key);
+        if let Some((fields, key)) = form {
+            let body = fields
+                .iter()
+                .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
+                .collect::<Vec<_>>()
+                .join("&");
+            request = request
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("idempotency-key", key)
+                .body(body);
+        }
+        Box::pin(async move {
+            let response = request
+                .send()
+                .await
+                .map_err(|error| PaymentError::Provider(transport(&error)))?;
+            let status = response.status().as_u16();
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|error| PaymentError::Provider(transport(&error)))?;
+            if bytes.len() > ANSWER_BYTES_MAX {
+                return Err(PaymentError::Provider("answer too large".into()));
+            }
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if status == 429 || status >= 500 || status == 401 || status == 409 {
+                // An unknown outcome (or a misconfigured key): never read as a decline.
+                return Err(PaymentError::Provider(format!(
+                    "provider answered {status} {}",
+                    error_code(&body)
+                )));
+            }
+            Ok((status, body))
+        })
+    }
+
+    /// The intents the provider holds for the order `key`, newest first.
+    fn intents_of(&self, key: &str) -> BoxFuture<'static, Result<Vec<Value>, PaymentError>> {
+        let query = format!("metadata['order_id']:'{key}'");
+        let search = self.call(
+            reqwest::Method::GET,
+            &format!("/v1/payment_intents/search?query={}", encode(&query)),
+            None,
+        );
+        Box::pin(async move {
+            match search.await? {
+                (200, body) => Ok(body["data"].as_array().cloned().unwrap_or_default()),
+                (status, body) => Err(PaymentError::Provider(format!(
+                    "search answered {status} {}",
+                    error_code(&body)
+                ))),
+            }
+        })
+    }
+}
+
+impl PaymentProvider for HttpProvider {
+    fn charge(
+        &self,
+        request: ChargeRequest,
+    ) -> BoxFuture<'static, Result<ChargeOutcome, PaymentError>> {
+        let fields = vec![
+            ("amount", request.amount_cents.to_string()),
+            ("currency", CURRENCY.to_owned()),
+            ("payment_method", request.payment_method),
+            ("confirm", "true".to_owned()),
+            ("capture_method", "automatic".to_owned()),
+            ("metadata[order_id]", request.idempotency_key.clone()),
+        ];
+        let call = self.call(
+            reqwest::Method::POST,
+            "/v1/payment_intents",
+            Some((fields, request.idempotency_key)),
+        );
+        Box::pin(async move {
+            match call.await? {
+                (200, intent) if intent["status"] == "succeeded" => Ok(ChargeOutcome::Approved),
+                (402, body) => Ok(ChargeOutcome::Declined {
+                    reason: body["error"]["code"]
+                        .as_str()
+                        .unwrap_or("card_declined")
+                        .to_owned(),
+                }),
+                (status, body) => Err(PaymentError::Provider(format!(
+                    "unexpected answer to a charge: {status} {}",
+                    error_code(&body)
+                ))),
+            }
+        })
+    }
+
+    fn void(&self, idempotency_key: &str) -> BoxFuture<'static, Result<(), PaymentError>> {
+        let intents = self.intents_of(idempotency_key);
+        let key = idempotency_key.to_owned();
+        let provider = self.clone_handle();
+        Box::pin(async move {
+            for intent in intents.await? {
+                let id = intent["id"].as_str().unwrap_or_default().to_owned();
+                let undo = match intent["status"].as_str() {
+                    Some("requires_capture" | "requires_payment_method") => provider.call(
+                        reqwest::Method::POST,
+                        &format!("/v1/payment_intents/{id}/cancel"),
+                        Some((Vec::new(), format!("cancel-{key}"))),
+                    ),
+                    Some("succeeded") if intent["amount_refunded"] != intent["amount_received"] => {
+                        provider.call(
+                            reqwest::Method::POST,
+                            "/v1/refunds",
+                            Some((
+                                vec![("payment_intent", id.clone())],
+                                format!("refund-{key}"),
+                            )),
+                        )
+                    }
+                    _ => continue,
+                };
+                match undo.await? {
+                    (200, _) => {}
+                    (status, body) => {
+                        return Err(PaymentError::Provider(format!(
+                            "voiding {id} answered {status} {}",
+                            error_code(&body)
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn status(
+        &self,
+        idempotency_key: &str,
+    ) -> BoxFuture<'static, Result<ChargeStatus, PaymentError>> {
+        let intents = self.intents_of(idempotency_key);
+        Box::pin(async move {
+            let intents = intents.await?;
+            // One order has one intent (its key is the order id); the newest decides.
+            Ok(
+                match intents.first().and_then(|intent| intent["status"].as_str()) {
+                    None => ChargeStatus::Unknown,
+                    Some("succeeded") => {
+                        let refunded = intents[0]["amount_refunded"].as_u64().unwrap_or(0);
+                        if refunded > 0 {
+                            ChargeStatus::Voided
+                        } else {
+                            ChargeStatus::Approved
+                        }
+                    }
+                    Some("requires_payment_method") => ChargeStatus::Declined,
+                    Some("canceled") => ChargeStatus::Voided,
+                    Some(_) => ChargeStatus::Unknown,
+                },
+            )
+        })
+    }
+
+    fn vault_card(&self, card: PaymentCard) -> BoxFuture<'static, Result<CardCheck, PaymentError>> {
+        let mut fields = vec![
+            ("type", "card".to_owned()),
+            ("card[number]", card.number.clone()),
+            ("card[exp_month]", card.exp_month.to_string()),
+            ("card[exp_year]", card.exp_year.to_string()),
+        ];
+        if let Some(cvv) = &card.cvv {
+            fields.push(("card[cvc]", cvv.clone()));
+        }
+        let key = format!("pm-{}", engine::ids::random_hex(16));
+        let call = self.call(
+            reqwest::Method::POST,
+            "/v1/payment_methods",
+            Some((fields, key)),
+        );
+        drop(card);
+        Box::pin(async move {
+            match call.await? {
+                (200, method) => {
+                    let text =
+                        |field: &str| method["card"][field].as_str().unwrap_or("").to_owned();
+                    let number = |field: &str| method["card"][field].as_u64().unwrap_or(0);
+                    let payment_method = method["id"].as_str().unwrap_or("").to_owned();
+                    if !payment_method.starts_with("pm_") {
+                        return Err(PaymentError::Provider(
+                            "a payment method without an id".into(),
+                        ));
+                    }
+                    Ok(CardCheck::Vaulted(VaultedCard {
+                        payment_method,
+                        brand: text("brand"),
+                        last4: text("last4"),
+                        exp_month: u8::try_from(number("exp_month")).unwrap_or(0),
+                        exp_year: u16::try_from(number("exp_year")).unwrap_or(0),
+                    }))
+                }
+                (402, body) => Ok(CardCheck::Refused {
+                    reason: error_code(&body).replace('_', " "),
+                }),
+                (status, body) => Err(PaymentError::Provider(format!(
+                    "unexpected answer to a card: {status} {}",
+                    error_code(&body)
+                ))),
+            }
+        })
+    }
+}
+
+impl HttpProvider {
+    /// Another handle on the same client and connections, for the calls a void makes after the search.
+    fn clone_handle(&self) -> HttpProvider {
+        HttpProvider {
+            base: self.base.clone(),
+            api_key: self.api_key.clone(),
+            client: self.client.clone(),
+        }
+    }
+}
+
+/// A transport error in words that never carry the request (reqwest's `Display` names only the URL).
+fn transport(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "provider call timed out".into()
+    } else if error.is_connect() {
+        "provider refused or dropped the connection".into()
+    } else {
+        "provider connection failed".into()
+    }
+}
+
+fn error_code(body: &Value) -> String {
+    body["error"]["code"].as_str().unwrap_or("").to_owned()
+}
+
+fn encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                encoded.push(byte as char);
+            }
+            _ => encoded.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    encoded
+}
