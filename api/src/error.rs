@@ -172,7 +172,9 @@ impl From<EngineError> for ApiError {
             EngineError::AlreadyCheckedIn { .. } => (S::CONFLICT, "already_checked_in"),
             EngineError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
             EngineError::PaymentDeclined { .. } => (S::PAYMENT_REQUIRED, "payment_declined"),
-            EngineError::PaymentUnavailable => (S::SERVICE_UNAVAILABLE, "payment_unavailable"),
+            EngineError::PaymentUnavailable | EngineError::PaymentCircuitOpen { .. } => {
+                (S::SERVICE_UNAVAILABLE, "payment_unavailable")
+            }
             EngineError::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "invalid_request"),
             EngineError::IdempotencyKeyReused => {
                 (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
@@ -185,7 +187,11 @@ impl From<EngineError> for ApiError {
             EngineError::TicketLimitReached { .. } => (S::CONFLICT, "ticket_limit_reached"),
             EngineError::HoldLimitReached { .. } => (S::CONFLICT, "hold_limit_reached"),
         };
-        Self::new(status, code, message)
+        let mut api_error = Self::new(status, code, message);
+        if let EngineError::PaymentCircuitOpen { retry_after_s } = error {
+            api_error.retry_after_s = Some(retry_after_s);
+        }
+        api_error
     }
 }
 

@@ -725,19 +725,38 @@ async fn a_node_vaults_cards_and_charges_orders_at_the_network_provider() {
         )
         .await;
     assert_eq!(register.status.as_u16(), 503, "{}", register.body);
+    // Failure after failure, the circuit breaker opens: orders are refused before anything is reserved, with how
+    // long to wait.
+    let order_one = json!({"concert_id": concert, "quantity": 1});
+    let mut waits = Vec::new();
+    for _ in 0..engine::payment::BREAKER_FAILURES_MAX + 2 {
+        let reply = node.post("/orders", Some(&token), order_one.clone()).await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.code()),
+            (503, "payment_unavailable")
+        );
+        waits.push(reply.retry_after.clone().unwrap_or_default());
+    }
+    assert_eq!(waits.first().map(String::as_str), Some("1"));
+    assert_eq!(waits.last().map(String::as_str), Some("5"), "{waits:?}");
     let (remaining, held, sold, _) = node.availability(&concert).await;
     assert_eq!((remaining, held, sold), (98, 0, 2));
 
-    // Back on the same data: the vaulted card charges again.
+    // Back on the same data: once the breaker lets an order try again, the vaulted card charges again.
     let provider = Provider::start_on(&address, provider_dir.path(), &[]);
-    let again = node
-        .post(
-            "/orders",
-            Some(&token),
-            json!({"concert_id": concert, "quantity": 1}),
-        )
-        .await
-        .expect(201);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        let reply = node.post("/orders", Some(&token), order_one.clone()).await;
+        if reply.status.as_u16() == 201 {
+            break reply.body;
+        }
+        assert_eq!(reply.code(), "payment_unavailable");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the breaker never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let intents = provider
         .intents_of(again["id"].as_str().expect("an id"))
         .await;

@@ -30,6 +30,11 @@ pub enum EngineError {
     },
     /// The payment provider did not answer within the deadline; the charge was voided.
     PaymentUnavailable,
+    /// The payment provider has been failing: the circuit breaker refuses new orders, before anything is reserved,
+    /// for about `retry_after_s` seconds more.
+    PaymentCircuitOpen {
+        retry_after_s: u64,
+    },
     /// The request is well formed but cannot be served as asked (422).
     Invalid {
         field: &'static str,
@@ -71,7 +76,10 @@ impl EngineError {
     pub fn frees_idempotency_key(&self) -> bool {
         matches!(
             self,
-            Self::Overloaded | Self::PaymentUnavailable | Self::NodeUnavailable { .. }
+            Self::Overloaded
+                | Self::PaymentUnavailable
+                | Self::PaymentCircuitOpen { .. }
+                | Self::NodeUnavailable { .. }
         )
     }
 
@@ -99,6 +107,10 @@ impl fmt::Display for EngineError {
             Self::Overloaded => write!(f, "too many requests in flight, retry shortly"),
             Self::PaymentDeclined { reason } => write!(f, "payment declined: {reason}"),
             Self::PaymentUnavailable => write!(f, "the payment provider did not answer in time"),
+            Self::PaymentCircuitOpen { retry_after_s } => write!(
+                f,
+                "the payment provider is failing; no orders are taken for {retry_after_s} s"
+            ),
             Self::Invalid { field, message } => write!(f, "{field}: {message}"),
             Self::IdempotencyKeyReused => {
                 write!(

@@ -431,12 +431,81 @@ pub struct PaymentPool {
     verifying: Semaphore,
     timeout: Duration,
     metrics: PaymentMetrics,
+    breaker: Mutex<Breaker>,
+}
+
+/// Consecutive failed charges (errors and timeouts, never declines) that open the circuit breaker.
+pub const BREAKER_FAILURES_MAX: u32 = 20;
+/// How long an open breaker refuses new orders before it lets one through to try the provider again.
+pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(5);
+
+/// The circuit breaker in front of the provider: after [`BREAKER_FAILURES_MAX`] failed charges in a row it opens
+/// and refuses new orders for [`BREAKER_OPEN_FOR`], before anything is reserved; then it lets one order through
+/// (half open): its success closes the breaker, its failure opens it again; if it never reaches the provider (sold
+/// out, say), another is let through once the first has had the pool's deadline. A decline is an answer and counts
+/// as a success.
+#[derive(Debug)]
+enum Breaker {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: tokio::time::Instant,
+    },
+    /// One order is trying the provider; no other before `until`.
+    HalfOpen {
+        until: tokio::time::Instant,
+    },
+}
+
+impl Breaker {
+    /// Whether a new order may go on (a probe gets `probe_for` to report); `Err` with the seconds until the
+    /// breaker lets one through.
+    fn admit(&mut self, now: tokio::time::Instant, probe_for: Duration) -> Result<(), u64> {
+        match *self {
+            Breaker::Closed { .. } => Ok(()),
+            Breaker::Open { until } | Breaker::HalfOpen { until } if now < until => {
+                Err((until - now).as_secs_f64().ceil().max(1.0) as u64)
+            }
+            Breaker::Open { .. } | Breaker::HalfOpen { .. } => {
+                *self = Breaker::HalfOpen {
+                    until: now + probe_for,
+                };
+                Ok(())
+            }
+        }
+    }
+
+    fn record(&mut self, failed: bool, now: tokio::time::Instant) {
+        *self = match (&*self, failed) {
+            (_, false) => Breaker::Closed { failures: 0 },
+            (Breaker::Closed { failures }, true) if failures + 1 < BREAKER_FAILURES_MAX => {
+                Breaker::Closed {
+                    failures: failures + 1,
+                }
+            }
+            (Breaker::Open { until }, true) => Breaker::Open { until: *until },
+            (_, true) => Breaker::Open {
+                until: now + BREAKER_OPEN_FOR,
+            },
+        };
+    }
+
+    fn gauge(&self) -> f64 {
+        match self {
+            Breaker::Closed { .. } => 0.0,
+            Breaker::HalfOpen { .. } => 1.0,
+            Breaker::Open { .. } => 2.0,
+        }
+    }
 }
 
 /// The pool's metric handles, registered once: recording through a handle skips the registry's lookup of the
 /// series, which every charge would otherwise pay three times.
 struct PaymentMetrics {
     in_flight: metrics::Gauge,
+    /// 0 closed, 1 half open, 2 open.
+    breaker: metrics::Gauge,
     approved: metrics::Histogram,
     declined: metrics::Histogram,
     failed: metrics::Histogram,
@@ -447,6 +516,7 @@ impl PaymentMetrics {
         let latency = |outcome: &'static str| metrics::histogram!("boxoffice_payment_latency_seconds", "outcome" => outcome);
         Self {
             in_flight: metrics::gauge!("boxoffice_payments_in_flight"),
+            breaker: metrics::gauge!("boxoffice_payment_breaker_state"),
             approved: latency("approved"),
             declined: latency("declined"),
             failed: latency("failed"),
@@ -470,16 +540,39 @@ impl PaymentPool {
             verifying: Semaphore::new(VERIFICATIONS_IN_FLIGHT_MAX),
             timeout: config.timeout,
             metrics: PaymentMetrics::register(),
+            breaker: Mutex::new(Breaker::Closed { failures: 0 }),
         }
     }
 
     /// Takes a slot for one charge, or refuses at once when the pool is full.
+    /// Refused too while the circuit breaker is open (`PaymentCircuitOpen`), before the order reserves anything.
     pub fn admit(&self) -> Result<PaymentSlot, EngineError> {
+        {
+            let mut breaker = self.breaker.lock().expect("breaker lock");
+            let admitted = breaker.admit(tokio::time::Instant::now(), self.timeout);
+            self.metrics.breaker.set(breaker.gauge());
+            admitted.map_err(|retry_after_s| EngineError::PaymentCircuitOpen { retry_after_s })?;
+        }
         self.admitted
             .clone()
             .try_acquire_owned()
             .map(|permit| PaymentSlot { _admitted: permit })
             .map_err(|_| EngineError::Overloaded)
+    }
+
+    /// Tells the breaker how a call to the provider went: failed (an error or no answer in time) or answered.
+    fn record(&self, failed: bool) {
+        let mut breaker = self.breaker.lock().expect("breaker lock");
+        let was_open = matches!(*breaker, Breaker::Open { .. });
+        breaker.record(failed, tokio::time::Instant::now());
+        if !was_open && matches!(*breaker, Breaker::Open { .. }) {
+            tracing::warn!(
+                failures = BREAKER_FAILURES_MAX,
+                open_s = BREAKER_OPEN_FOR.as_secs(),
+                "payment provider failing: circuit breaker open, new orders refused"
+            );
+        }
+        self.metrics.breaker.set(breaker.gauge());
     }
 
     /// Charges the card: waits for a free slot, calls the provider with a deadline, voids on failure.
@@ -507,6 +600,7 @@ impl PaymentPool {
                 PaymentResult::Failed
             }
         };
+        self.record(result == PaymentResult::Failed);
         let latency = match result {
             PaymentResult::Approved => &self.metrics.approved,
             PaymentResult::Declined { .. } => &self.metrics.declined,
@@ -677,6 +771,99 @@ mod tests {
             SimulatedChargeState::Voided
         );
         assert!(pool.admit().is_ok(), "the slot is returned");
+    }
+
+    /// A provider whose charges fail (an error, as a 5xx or a reset would be) while `failing` is set.
+    struct Flaky {
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl PaymentProvider for Flaky {
+        fn charge(
+            &self,
+            _: ChargeRequest,
+        ) -> BoxFuture<'static, Result<ChargeOutcome, PaymentError>> {
+            let failing = self.failing.load(std::sync::atomic::Ordering::Relaxed);
+            Box::pin(std::future::ready(if failing {
+                Err(PaymentError::Provider("503".into()))
+            } else {
+                Ok(ChargeOutcome::Declined {
+                    reason: "card declined".into(),
+                })
+            }))
+        }
+        fn void(&self, _: &str) -> BoxFuture<'static, Result<(), PaymentError>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn status(&self, _: &str) -> BoxFuture<'static, Result<ChargeStatus, PaymentError>> {
+            Box::pin(std::future::ready(Ok(ChargeStatus::Unknown)))
+        }
+        fn vault_card(
+            &self,
+            _: PaymentCard,
+        ) -> BoxFuture<'static, Result<CardCheck, PaymentError>> {
+            Box::pin(std::future::ready(Err(PaymentError::Provider(
+                "down".into(),
+            ))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_opens_after_failures_refuses_orders_then_lets_one_try() {
+        let provider = Arc::new(Flaky {
+            failing: true.into(),
+        });
+        let pool = PaymentPool::new(
+            provider.clone(),
+            PaymentPoolConfig {
+                concurrency: 4,
+                queue_max: 0,
+                timeout: Duration::from_secs(1),
+            },
+        );
+        let charge = |key: &str| request(key, "pm_1");
+        for failure in 0..BREAKER_FAILURES_MAX {
+            let slot = pool.admit().expect("closed while it counts failures");
+            let result = pool.charge(slot, charge(&format!("o_{failure}"))).await;
+            assert_eq!(result, PaymentResult::Failed);
+        }
+        // Open: refused before anything is reserved, with how long to wait.
+        let Err(EngineError::PaymentCircuitOpen { retry_after_s }) = pool.admit() else {
+            panic!("the breaker did not open");
+        };
+        assert_eq!(retry_after_s, BREAKER_OPEN_FOR.as_secs());
+        tokio::time::advance(BREAKER_OPEN_FOR).await;
+        // Half open: one order tries; a failure opens the breaker again.
+        let probe = pool.admit().expect("one probe");
+        assert!(matches!(
+            pool.admit(),
+            Err(EngineError::PaymentCircuitOpen { .. })
+        ));
+        assert_eq!(
+            pool.charge(probe, charge("o_probe")).await,
+            PaymentResult::Failed
+        );
+        assert!(matches!(
+            pool.admit(),
+            Err(EngineError::PaymentCircuitOpen { .. })
+        ));
+        // A probe that never reaches the provider frees the way for another after the pool's deadline.
+        tokio::time::advance(BREAKER_OPEN_FOR).await;
+        let lost = pool.admit().expect("a probe");
+        drop(lost);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let probe = pool.admit().expect("another probe");
+        // An answer, even a decline, closes it.
+        provider
+            .failing
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(matches!(
+            pool.charge(probe, charge("o_ok")).await,
+            PaymentResult::Declined { .. }
+        ));
+        for _ in 0..3 {
+            drop(pool.admit().expect("closed"));
+        }
     }
 
     #[test]
