@@ -46,6 +46,7 @@ impl ApiError {
 
     /// Too many failed logins for this username or from this address; see `crate::throttle`.
     pub fn too_many_attempts(retry_after_s: u64) -> Self {
+        metrics::counter!("boxoffice_logins_throttled_total").increment(1);
         Self {
             retry_after_s: Some(retry_after_s),
             ..Self::new(
@@ -70,6 +71,7 @@ impl ApiError {
 
     /// This client address holds `limit` tickets already (or would with this hold).
     pub fn too_many_held_tickets(limit: u32, retry_after_s: u64) -> Self {
+        metrics::counter!("boxoffice_holds_total", "outcome" => "limited").increment(1);
         Self {
             retry_after_s: Some(retry_after_s),
             ..Self::new(

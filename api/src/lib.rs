@@ -28,6 +28,7 @@ pub mod provider;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod throttle;
 pub mod users;
 
@@ -150,12 +151,24 @@ fn routes(state: AppState) -> axum::Router {
 ///   covers reading the body and producing the response's head, not streaming a body (server-sent events).
 /// - Answers are not stored by browsers or proxies unless their route says otherwise (the web page's files, the
 ///   event stream): tokens, profiles, cards, orders and tickets must not outlive the response in a cache.
+///
+/// Every request is counted by route template and status (`http_requests_total`, `http_request_duration_seconds`).
 pub(crate) async fn guard(State(guards): State<Guards>, request: Request, next: Next) -> Response {
-    let Ok(_permit) = guards.requests_in_flight.try_acquire() else {
-        metrics::counter!("boxoffice_requests_shed_total").increment(1);
-        return no_store(ApiError::overloaded().into_response());
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned();
+    let response = match guards.requests_in_flight.try_acquire() {
+        Ok(_permit) => no_store(timed(&guards, next.run(request)).await),
+        Err(_) => {
+            metrics::counter!("boxoffice_requests_shed_total").increment(1);
+            no_store(ApiError::overloaded().into_response())
+        }
     };
-    no_store(timed(&guards, next.run(request)).await)
+    let route = route.as_ref().map_or("unmatched", |route| route.as_str());
+    telemetry::record_http(route, response.status().as_u16(), started.elapsed());
+    response
 }
 
 /// `--request-timeout-s` alone: what the internal port applies to the requests other processes forward (they

@@ -23,7 +23,7 @@ use engine::ids::{ConcertId, random_hex};
 use engine::payment::{PaymentPool, PaymentPoolConfig, SimulatedProvider};
 use engine::remote::NodeId;
 use engine::router::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use persistence::storage::{Storage, StorageOptions};
 use persistence::wire::MetaRecord;
 use std::path::Path;
@@ -638,9 +638,10 @@ pub(crate) fn metrics_handle() -> Result<PrometheusHandle, String> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
-    let handle = PrometheusBuilder::new()
-        .install_recorder()
+    let handle = crate::telemetry::builder()
+        .and_then(|builder| builder.install_recorder())
         .map_err(|error| format!("cannot install metrics recorder: {error}"))?;
+    crate::telemetry::register();
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 

@@ -43,3 +43,82 @@ async fn json_logs_are_one_object_per_line_and_text_logs_in_a_file_have_no_colou
     assert!(text.contains("recovery finished"), "{text}");
     assert!(!text.contains('\u{1b}'), "colour codes in a log file");
 }
+
+/// The series names a Grafana dashboard's queries read.
+fn dashboard_series(path: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard")).expect("JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(!panels.is_empty());
+    let mut series = std::collections::BTreeSet::new();
+    for panel in panels {
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{}", panel["title"]);
+        for target in targets {
+            let expr = target["expr"].as_str().expect("an expr");
+            for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if token.starts_with("boxoffice_") || token.starts_with("http_") {
+                    series.insert(token.to_owned());
+                }
+            }
+        }
+    }
+    series
+}
+
+#[tokio::test]
+async fn every_series_the_grafana_dashboard_queries_exists_on_a_node_that_sold() {
+    let dashboard = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/grafana/boxoffice-sale.json");
+    let wanted = dashboard_series(&dashboard);
+    assert!(wanted.len() > 10, "{wanted:?}");
+    let server = Server::start(&[]);
+    let concert = server.create_general(100, 2, 1000).await;
+    let (_, token) = server.register("buyer", common::GOOD_CARD).await;
+    server
+        .post(
+            "/orders",
+            Some(&token),
+            serde_json::json!({"concert_id": concert, "quantity": 1}),
+        )
+        .await
+        .expect(201);
+    server
+        .hold(
+            &token,
+            serde_json::json!({"concert_id": concert, "quantity": 1}),
+        )
+        .await;
+    let text = server
+        .client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("a body");
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|name| !exported.contains(name.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "queried but not exported: {missing:?}");
+    // Every exported metric has its HELP, and the build is named.
+    for name in &exported {
+        let base = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        assert!(
+            text.contains(&format!("# HELP {base} ")) || text.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP"
+        );
+    }
+    assert!(text.contains("boxoffice_build_info{version=\""), "{text}");
+    server.stop();
+}

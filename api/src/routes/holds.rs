@@ -39,6 +39,7 @@ pub async fn create(
         .map_err(|refused| ApiError::too_many_held_tickets(refused.limit, refused.retry_after_s))?;
     let hold = state.desk.place_hold(&user, request).await?;
     pending.placed(hold.id.clone(), hold.expires_at_ms);
+    metrics::counter!("boxoffice_holds_total", "outcome" => "placed").increment(1);
     Ok((StatusCode::CREATED, Json(HoldResponse::from(&hold))))
 }
 
