@@ -122,3 +122,92 @@ async fn every_series_the_grafana_dashboard_queries_exists_on_a_node_that_sold()
     assert!(text.contains("boxoffice_build_info{version=\""), "{text}");
     server.stop();
 }
+
+/// The README's walk-through, as a newcomer pastes it: a fenced `sh` block after the heading `heading`.
+fn readme_block(heading: &str) -> String {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .expect("the README");
+    let section = readme
+        .split_once(&format!("\n## {heading}\n"))
+        .unwrap_or_else(|| panic!("no section {heading:?}"))
+        .1;
+    let block = section
+        .split_once("```sh\n")
+        .expect("a sh block")
+        .1
+        .split_once("\n```")
+        .expect("its end")
+        .0;
+    block.to_owned()
+}
+
+/// `jq`, which the walk-through uses: installed with apt-get if missing, or the test fails saying so.
+fn ensure_jq() {
+    let present = || {
+        std::process::Command::new("jq")
+            .arg("--version")
+            .output()
+            .is_ok_and(|output| output.status.success())
+    };
+    if present() {
+        return;
+    }
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| output.stdout.starts_with(b"0"));
+    let sudo: &[&str] = if root { &[] } else { &["sudo"] };
+    for args in [
+        &["apt-get", "update", "-qq"][..],
+        &["apt-get", "install", "-y", "-qq", "jq"],
+    ] {
+        let mut command: Vec<&str> = sudo.to_vec();
+        command.extend_from_slice(args);
+        let _ = std::process::Command::new(command[0])
+            .args(&command[1..])
+            .status();
+    }
+    assert!(
+        present(),
+        "the README walk-through needs jq, and apt-get could not install it"
+    );
+}
+
+#[tokio::test]
+async fn the_readme_walk_through_runs_verbatim_against_a_fresh_node() {
+    ensure_jq();
+    let script = readme_block("A sale, request by request");
+    assert!(script.starts_with("B=http://127.0.0.1:8080;"), "{script}");
+    let server = Server::start(&["--demo"]);
+    // Where the newcomer runs it: beside the node's data dir, whose admin-token the script reads.
+    let cwd = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(cwd.path().join("data")).expect("data");
+    std::fs::write(cwd.path().join("data/admin-token"), common::ADMIN_TOKEN).expect("token");
+    let script = script.replacen("B=http://127.0.0.1:8080", &format!("B={}", server.base), 1);
+    let output = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(cwd.path())
+        .output()
+        .await
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(lines[0]["kind"], "seated");
+    assert_eq!(lines[0]["capacity"], 260);
+    assert_eq!(lines[1]["status"], "confirmed");
+    assert_eq!(lines[1]["amount_cents"], 9000);
+    assert!(
+        lines[2]["seat"].is_string() && lines[2]["checked_in_at"].is_string(),
+        "{stdout}"
+    );
+    assert_eq!(lines[3], "already_checked_in");
+    server.stop();
+}

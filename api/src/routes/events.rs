@@ -88,7 +88,7 @@ pub struct SnapshotData {
     params(("id" = String, Path),
            ("Last-Event-ID" = Option<String>, Header, description = "the id of the last event received, to resume")),
     responses((status = 200, content_type = "text/event-stream",
-               description = "events `snapshot`, `seat` and `availability`; see API.md"),
+               description = "events `snapshot`, `seat` and `availability`; see docs/http-api.md"),
               (status = 404, body = crate::error::ErrorBody)))]
 pub async fn stream(
     State(state): State<AppState>,
