@@ -18,10 +18,16 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// The node to load (loopback only), or several, comma-separated (a cluster's nodes or fronts): connections
-    /// are spread over them round-robin, setup calls go to the first; ignored with --spawn.
+    /// The node to load (loopback only, unless --allow-remote-target), or several, comma-separated (a cluster's
+    /// nodes or fronts): connections are spread over them round-robin, setup calls go to the first; ignored with
+    /// --spawn.
     #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
     pub target: String,
+    /// Let --target name a host that is not this machine (a staging node): without it, only loopback targets
+    /// are accepted, so that a typo never points 100,000 connections at someone else's machine. Load only what
+    /// you run.
+    #[arg(long, global = true)]
+    pub allow_remote_target: bool,
     /// The node's admin token; with --spawn the run chooses its own.
     #[arg(
         long,

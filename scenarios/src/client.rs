@@ -5,9 +5,9 @@
 //! Connections come from one or more source addresses in 127.0.0.0/8: one address can open about 28,000
 //! connections to one server port (the kernel's ephemeral port range), so 100,000 at once need four or more.
 //!
-//! Only loopback targets are accepted: a load generator that can open 100,000 connections is not pointed at
-//! someone else's machine by a typo. `--target` may list several (a cluster's nodes or fronts, comma-separated):
-//! [`parse_targets`] checks each.
+//! Only loopback targets are accepted unless `--allow-remote-target` says otherwise ([`allow_remote_targets`]): a
+//! load generator that can open 100,000 connections is not pointed at someone else's machine by a typo.
+//! `--target` may list several (a cluster's nodes or fronts, comma-separated): [`parse_targets`] checks each.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -432,10 +432,29 @@ pub fn error_code(body: &[u8]) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// Accepts `http://HOST[:PORT][/]` whose host is a loopback address or `localhost`; returns the authority and the
-/// socket address.
+/// Whether targets off this machine are accepted: set once from `--allow-remote-target`.
+static REMOTE_TARGETS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Accept targets that are not loopback addresses from now on (`--allow-remote-target`).
+pub fn allow_remote_targets() {
+    REMOTE_TARGETS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Accepts `http://HOST[:PORT][/]` whose host is a loopback address or `localhost`, or, after
+/// [`allow_remote_targets`], any address or host name (resolved once, here); returns the authority and the socket
+/// address.
 pub fn parse_loopback(base: &str) -> Result<(String, SocketAddr), String> {
-    let refused = || format!("--target must be http://127.x.y.z:PORT (loopback only), not {base}");
+    let remote = REMOTE_TARGETS.load(std::sync::atomic::Ordering::Relaxed);
+    let refused = || {
+        if remote {
+            format!("--target must be http://HOST:PORT, not {base}")
+        } else {
+            format!(
+                "--target must be http://127.x.y.z:PORT (loopback only; --allow-remote-target for another \
+                 host), not {base}"
+            )
+        }
+    };
     let rest = base.strip_prefix("http://").ok_or_else(refused)?;
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.contains('/') {
@@ -449,9 +468,21 @@ pub fn parse_loopback(base: &str) -> Result<(String, SocketAddr), String> {
     };
     let ip = match host.trim_start_matches('[').trim_end_matches(']') {
         "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        literal => literal.parse::<IpAddr>().map_err(|_| refused())?,
+        literal => match literal.parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) if remote && !literal.is_empty() => {
+                use std::net::ToSocketAddrs;
+                (literal, port)
+                    .to_socket_addrs()
+                    .map_err(|error| format!("--target {base}: {error}"))?
+                    .next()
+                    .ok_or_else(refused)?
+                    .ip()
+            }
+            Err(_) => return Err(refused()),
+        },
     };
-    if !ip.is_loopback() {
+    if !ip.is_loopback() && !remote {
         return Err(refused());
     }
     Ok((authority.to_owned(), SocketAddr::new(ip, port)))
@@ -522,6 +553,8 @@ mod tests {
             ["http://127.0.0.1:1"]
         );
         assert!(parse_targets("http://127.0.0.1:1,http://10.0.0.1:2").is_err());
+        let refused = parse_targets("http://10.0.0.1:2").unwrap_err();
+        assert!(refused.contains("--allow-remote-target"), "{refused}");
         assert!(parse_targets("http://127.0.0.1:1,").is_err());
         assert!(parse_targets("http://127.0.0.1:1,http://127.0.0.1:1/").is_err());
         let target = Target::new("http://localhost:7", 1, Duration::from_secs(1)).unwrap();

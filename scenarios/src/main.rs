@@ -13,6 +13,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.global.allow_remote_target {
+        scenarios::client::allow_remote_targets();
+    }
     match scenarios::scenario::run(cli).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {

@@ -1144,10 +1144,15 @@ fn plan_offline(args: &PlanArgs, global: &Global) -> Result<bool, String> {
     calibration.forward_cpu_share = args.forward_cpu_share.unwrap_or(0.0).max(0.0);
     calibration.hop_latency_s = args.hop_latency_ms.unwrap_or(0.0).max(0.0) / 1000.0;
     let plan = plan_report(calibration, false, question_of(args, global));
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&plan).map_err(|error| error.to_string())?
-    );
+    let text = serde_json::to_string_pretty(&plan).map_err(|error| error.to_string())?;
+    println!("{text}");
+    // From given rates nothing is measured, so there is no chart: the plan itself is the report.
+    if let Some(out) = &global.out {
+        std::fs::create_dir_all(out)
+            .and_then(|()| std::fs::write(out.join("plan.json"), format!("{text}\n")))
+            .map_err(|error| format!("cannot write {}: {error}", out.display()))?;
+        println!("report: {}", out.join("plan.json").display());
+    }
     Ok(true)
 }
 

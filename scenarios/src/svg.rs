@@ -10,6 +10,8 @@ const MARGIN_LEFT: f64 = 78.0;
 const MARGIN_RIGHT: f64 = 24.0;
 const MARGIN_TOP: f64 = 40.0;
 const MARGIN_BOTTOM: f64 = 52.0;
+/// Height of one row of the legend, below the chart.
+const LEGEND_ROW_HEIGHT: f64 = 18.0;
 /// Ticks an axis aims for; the round step chosen gives between about half and twice as many.
 const TICKS_TARGET: usize = 6;
 
@@ -181,7 +183,13 @@ impl Chart {
         if self.y_from_zero {
             ys.push(0.0);
         }
-        let mut svg = open_svg(&self.title);
+        let legend = self.legend_layout();
+        let legend_rows = legend.iter().map(|(_, row, _)| row + 1).max().unwrap_or(0);
+        let mut svg = open_svg_sized(
+            &self.title,
+            WIDTH,
+            HEIGHT + LEGEND_ROW_HEIGHT * legend_rows as f64,
+        );
         let (Some(x_axis), Some(y_axis)) = (
             Axis::fit(&xs, self.x_scale, MARGIN_LEFT, WIDTH - MARGIN_RIGHT),
             Axis::fit(&ys, self.y_scale, HEIGHT - MARGIN_BOTTOM, MARGIN_TOP),
@@ -201,9 +209,25 @@ impl Chart {
         for rule in &self.rules {
             draw_rule(&mut svg, rule, &x_axis, &y_axis);
         }
-        self.draw_legend(&mut svg);
+        draw_legend(&mut svg, &legend);
         svg.push_str("</svg>");
         svg
+    }
+
+    /// Where each named series' legend entry goes: below the plot and its x label, never over the lines, left to
+    /// right in rows as wide as the chart. `(x, row, series)`.
+    fn legend_layout(&self) -> Vec<(f64, usize, &Series)> {
+        let mut placed = Vec::new();
+        let (mut x, mut row) = (MARGIN_LEFT, 0);
+        for series in self.series.iter().filter(|s| !s.name.is_empty()) {
+            let width = 30.0 + 6.5 * series.name.chars().count() as f64;
+            if x + width > WIDTH - MARGIN_RIGHT && x > MARGIN_LEFT {
+                (x, row) = (MARGIN_LEFT, row + 1);
+            }
+            placed.push((x, row, series));
+            x += width;
+        }
+        placed
     }
 
     fn draw_axes(&self, svg: &mut String, x_axis: &Axis, y_axis: &Axis) {
@@ -247,23 +271,20 @@ impl Chart {
             escape(&self.y_label)
         );
     }
+}
 
-    fn draw_legend(&self, svg: &mut String) {
-        let named: Vec<&Series> = self.series.iter().filter(|s| !s.name.is_empty()).collect();
-        let mut y = MARGIN_TOP + 8.0;
-        for series in named {
-            let x = WIDTH - MARGIN_RIGHT - 190.0;
-            let _ = write!(
-                svg,
-                r#"<rect x="{x:.1}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
-                y - 10.0,
-                series.color,
-                x + 18.0,
-                y,
-                escape(&series.name)
-            );
-            y += 16.0;
-        }
+/// Draws the legend [`Chart::legend_layout`] placed, in the rows added below the chart.
+fn draw_legend(svg: &mut String, legend: &[(f64, usize, &Series)]) {
+    for (x, row, series) in legend {
+        let y = HEIGHT + LEGEND_ROW_HEIGHT * *row as f64 + 6.0;
+        let _ = write!(
+            svg,
+            r#"<rect x="{x:.1}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{y:.1}" font-size="11">{}</text>"#,
+            y - 10.0,
+            series.color,
+            x + 18.0,
+            escape(&series.name)
+        );
     }
 }
 
@@ -311,10 +332,6 @@ impl BarChart {
         svg.push_str("</svg>");
         svg
     }
-}
-
-fn open_svg(title: &str) -> String {
-    open_svg_sized(title, WIDTH, HEIGHT)
 }
 
 fn open_svg_sized(title: &str, width: f64, height: f64) -> String {
@@ -607,6 +624,53 @@ mod tests {
         check(100.0, "100");
         check(-2500.0, "-2,500");
         check(0.0, "0");
+    }
+
+    #[test]
+    fn the_legend_sits_below_the_plot_never_over_its_lines() {
+        let mut chart = Chart::new("latency over time", "s", "ms");
+        for name in [
+            "p50 of the orders answered in this second",
+            "p90",
+            "p99",
+            "max",
+            "orders in flight",
+        ] {
+            chart = chart
+                .series(Series::new(name, "#333", Mark::Line).points(vec![(0.0, 1.0), (9.0, 5.0)]));
+        }
+        let legend = chart.legend_layout();
+        assert_eq!(legend.len(), 5);
+        let rows = legend
+            .iter()
+            .map(|(_, row, _)| row + 1)
+            .max()
+            .expect("rows");
+        for (x, _, series) in &legend {
+            let width = 30.0 + 6.5 * series.name.chars().count() as f64;
+            assert!(
+                *x >= MARGIN_LEFT && x + width <= WIDTH - MARGIN_RIGHT + 1.0,
+                "{x} {}",
+                series.name
+            );
+        }
+        let svg = chart.render();
+        let height = HEIGHT + LEGEND_ROW_HEIGHT * rows as f64;
+        assert!(svg.contains(&format!(r#"height="{height}""#)), "{svg}");
+        // Every legend swatch is below the plot area and its x label.
+        let swatches: Vec<f64> = svg
+            .split(r#"<rect x=""#)
+            .skip(1)
+            .filter(|rect| rect.contains(r#"width="12" height="12""#))
+            .map(|rect| {
+                let y = rect.split(r#"y=""#).nth(1).expect("a y");
+                y[..y.find('"').expect("its end")]
+                    .parse::<f64>()
+                    .expect("a number")
+            })
+            .collect();
+        assert_eq!(swatches.len(), 5);
+        assert!(swatches.iter().all(|y| *y >= HEIGHT - 10.0), "{swatches:?}");
     }
 
     #[test]

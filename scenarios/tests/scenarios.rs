@@ -279,7 +279,11 @@ fn the_planner_calibrates_predicts_and_measures_its_error() {
 
 #[test]
 fn the_planner_answers_from_given_rates_without_a_server() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let out_dir = out.path().join("plan");
     let output = load(&[
+        "--out",
+        out_dir.to_str().expect("a UTF-8 path"),
         "plan",
         "--orders",
         "10000",
@@ -298,8 +302,15 @@ fn the_planner_answers_from_given_rates_without_a_server() {
     ]);
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let json: Value =
-        serde_json::from_str(&stdout[stdout.find('{').expect("the plan as JSON")..]).expect("JSON");
+    let start = stdout.find('{').expect("the plan as JSON");
+    let end = stdout.rfind('}').expect("its end");
+    let json: Value = serde_json::from_str(&stdout[start..=end]).expect("JSON");
+    // --out has the same plan.
+    let written: Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("plan.json")).expect("plan.json in --out"),
+    )
+    .expect("JSON");
+    assert_eq!(written, json);
     // 10,000 / 2,000 = 5 s of CPU beats 1.4 + 10,000 x 0.3 ms: the longest is 5.05 s.
     let max = json["prediction"]["max_latency_s"].as_f64().unwrap();
     assert!((max - 5.05).abs() < 1e-9, "{json}");
