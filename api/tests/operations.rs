@@ -211,3 +211,123 @@ async fn the_readme_walk_through_runs_verbatim_against_a_fresh_node() {
     assert_eq!(lines[3], "already_checked_in");
     server.stop();
 }
+
+/// Copies `from` into `to`, private to this user as a data dir must be.
+fn copy_private(from: &std::path::Path, to: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to).expect("a dir");
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).expect("mode");
+    for entry in std::fs::read_dir(from).expect("the fixture") {
+        let entry = entry.expect("an entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a type").is_dir() {
+            copy_private(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("a copy");
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))
+                .expect("mode");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_data_dir_of_the_previous_release_opens_recovers_and_sells() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/previous-release/data");
+    let data = tempfile::tempdir().expect("tempdir");
+    copy_private(&fixture, data.path());
+    let server = Server::start_in(data, &[]);
+    // The user logs in with the password the old release stored, and still has the card (moved to the vault).
+    let login = server
+        .post(
+            "/users/verify",
+            None,
+            serde_json::json!({"username": "alice", "password": "correct horse"}),
+        )
+        .await
+        .expect(200);
+    let (id, token) = (
+        login["id"].as_str().expect("an id").to_owned(),
+        login["token"].as_str().expect("a token").to_owned(),
+    );
+    let profile = server
+        .get(&format!("/users/{id}"), Some(&token))
+        .await
+        .expect(200);
+    assert_eq!(profile["city"], "Lyon");
+    assert_eq!(profile["card"]["last4"], "4242");
+    // Every ticket sold, the counts, and the long-expired hold given back.
+    let tickets = server
+        .get(&format!("/users/{id}/tickets"), Some(&token))
+        .await
+        .expect(200);
+    let tickets = tickets["tickets"].as_array().expect("tickets");
+    assert_eq!(tickets.len(), 5, "{tickets:?}");
+    let mut seats: Vec<&str> = tickets.iter().filter_map(|t| t["seat"].as_str()).collect();
+    seats.sort();
+    assert_eq!(seats, ["A-1-1", "A-1-2"]);
+    let concert = |concerts: &serde_json::Value, name: &str| {
+        concerts["concerts"]
+            .as_array()
+            .expect("concerts")
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name}"))
+            .clone()
+    };
+    // The hold expired long ago: its expiry runs as soon as the shard is back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (night, recital) = loop {
+        let concerts = server.get("/concerts", None).await.expect(200);
+        let recital = concert(&concerts, "Recital");
+        if recital["held"] == 0 || std::time::Instant::now() > deadline {
+            break (concert(&concerts, "Night"), recital);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (&night["remaining"], &night["sold"]),
+        (&997.into(), &3.into())
+    );
+    assert_eq!(
+        (&recital["remaining"], &recital["held"], &recital["sold"]),
+        (&38.into(), &0.into(), &2.into())
+    );
+    // The old order's idempotency key still answers the old order.
+    let night_id = night["id"].as_str().expect("an id");
+    let replay = server
+        .send(
+            reqwest::Method::POST,
+            "/orders",
+            Some(&token),
+            Some(serde_json::json!({"concert_id": night_id, "quantity": 3})),
+            &[("idempotency-key", "fixture-order-1")],
+        )
+        .await;
+    assert_eq!(replay.status.as_u16(), 201, "{}", replay.body);
+    assert_eq!(
+        replay.body["tickets"].as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        replay.body
+    );
+    // And it sells on, with the card from the vault.
+    server
+        .post(
+            "/orders",
+            Some(&token),
+            serde_json::json!({"concert_id": night_id, "quantity": 1}),
+        )
+        .await
+        .expect(201);
+    // A second start has nothing left to move, and the data dir checks clean offline.
+    let data = server.stop();
+    let server = Server::start_in(data, &[]);
+    let profile = server
+        .get(&format!("/users/{id}"), Some(&token))
+        .await
+        .expect(200);
+    assert_eq!(profile["card"]["last4"], "4242");
+    let data = server.stop();
+    common::inspect(data.path());
+}
