@@ -72,6 +72,9 @@ pub enum Command {
     RotateMasterKey(RotateMasterKeyArgs),
     /// Print what a stopped node's data dir holds and check every invariant offline; exits 1 if one is broken.
     Inspect(InspectArgs),
+    /// Ask a running node (`POST /admin/backup`) to write a consistent copy of its data dir into `--dir`, on its
+    /// own machine, while it goes on selling; the master key and the admin token are not in it.
+    Backup(BackupArgs),
     /// Run a standalone payment provider: the subset of Stripe's PaymentIntents API a node uses, with its own
     /// data dir and seeded fault injection. The API key clients must present is `BOXOFFICE_PAYMENT_API_KEY`.
     PaymentProvider(ProviderArgs),
@@ -134,6 +137,20 @@ pub struct RotateMasterKeyArgs {
     /// Where to read the admin token when `BOXOFFICE_ADMIN_TOKEN` is not set.
     #[arg(long, default_value = "./data/admin-token")]
     pub admin_token_file: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackupArgs {
+    /// The node, over plain HTTP on a trusted network (e.g. 127.0.0.1).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Where to read the admin token when `BOXOFFICE_ADMIN_TOKEN` is not set.
+    #[arg(long, default_value = "./data/admin-token")]
+    pub admin_token_file: PathBuf,
+    /// A directory that does not exist yet (or is empty), on the node's machine; a relative path is taken from
+    /// the current directory.
+    #[arg(long)]
+    pub dir: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

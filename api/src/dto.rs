@@ -617,6 +617,22 @@ pub struct RotateMasterKeyResponse {
     pub users_rewrapped: u64,
 }
 
+/// `POST /admin/backup`: where the node writes a consistent copy of its data dir.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    /// An absolute path on the node's machine, to a directory that does not exist yet (or is empty).
+    pub dir: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct BackupResponse {
+    pub dir: String,
+    /// Bytes copied: sled's keys and values, the journal, the ledger checkpoint, the node id.
+    pub bytes: u64,
+    pub elapsed_ms: u64,
+}
+
 /// What `POST /admin/snapshot` wrote, and the journal left behind it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SnapshotResponse {

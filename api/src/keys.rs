@@ -176,30 +176,49 @@ const ROTATION_REPLY_BYTES_MAX: u64 = 64 * 1024;
 
 /// `boxoffice rotate-master-key`: asks a running node to rotate, and prints its answer.
 pub fn rotate_over_http(args: &crate::config::RotateMasterKeyArgs) -> Result<(), String> {
-    use std::io::{Read, Write};
-    let address = args
-        .url
-        .strip_prefix("http://")
-        .map(|rest| rest.trim_end_matches('/'))
-        .filter(|rest| !rest.is_empty() && !rest.contains('/'))
-        .ok_or("--url must look like http://HOST:PORT")?;
-    let token = match std::env::var("BOXOFFICE_ADMIN_TOKEN") {
-        Ok(token) => token,
-        Err(_) => std::fs::read_to_string(&args.admin_token_file)
-            .map(|token| token.trim().to_owned())
-            .map_err(|error| format!("cannot read {}: {error}", args.admin_token_file.display()))?,
-    };
     let body = match std::env::var(NEW_MASTER_KEY_ENV) {
         Ok(key) => {
             zeroize::Zeroizing::new(serde_json::json!({ "new_master_key": key.trim() }).to_string())
         }
         Err(_) => zeroize::Zeroizing::new("{}".to_owned()),
     };
+    let (ok, answer) = post_as_admin(
+        &args.url,
+        &args.admin_token_file,
+        "/admin/rotate-master-key",
+        &body,
+    )?;
+    println!("{answer}");
+    ok.then_some(())
+        .ok_or_else(|| "rotation refused (see the answer above)".to_owned())
+}
+
+/// `POST path` with `body` (JSON) to the node at `url` (`http://HOST:PORT`, plain HTTP on a trusted network) as
+/// the admin (`BOXOFFICE_ADMIN_TOKEN`, else the token in `token_file`); returns whether it answered 200, and its
+/// body.
+pub fn post_as_admin(
+    url: &str,
+    token_file: &Path,
+    path: &str,
+    body: &str,
+) -> Result<(bool, String), String> {
+    use std::io::{Read, Write};
+    let address = url
+        .strip_prefix("http://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .filter(|rest| !rest.is_empty() && !rest.contains('/'))
+        .ok_or("--url must look like http://HOST:PORT")?;
+    let token = zeroize::Zeroizing::new(match std::env::var("BOXOFFICE_ADMIN_TOKEN") {
+        Ok(token) => token,
+        Err(_) => std::fs::read_to_string(token_file)
+            .map(|token| token.trim().to_owned())
+            .map_err(|error| format!("cannot read {}: {error}", token_file.display()))?,
+    });
     let request = zeroize::Zeroizing::new(format!(
-        "POST /admin/rotate-master-key HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        token.as_str(),
         body.len(),
-        body.as_str()
     ));
     let mut stream = std::net::TcpStream::connect(address)
         .map_err(|error| format!("cannot reach {address}: {error}"))?;
@@ -212,13 +231,23 @@ pub fn rotate_over_http(args: &crate::config::RotateMasterKeyArgs) -> Result<(),
         .read_to_string(&mut reply)
         .map_err(|error| format!("cannot read the answer: {error}"))?;
     let (head, answer) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
-    println!("{answer}");
-    if head.starts_with("HTTP/1.1 200") {
-        Ok(())
+    Ok((head.starts_with("HTTP/1.1 200"), answer.to_owned()))
+}
+
+/// `boxoffice backup`: asks the running node at `--url` to write a consistent copy of its data dir into `--dir`
+/// (`POST /admin/backup`), a path on the node's machine.
+pub fn backup_over_http(args: &crate::config::BackupArgs) -> Result<(), String> {
+    let dir = if args.dir.is_absolute() {
+        args.dir.clone()
     } else {
-        Err(format!(
-            "rotation refused: {}",
-            head.lines().next().unwrap_or("no answer")
-        ))
-    }
+        std::env::current_dir()
+            .map_err(|error| format!("current dir: {error}"))?
+            .join(&args.dir)
+    };
+    let dir = dir.to_str().ok_or("--dir must be valid UTF-8")?;
+    let body = serde_json::json!({ "dir": dir }).to_string();
+    let (ok, answer) = post_as_admin(&args.url, &args.admin_token_file, "/admin/backup", &body)?;
+    println!("{answer}");
+    ok.then_some(())
+        .ok_or_else(|| "backup refused (see the answer above)".to_owned())
 }

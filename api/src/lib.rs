@@ -129,6 +129,7 @@ fn routes(state: AppState) -> axum::Router {
         .route("/tickets/verify", post(tickets::verify))
         .route("/admin/users/bulk", post(user_routes::create_bulk))
         .route("/admin/snapshot", post(ops::snapshot))
+        .route("/admin/backup", post(ops::backup))
         .route("/admin/rotate-master-key", post(ops::rotate_master_key))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

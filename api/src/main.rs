@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         }
         Command::Snapshot(args) => exit_code(api::offline::snapshot(&args)),
         Command::RotateMasterKey(args) => exit_code(api::keys::rotate_over_http(&args)),
+        Command::Backup(args) => exit_code(api::keys::backup_over_http(&args)),
         Command::Inspect(args) => match api::offline::inspect(&args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),

@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(title = "boxoffice", description = "Concert ticket sales: never oversold, nothing lost."),
     paths(
-        ops::health, ops::ready, ops::live, ops::metrics, ops::openapi, ops::snapshot, ops::rotate_master_key,
+        ops::health, ops::ready, ops::live, ops::metrics, ops::openapi, ops::snapshot, ops::backup, ops::rotate_master_key,
         ops::cluster,
         users::create, users::verify, users::logout, users::get, users::update, users::list, users::tickets,
         users::create_bulk,

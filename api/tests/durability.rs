@@ -642,3 +642,132 @@ async fn offline_tools_refuse_a_running_nodes_data_dir_saying_why() {
     server.get("/health", None).await.expect(200);
     server.stop();
 }
+
+#[tokio::test]
+async fn a_backup_of_a_running_node_restores_to_the_state_it_had() {
+    let server = Server::start(&[]);
+    let concert = server.create_general(1_000, 4, 1_000).await;
+    let seated = server.create_seated(&["A"], 4, 10, 2).await;
+    let buyers = server.register_many("backup", 4, GOOD_CARD).await;
+    let order = |token: &str, body: Value| {
+        let (server, token) = (&server, token.to_owned());
+        async move { server.post("/orders", Some(&token), body).await }
+    };
+    // Before the backup: these must all be in it.
+    let mut before = Vec::new();
+    for (_, token) in &buyers {
+        let placed = order(token, json!({"concert_id": concert, "quantity": 2}))
+            .await
+            .expect(201);
+        before.push(placed["id"].as_str().expect("an id").to_owned());
+    }
+    let seats = order(
+        &buyers[0].1,
+        json!({"concert_id": seated, "seats": ["A-1-1", "A-1-2"]}),
+    )
+    .await
+    .expect(201);
+    before.push(seats["id"].as_str().expect("an id").to_owned());
+    let (_, token) = &buyers[1];
+    server
+        .hold(token, json!({"concert_id": seated, "seats": ["A-2-1"]}))
+        .await;
+
+    // The backup, taken while orders keep coming.
+    let backups = tempfile::tempdir().expect("tempdir");
+    let backup = backups.path().join("backup");
+    let selling = {
+        let (base, token, concert) = (server.base.clone(), buyers[2].1.clone(), concert.clone());
+        let client = server.client.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let _ = client
+                    .post(format!("{base}/orders"))
+                    .bearer_auth(&token)
+                    .json(&json!({"concert_id": concert, "quantity": 1}))
+                    .send()
+                    .await;
+            }
+        })
+    };
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_boxoffice"))
+        .args(["backup", "--url", &server.base, "--dir"])
+        .arg(&backup)
+        .env("BOXOFFICE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .await
+        .expect("boxoffice backup runs");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&output.stdout).expect("the answer");
+    assert!(
+        answer["bytes"].as_u64().is_some_and(|bytes| bytes > 0),
+        "{answer}"
+    );
+    selling.await.expect("the orders ran");
+    // After the backup: never in it.
+    let after = order(&buyers[3].1, json!({"concert_id": concert, "quantity": 3}))
+        .await
+        .expect(201);
+    let after = after["id"].as_str().expect("an id").to_owned();
+    // A second backup into the same directory is refused.
+    let again = server
+        .post(
+            "/admin/backup",
+            Some(ADMIN_TOKEN),
+            json!({"dir": backup.to_str().expect("UTF-8")}),
+        )
+        .await;
+    again.expect_error(422, "invalid_request");
+    // No secret in it; and it checks clean offline.
+    assert!(!backup.join("master.key").exists() && !backup.join("admin-token").exists());
+    inspect(&backup);
+
+    // Restore: a new data dir from the backup, with the node's master key (kept apart), on a new node.
+    let master_key = std::fs::read(server.data_dir().join("master.key")).expect("the key");
+    let live = server.stop();
+    let restored = tempfile::tempdir().expect("tempdir");
+    let copy = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", backup.display()))
+        .arg(restored.path())
+        .status()
+        .expect("cp");
+    assert!(copy.success());
+    std::fs::write(restored.path().join("master.key"), master_key).expect("the key");
+    let server = Server::start_in(restored, &[]);
+    for id in &before {
+        let read = server
+            .get(&format!("/orders/{id}"), Some(ADMIN_TOKEN))
+            .await
+            .expect(200);
+        assert_eq!(read["status"], "confirmed", "{read}");
+    }
+    server
+        .get(&format!("/orders/{after}"), Some(ADMIN_TOKEN))
+        .await
+        .expect_error(404, "order_not_found");
+    let (remaining, held, sold, capacity) = server.availability(&concert).await;
+    assert_eq!(remaining + held + sold, capacity);
+    assert!(
+        (8..8 + 20).contains(&sold),
+        "sold {sold}: the 8 before, some of the 20 during"
+    );
+    let (_, _, seats_sold, _) = server.availability(&seated).await;
+    assert_eq!(seats_sold, 2);
+    // The buyers' tokens and cards came along: one buys on the restored node.
+    server
+        .post(
+            "/orders",
+            Some(&buyers[0].1),
+            json!({"concert_id": concert, "quantity": 1}),
+        )
+        .await
+        .expect(201);
+    drop(live);
+    server.stop();
+}

@@ -85,7 +85,7 @@ impl fmt::Display for StorageError {
             Self::InUse(dir) => write!(
                 f,
                 "{} is in use by a running node (its storage is locked): stop that node first (SIGTERM), or \
-                 work on a copy of the data dir made while it was stopped",
+                 work on a backup of it (`boxoffice backup`)",
                 dir.display()
             ),
         }
@@ -167,6 +167,8 @@ struct Trees {
 }
 
 struct Inner {
+    /// The data dir.
+    dir: PathBuf,
     db_dir: PathBuf,
     db: sled::Db,
     trees: Trees,
@@ -181,6 +183,9 @@ struct Inner {
     ledger_checkpoint: LedgerCheckpoint,
     /// Per stream, the position up to which the journal is no longer needed.
     covered: Mutex<HashMap<String, u64>>,
+    /// Held while snapshots are stored (and the journal truncated behind them) and while a backup copies the
+    /// data dir: a backup never sees a journal cut short behind snapshots it did not copy.
+    copying: Mutex<()>,
 }
 
 struct SnapshotJob {
@@ -310,6 +315,7 @@ impl Storage {
         let payment_methods = read_tree(&trees.payment_methods)?;
         let covered = oldest_snapshot_per_stream(&trees.snapshots)?;
         let inner = Arc::new(Inner {
+            dir: dir.to_path_buf(),
             db_dir,
             db,
             trees,
@@ -318,6 +324,7 @@ impl Storage {
             ledger_seq: Mutex::new(ledger_seq),
             ledger_checkpoint,
             covered: Mutex::new(covered),
+            copying: Mutex::new(()),
         });
         let (jobs, receiver) = mpsc::sync_channel(SNAPSHOT_QUEUE_MAX);
         let worker_inner = inner.clone();
@@ -393,6 +400,71 @@ impl Storage {
             newest.insert(stream, seq);
         }
         Ok(newest)
+    }
+
+    /// Writes a consistent copy of this running storage into `target` (a new directory, or an empty one): a data
+    /// dir another node opens with the same master key to recover the state at about this moment. Sales go on
+    /// meanwhile. What it copies: every sled tree (read through sled, into a new database), then, once every
+    /// record queued before is durable, the journal's segments and the simulator ledger's checkpoint as they are
+    /// (a record being written at the end is cut as a torn tail when the copy is opened), and the data dir's other
+    /// files (the node id) except its secrets (`master.key`, `master.key.next`, `admin-token`), which a backup
+    /// must not hold. Snapshots and their truncation of the journal wait while it copies. Returns the bytes
+    /// copied.
+    pub fn backup(&self, target: &Path) -> Result<u64, StorageError> {
+        let inner = &self.inner;
+        let _copying = inner.copying.lock().unwrap_or_else(PoisonError::into_inner);
+        if target.exists() && std::fs::read_dir(target)?.next().is_some() {
+            return Err(StorageError::Unrecoverable(format!(
+                "{} is not empty: a backup goes to a new directory",
+                target.display()
+            )));
+        }
+        std::fs::create_dir_all(target)?;
+        let mut bytes = 0u64;
+        let copy = sled::Config::new().path(target.join("db")).open()?;
+        for name in inner.db.tree_names() {
+            let (from, to) = (inner.db.open_tree(&name)?, copy.open_tree(&name)?);
+            for entry in from.iter() {
+                let (key, value) = entry?;
+                bytes += (key.len() + value.len()) as u64;
+                to.insert(key, value)?;
+            }
+        }
+        copy.flush()?;
+        drop(copy);
+        sync_dir_files(&target.join("db"))?;
+        // Every node-wide record applied to sled above is queued in the journal (under this lock) before the
+        // barrier, and so in the copied segments.
+        let journal_durable = {
+            let _meta = inner
+                .meta_seq
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            inner.log.barrier()
+        };
+        journal_durable
+            .blocking_recv()
+            .map_err(|_| StorageError::Unrecoverable("the journal stopped".into()))?
+            .map_err(|error| StorageError::Unrecoverable(error.0))?;
+        bytes += copy_dir_files(&inner.dir.join("journal"), &target.join("journal"))?;
+        let checkpoint_durable = inner.ledger_checkpoint.barrier();
+        checkpoint_durable
+            .blocking_recv()
+            .map_err(|_| StorageError::Unrecoverable("the ledger checkpoint stopped".into()))?
+            .map_err(|error| StorageError::Unrecoverable(error.0))?;
+        bytes += copy_dir_files(&inner.dir.join(LEDGER_DIR), &target.join(LEDGER_DIR))?;
+        for entry in std::fs::read_dir(&inner.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let secret = ["master.key", "master.key.next", "admin-token"]
+                .iter()
+                .any(|secret| name == *secret);
+            if entry.file_type()?.is_file() && !secret {
+                bytes += std::fs::copy(entry.path(), target.join(&name))?;
+            }
+        }
+        std::fs::File::open(target)?.sync_all()?;
+        Ok(bytes)
     }
 
     /// Stops the snapshot writer after what is queued, and the journal writer after what is queued; flushes sled.
@@ -676,6 +748,7 @@ fn store_snapshots<'a>(
     inner: &Inner,
     snapshots: impl Iterator<Item = &'a ShardSnapshot>,
 ) -> Result<(), JournalError> {
+    let _copying = inner.copying.lock().unwrap_or_else(PoisonError::into_inner);
     let started = Instant::now();
     let sled_error = |error: sled::Error| JournalError(format!("sled: {error}"));
     let mut oldest_kept = Vec::new();
@@ -765,6 +838,26 @@ fn store_snapshots<'a>(
         }
     }
     Ok(())
+}
+
+/// Copies the regular files of `from` (a segment log's directory) into `to`, each synced, then `to` itself;
+/// returns the bytes copied. A file being appended to is copied as far as it is written.
+fn copy_dir_files(from: &Path, to: &Path) -> std::io::Result<u64> {
+    std::fs::create_dir_all(to)?;
+    let mut bytes = 0;
+    if !from.exists() {
+        return Ok(0);
+    }
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            let target = to.join(entry.file_name());
+            bytes += std::fs::copy(entry.path(), &target)?;
+            std::fs::File::open(&target)?.sync_all()?;
+        }
+    }
+    std::fs::File::open(to)?.sync_all()?;
+    Ok(bytes)
 }
 
 /// `fsync`s every file sled keeps under `dir`, its subdirectories included, and each directory: sled's own flush

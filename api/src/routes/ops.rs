@@ -2,7 +2,8 @@
 
 use crate::cluster::FanOut;
 use crate::dto::{
-    HealthResponse, RotateMasterKeyRequest, RotateMasterKeyResponse, SnapshotResponse,
+    BackupRequest, BackupResponse, HealthResponse, RotateMasterKeyRequest, RotateMasterKeyResponse,
+    SnapshotResponse,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AdminCaller, ApiJson};
@@ -189,5 +190,60 @@ pub async fn rotate_master_key(
     Ok(Json(RotateMasterKeyResponse {
         master_key_id: rotation.master_key_id,
         users_rewrapped,
+    }))
+}
+
+/// Write a consistent copy of this node's data dir (admin) while it goes on selling: every shard's snapshots, the
+/// concerts, users and vault as sled holds them, the journal and the simulator's ledger as far as they are durable;
+/// not the master key nor the admin token. Restoring is starting a node on a copy of it with the same master key.
+/// In a cluster each shard node backs up its own data dir: ask each.
+#[utoipa::path(post, path = "/admin/backup", tag = "operations", security(("bearer" = [])),
+    request_body = BackupRequest,
+    responses((status = 200, body = BackupResponse), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody),
+              (status = 409, body = crate::error::ErrorBody, description = "not_durable: --durability none"),
+              (status = 422, body = crate::error::ErrorBody, description = "invalid_request: not an absolute path, or not empty"),
+              (status = 500, body = crate::error::ErrorBody)))]
+pub async fn backup(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    ApiJson(body): ApiJson<BackupRequest>,
+) -> ApiResult<Json<BackupResponse>> {
+    let Some(storage) = state.durable.storage().cloned() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_durable",
+            "this node runs with --durability none and keeps nothing to back up",
+        ));
+    };
+    let dir = std::path::PathBuf::from(&body.dir);
+    if body.dir.len() > 4096 || !dir.is_absolute() || body.dir.contains('\0') {
+        return Err(ApiError::invalid("dir must be an absolute path"));
+    }
+    if dir.exists() && std::fs::read_dir(&dir).map_or(true, |mut entries| entries.next().is_some())
+    {
+        return Err(ApiError::invalid(
+            "dir must not exist yet, or be an empty directory",
+        ));
+    }
+    let started = std::time::Instant::now();
+    let target = dir.clone();
+    let bytes = tokio::task::spawn_blocking(move || storage.backup(&target))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|error| {
+            tracing::error!(%error, "backup failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "backup_failed",
+                error.to_string(),
+            )
+        })?;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(dir = %dir.display(), bytes, elapsed_ms, "backup written");
+    Ok(Json(BackupResponse {
+        dir: body.dir,
+        bytes,
+        elapsed_ms,
     }))
 }
