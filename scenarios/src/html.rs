@@ -553,10 +553,40 @@ pub fn plan_section(plan: &PlanReport) -> String {
         ));
     }
     html.push_str("</table>");
+    if let Some(v) = &plan.verification {
+        html.push_str(&predicted_beside_measured(p, v));
+    }
     if let Some(hop) = &plan.forwarding {
         html.push_str(&runs_table(hop.runs()));
     }
     html
+}
+
+/// The prediction and the burst that verified it, bar beside bar: latencies in one chart, the rate in another.
+fn predicted_beside_measured(
+    p: &crate::model::Prediction,
+    v: &crate::report::Verification,
+) -> String {
+    use crate::svg::{BLUE, BarChart, ORANGE};
+    let latencies = BarChart {
+        title: "Predicted and measured: latency".into(),
+        unit: "s".into(),
+        bars: vec![
+            ("longest, predicted".into(), p.max_latency_s, BLUE),
+            ("longest, measured".into(), v.measured_max_s, ORANGE),
+            ("mean, predicted".into(), p.mean_latency_s, BLUE),
+            ("mean, measured".into(), v.measured_mean_s, ORANGE),
+        ],
+    };
+    let rate = BarChart {
+        title: "Predicted and measured: orders per second".into(),
+        unit: "orders/s".into(),
+        bars: vec![
+            ("predicted".into(), p.throughput_per_s, BLUE),
+            ("measured".into(), v.measured_throughput_per_s, ORANGE),
+        ],
+    };
+    format!("{}{}", latencies.render(), rate.render())
 }
 
 /// `throughput`: the ratios, the rates as bars, and a row per run.

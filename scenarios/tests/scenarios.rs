@@ -275,6 +275,10 @@ fn the_planner_calibrates_predicts_and_measures_its_error() {
         assert_eq!(point["invariants"]["hold"], true);
     }
     assert!(html.contains("Capacity plan"));
+    // The prediction beside the burst that verified it.
+    assert!(html.contains("Predicted and measured: latency"), "no chart");
+    assert!(html.contains("longest, predicted") && html.contains("longest, measured"));
+    assert!(html.contains("Predicted and measured: orders per second"));
 }
 
 #[test]
