@@ -299,7 +299,9 @@ impl Provider {
         headers: HeaderMap,
         path: String,
         body: Bytes,
-        work: impl FnOnce(&Provider, &mut Store, &mut State, &mut Pending) -> Outcome + Send + 'static,
+        work: impl FnOnce(&Provider, &mut Store, &mut State, &mut Pending, &Form) -> Outcome
+        + Send
+        + 'static,
     ) -> Response {
         let task = tokio::spawn(async move { self.mutate_owned(headers, path, body, work).await });
         task.await.unwrap_or_else(|error| {
@@ -313,7 +315,7 @@ impl Provider {
         headers: HeaderMap,
         path: String,
         body: Bytes,
-        work: impl FnOnce(&Provider, &mut Store, &mut State, &mut Pending) -> Outcome,
+        work: impl FnOnce(&Provider, &mut Store, &mut State, &mut Pending, &Form) -> Outcome,
     ) -> Response {
         if let Err(error) = self.check(&headers) {
             return error.into_response();
@@ -365,7 +367,7 @@ impl Provider {
                 }
             }
         }
-        match self.execute(fingerprint, key.clone(), work).await {
+        match self.execute(fingerprint, key.clone(), &body, work).await {
             Ok(response) => response,
             Err(response) => {
                 // Nothing was stored: the key is free for a retry.
@@ -385,7 +387,8 @@ impl Provider {
         &self,
         fingerprint: [u8; 32],
         key: Option<String>,
-        work: impl FnOnce(&Provider, &mut Store, &mut State, &mut Pending) -> Outcome,
+        body: &Bytes,
+        work: impl FnOnce(&Provider, &mut Store, &mut State, &mut Pending, &Form) -> Outcome,
     ) -> Result<Response, StripeError> {
         let fault = self.delay().await;
         if fault == Fault::ErrorBefore {
@@ -396,7 +399,11 @@ impl Provider {
         let (status, answer) = {
             let mut guard = self.lock();
             let (store, state) = &mut *guard;
-            match work(self, store, state, &mut pending) {
+            let form = match form(body) {
+                Ok(form) => form,
+                Err(error) => return Err(error),
+            };
+            match work(self, store, state, &mut pending, &form) {
                 Outcome::Refused(response) => return Err(response),
                 Outcome::Done(status, answer) => {
                     // A 500 after the change committed is what the key remembers, as at Stripe.
@@ -572,7 +579,9 @@ fn full() -> Outcome {
 }
 
 /// A form body as a map; a key given twice keeps its last value.
-fn form(body: &Bytes) -> Result<HashMap<String, String>, StripeError> {
+type Form = HashMap<String, String>;
+
+fn form(body: &Bytes) -> Result<Form, StripeError> {
     serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
         .map(|pairs| pairs.into_iter().collect())
         .map_err(|_| invalid("the body must be application/x-www-form-urlencoded".into()))
@@ -653,20 +662,14 @@ async fn create_method(
         .mutate(
             headers,
             "/v1/payment_methods".into(),
-            body.clone(),
-            move |provider, store, state, pending| {
-                let form = match form(&body) {
-                    Ok(form) => form,
-                    Err(response) => return Outcome::Refused(response),
-                };
-                match vault(provider, &form) {
-                    Err(outcome) => outcome,
-                    Ok(_) if state.methods.len() >= store::OBJECTS_MAX => full(),
-                    Ok(method) => {
-                        let answer = method_json(&method);
-                        store.put_method(state, method, pending);
-                        Outcome::Done(StatusCode::OK, answer)
-                    }
+            body,
+            move |provider, store, state, pending, form| match vault(provider, form) {
+                Err(outcome) => outcome,
+                Ok(_) if state.methods.len() >= store::OBJECTS_MAX => full(),
+                Ok(method) => {
+                    let answer = method_json(&method);
+                    store.put_method(state, method, pending);
+                    Outcome::Done(StatusCode::OK, answer)
                 }
             },
         )
@@ -741,30 +744,24 @@ async fn create_intent(
         .mutate(
             headers,
             "/v1/payment_intents".into(),
-            body.clone(),
-            move |provider, store, state, pending| {
-                let form = match form(&body) {
-                    Ok(form) => form,
-                    Err(response) => return Outcome::Refused(response),
-                };
-                match new_intent(provider, state, &form) {
-                    Err(outcome) => outcome,
-                    Ok(_) if state.intents.len() >= store::OBJECTS_MAX => full(),
-                    Ok(intent) => {
-                        let answer = intent_json(&intent);
-                        let declined = intent.status == IntentStatus::RequiresPaymentMethod;
-                        store.put_intent(state, intent, pending);
-                        if declined {
-                            Outcome::Done(
-                                StatusCode::PAYMENT_REQUIRED,
-                                json!({"error": {"type": "card_error", "code": "card_declined",
+            body,
+            move |provider, store, state, pending, form| match new_intent(provider, state, form) {
+                Err(outcome) => outcome,
+                Ok(_) if state.intents.len() >= store::OBJECTS_MAX => full(),
+                Ok(intent) => {
+                    let answer = intent_json(&intent);
+                    let declined = intent.status == IntentStatus::RequiresPaymentMethod;
+                    store.put_intent(state, intent, pending);
+                    if declined {
+                        Outcome::Done(
+                            StatusCode::PAYMENT_REQUIRED,
+                            json!({"error": {"type": "card_error", "code": "card_declined",
                                              "decline_code": "generic_decline",
                                              "message": "Your card was declined.",
                                              "payment_intent": answer}}),
-                            )
-                        } else {
-                            Outcome::Done(StatusCode::OK, answer)
-                        }
+                        )
+                    } else {
+                        Outcome::Done(StatusCode::OK, answer)
                     }
                 }
             },
@@ -860,7 +857,7 @@ async fn capture_intent(
 ) -> Response {
     let path = format!("/v1/payment_intents/{id}/capture");
     provider
-        .mutate(headers, path, body, move |_, store, state, pending| {
+        .mutate(headers, path, body, move |_, store, state, pending, _| {
             let Some(intent) = state.intents.get(&id) else {
                 return Outcome::Refused(missing("payment_intent", &id));
             };
@@ -885,7 +882,7 @@ async fn cancel_intent(
 ) -> Response {
     let path = format!("/v1/payment_intents/{id}/cancel");
     provider
-        .mutate(headers, path, body, move |_, store, state, pending| {
+        .mutate(headers, path, body, move |_, store, state, pending, _| {
             let Some(intent) = state.intents.get(&id) else {
                 return Outcome::Refused(missing("payment_intent", &id));
             };
@@ -913,13 +910,9 @@ async fn create_refund(
         .mutate(
             headers,
             "/v1/refunds".into(),
-            body.clone(),
-            move |_, store, state, pending| {
-                let form = match form(&body) {
-                    Ok(form) => form,
-                    Err(response) => return Outcome::Refused(response),
-                };
-                let id = match required(&form, "payment_intent") {
+            body,
+            move |_, store, state, pending, form| {
+                let id = match required(form, "payment_intent") {
                     Ok(id) => id,
                     Err(response) => return Outcome::Refused(response),
                 };
