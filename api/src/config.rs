@@ -199,6 +199,11 @@ pub struct ServeArgs {
     /// Orders waiting for a payment slot at most; beyond that, 503 overloaded.
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
     pub payment_queue_max: u32,
+    /// Calls to the payment provider per second at most, 0 for no limit: set it below the provider's own rate
+    /// limit, so that it never answers 429. Calls wait their turn; an order that would wait more than half of
+    /// --payment-timeout-ms is refused 503 overloaded before anything is reserved.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub payment_rate_limit: u32,
     /// Deadline of one call to the payment provider; a charge that misses it is voided.
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub payment_timeout_ms: u64,

@@ -60,8 +60,10 @@ impl HttpProvider {
         })
     }
 
+    /// One call to the provider, timed by `call` (`boxoffice_payment_provider_latency_seconds{call,outcome}`).
     fn call(
         &self,
+        call: &'static str,
         method: reqwest::Method,
         path: &str,
         form: Option<(Vec<(&str, String)>, String)>,
@@ -82,15 +84,28 @@ impl HttpProvider {
                 .body(body);
         }
         Box::pin(async move {
-            let response = request
-                .send()
-                .await
-                .map_err(|error| PaymentError::Provider(transport(&error)))?;
-            let status = response.status().as_u16();
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|error| PaymentError::Provider(transport(&error)))?;
+            let started = std::time::Instant::now();
+            let answer = async {
+                let response = request.send().await?;
+                let status = response.status().as_u16();
+                Ok::<_, reqwest::Error>((status, response.bytes().await?))
+            }
+            .await;
+            let outcome = match &answer {
+                Err(_) => "transport",
+                Ok((200..=299, _)) => "ok",
+                Ok((402, _)) => "declined",
+                Ok((429, _)) => "rate_limited",
+                Ok((500.., _)) => "server_error",
+                Ok(_) => "client_error",
+            };
+            metrics::histogram!("boxoffice_payment_provider_latency_seconds", "call" => call, "outcome" => outcome)
+                .record(started.elapsed().as_secs_f64());
+            if outcome == "rate_limited" {
+                metrics::counter!("boxoffice_payment_provider_rate_limited_total").increment(1);
+            }
+            let (status, bytes) =
+                answer.map_err(|error| PaymentError::Provider(transport(&error)))?;
             if bytes.len() > ANSWER_BYTES_MAX {
                 return Err(PaymentError::Provider("answer too large".into()));
             }
@@ -110,6 +125,7 @@ impl HttpProvider {
     fn intents_of(&self, key: &str) -> BoxFuture<'static, Result<Vec<Value>, PaymentError>> {
         let query = format!("metadata['order_id']:'{key}'");
         let search = self.call(
+            "search",
             reqwest::Method::GET,
             &format!("/v1/payment_intents/search?query={}", encode(&query)),
             None,
@@ -140,6 +156,7 @@ impl PaymentProvider for HttpProvider {
             ("metadata[order_id]", request.idempotency_key.clone()),
         ];
         let call = self.call(
+            "payment_intent",
             reqwest::Method::POST,
             "/v1/payment_intents",
             Some((fields, request.idempotency_key)),
@@ -170,12 +187,14 @@ impl PaymentProvider for HttpProvider {
                 let id = intent["id"].as_str().unwrap_or_default().to_owned();
                 let undo = match intent["status"].as_str() {
                     Some("requires_capture" | "requires_payment_method") => provider.call(
+                        "cancel",
                         reqwest::Method::POST,
                         &format!("/v1/payment_intents/{id}/cancel"),
                         Some((Vec::new(), format!("cancel-{key}"))),
                     ),
                     Some("succeeded") if intent["amount_refunded"] != intent["amount_received"] => {
                         provider.call(
+                            "refund",
                             reqwest::Method::POST,
                             "/v1/refunds",
                             Some((
@@ -239,6 +258,7 @@ impl PaymentProvider for HttpProvider {
         }
         let key = format!("pm-{}", engine::ids::random_hex(16));
         let call = self.call(
+            "payment_method",
             reqwest::Method::POST,
             "/v1/payment_methods",
             Some((fields, key)),

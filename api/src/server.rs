@@ -118,6 +118,7 @@ impl Node {
                 concurrency: args.payment_concurrency as usize,
                 queue_max: args.payment_queue_max as usize,
                 timeout: Duration::from_millis(args.payment_timeout_ms),
+                rate_per_s: (args.payment_rate_limit > 0).then_some(args.payment_rate_limit),
             },
         ));
         let desk = Arc::new(Desk::new(

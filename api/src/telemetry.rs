@@ -36,7 +36,7 @@ pub fn builder() -> Result<PrometheusBuilder, BuildError> {
 /// Describes every metric and registers the counters (and the build info) at their starting values; called once
 /// the recorder is installed.
 pub fn register() {
-    type Counters = [(&'static str, &'static str); 15];
+    type Counters = [(&'static str, &'static str); 16];
     const COUNTERS: Counters = [
         (
             "boxoffice_requests_shed_total",
@@ -94,6 +94,10 @@ pub fn register() {
         (
             "http_requests_total",
             "HTTP requests by route template and status",
+        ),
+        (
+            "boxoffice_payment_provider_rate_limited_total",
+            "calls the payment provider over the network answered 429",
         ),
     ];
     for (name, help) in COUNTERS {
@@ -198,6 +202,11 @@ pub fn register() {
             "boxoffice_cluster_peer_latency_seconds",
             Unit::Seconds,
             "one call to another node, by peer and call",
+        ),
+        (
+            "boxoffice_payment_provider_latency_seconds",
+            Unit::Seconds,
+            "one call to the payment provider over the network, by call and outcome",
         ),
         (
             "http_request_duration_seconds",

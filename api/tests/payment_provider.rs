@@ -763,5 +763,30 @@ async fn a_node_vaults_cards_and_charges_orders_at_the_network_provider() {
     assert_eq!(intents[0]["status"], "succeeded");
     let (remaining, held, sold, _) = node.availability(&concert).await;
     assert_eq!((remaining, held, sold), (97, 0, 3));
+    // Every call to the provider is timed by call and outcome.
+    let metrics = node
+        .client
+        .get(format!("{}/metrics", node.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("a body");
+    for series in [
+        r#"call="payment_method",outcome="ok""#,
+        r#"call="payment_method",outcome="declined""#,
+        r#"call="payment_intent",outcome="ok""#,
+        r#"call="payment_intent",outcome="declined""#,
+        r#"call="payment_intent",outcome="transport""#,
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "boxoffice_payment_provider_latency_seconds_count{{{series}}}"
+            )),
+            "{series}"
+        );
+    }
+    assert!(metrics.contains("boxoffice_payment_provider_rate_limited_total 0"));
     node.stop();
 }

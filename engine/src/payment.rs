@@ -406,6 +406,42 @@ pub struct PaymentPoolConfig {
     pub queue_max: usize,
     /// Deadline of one provider call.
     pub timeout: Duration,
+    /// Calls to the provider per second at most (`--payment-rate-limit`), kept below the provider's own limit so
+    /// that it never answers 429; `None`: as fast as they come.
+    pub rate_per_s: Option<u32>,
+}
+
+/// Spaces the calls to the provider `interval` apart. A call takes the next free instant and waits for it; an
+/// order is refused at admission (`503 overloaded`, before anything is reserved) when the calls already spaced
+/// out would make it wait more than half a deadline.
+struct Pacer {
+    interval: Duration,
+    next: Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    fn new(rate_per_s: u32) -> Self {
+        Self {
+            interval: Duration::from_secs_f64(1.0 / f64::from(rate_per_s.max(1))),
+            next: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// How long a call asking now would wait.
+    fn backlog(&self) -> Duration {
+        let next = *self.next.lock().expect("pacer lock");
+        next.saturating_duration_since(tokio::time::Instant::now())
+    }
+
+    async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().expect("pacer lock");
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
 }
 
 /// The right to one charge, taken before the order reserves anything.
@@ -432,6 +468,7 @@ pub struct PaymentPool {
     timeout: Duration,
     metrics: PaymentMetrics,
     breaker: Mutex<Breaker>,
+    pacer: Option<Pacer>,
 }
 
 /// Consecutive failed charges (errors and timeouts, never declines) that open the circuit breaker.
@@ -541,6 +578,7 @@ impl PaymentPool {
             timeout: config.timeout,
             metrics: PaymentMetrics::register(),
             breaker: Mutex::new(Breaker::Closed { failures: 0 }),
+            pacer: config.rate_per_s.map(Pacer::new),
         }
     }
 
@@ -553,11 +591,25 @@ impl PaymentPool {
             self.metrics.breaker.set(breaker.gauge());
             admitted.map_err(|retry_after_s| EngineError::PaymentCircuitOpen { retry_after_s })?;
         }
+        if self
+            .pacer
+            .as_ref()
+            .is_some_and(|pacer| pacer.backlog() > self.timeout / 2)
+        {
+            return Err(EngineError::Overloaded);
+        }
         self.admitted
             .clone()
             .try_acquire_owned()
             .map(|permit| PaymentSlot { _admitted: permit })
             .map_err(|_| EngineError::Overloaded)
+    }
+
+    /// Waits for this call's turn under `--payment-rate-limit`.
+    async fn pace(&self) {
+        if let Some(pacer) = &self.pacer {
+            pacer.wait().await;
+        }
     }
 
     /// Tells the breaker how a call to the provider went: failed (an error or no answer in time) or answered.
@@ -585,7 +637,11 @@ impl PaymentPool {
         self.metrics.in_flight.increment(1.0);
         let started = Instant::now();
         let key = request.idempotency_key.clone();
-        let answer = tokio::time::timeout(self.timeout, self.provider.charge(request)).await;
+        let answer = tokio::time::timeout(self.timeout, async {
+            self.pace().await;
+            self.provider.charge(request).await
+        })
+        .await;
         let result = match answer {
             Ok(Ok(ChargeOutcome::Approved)) => PaymentResult::Approved,
             Ok(Ok(ChargeOutcome::Declined { reason })) => PaymentResult::Declined { reason },
@@ -622,6 +678,7 @@ impl PaymentPool {
                 .acquire()
                 .await
                 .expect("the verification semaphore is never closed");
+            self.pace().await;
             self.provider.vault_card(card).await
         })
         .await;
@@ -638,15 +695,22 @@ impl PaymentPool {
 
     /// Asks the provider what became of a charge, with the pool's deadline.
     pub async fn status(&self, key: &str) -> Result<ChargeStatus, PaymentError> {
-        tokio::time::timeout(self.timeout, self.provider.status(key))
-            .await
-            .unwrap_or_else(|_| Err(PaymentError::Provider("status timed out".into())))
+        tokio::time::timeout(self.timeout, async {
+            self.pace().await;
+            self.provider.status(key).await
+        })
+        .await
+        .unwrap_or_else(|_| Err(PaymentError::Provider("status timed out".into())))
     }
 
     /// Voids a charge, retrying a few times; a void that never succeeds is logged for reconciliation.
     pub async fn void(&self, key: &str) {
         for _ in 0..VOID_ATTEMPTS_MAX {
-            match tokio::time::timeout(self.timeout, self.provider.void(key)).await {
+            let attempt = async {
+                self.pace().await;
+                self.provider.void(key).await
+            };
+            match tokio::time::timeout(self.timeout, attempt).await {
                 Ok(Ok(())) => return,
                 Ok(Err(error)) => tracing::warn!(order_id = %key, ?error, "void failed"),
                 Err(_) => tracing::warn!(order_id = %key, "void timed out"),
@@ -715,6 +779,7 @@ mod tests {
                 concurrency: 1,
                 queue_max: 0,
                 timeout: Duration::from_secs(1),
+                rate_per_s: None,
             },
         );
         // The one charge slot is taken: the vault does not need it, nor wait for the charge latency.
@@ -759,6 +824,7 @@ mod tests {
                 concurrency: 1,
                 queue_max: 0,
                 timeout: Duration::from_secs(1),
+                rate_per_s: None,
             },
         );
         let good = vaulted(&provider, "4242424242424242").await;
@@ -819,6 +885,7 @@ mod tests {
                 concurrency: 4,
                 queue_max: 0,
                 timeout: Duration::from_secs(1),
+                rate_per_s: None,
             },
         );
         let charge = |key: &str| request(key, "pm_1");
@@ -864,6 +931,60 @@ mod tests {
         for _ in 0..3 {
             drop(pool.admit().expect("closed"));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_spaces_calls_and_refuses_orders_that_would_wait_too_long() {
+        let provider = Arc::new(SimulatedProvider::new(Duration::ZERO, 0.0));
+        let pool = Arc::new(PaymentPool::new(
+            provider.clone(),
+            PaymentPoolConfig {
+                concurrency: 100,
+                queue_max: 100,
+                timeout: Duration::from_secs(1),
+                rate_per_s: Some(10),
+            },
+        ));
+        let good = match provider.vault_card(card("4242424242424242")).await {
+            Ok(CardCheck::Vaulted(card)) => card.payment_method,
+            other => panic!("{other:?}"),
+        };
+        // Ten calls a second: five charges in a row take 0.4 s of the clock after the first.
+        let started = tokio::time::Instant::now();
+        for n in 0..5 {
+            let slot = pool.admit().expect("admitted");
+            assert_eq!(
+                pool.charge(slot, request(&format!("o_{n}"), &good)).await,
+                PaymentResult::Approved
+            );
+        }
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(400) && elapsed < Duration::from_millis(500),
+            "{elapsed:?}"
+        );
+        // Calls queued for more than half a deadline: the next order is refused before it reserves anything.
+        let waiting: Vec<_> = (0..6)
+            .map(|n| {
+                let slot = pool.admit().expect("admitted while the backlog is short");
+                let (pool, good) = (pool.clone(), good.clone());
+                tokio::spawn(
+                    async move { pool.charge(slot, request(&format!("q_{n}"), &good)).await },
+                )
+            })
+            .collect();
+        // Each queued charge takes its turn in the pacer when it first runs.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(pool.admit(), Err(EngineError::Overloaded)));
+        for charge in waiting {
+            assert_eq!(
+                charge.await.expect("the charge ran"),
+                PaymentResult::Approved
+            );
+        }
+        assert!(pool.admit().is_ok(), "the backlog is gone");
     }
 
     #[test]

@@ -49,6 +49,7 @@ impl Env {
                 concurrency: 1_024,
                 queue_max: 1_024,
                 timeout: Duration::from_secs(7_200),
+                rate_per_s: None,
             },
         ));
         Arc::new(Desk::new(
