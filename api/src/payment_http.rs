@@ -35,6 +35,34 @@ pub struct HttpProvider {
     base: Arc<str>,
     api_key: Arc<str>,
     client: reqwest::Client,
+    /// The body of each charge sent and not answered for sure (an error, a timeout), by order id, so that voiding
+    /// it can first send the same request again under its key: the provider then answers what became of it (or
+    /// 409 while it is still being handled) instead of a search that cannot see an intent still being created.
+    unsettled: Arc<std::sync::Mutex<Unsettled>>,
+}
+
+/// Charges whose outcome the node did not learn, oldest first; at most [`UNSETTLED_MAX`].
+#[derive(Default)]
+struct Unsettled {
+    bodies: std::collections::HashMap<String, Vec<(&'static str, String)>>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// Charges without a known outcome remembered at most; beyond, the oldest is forgotten (its void then relies on
+/// the search alone).
+const UNSETTLED_MAX: usize = 100_000;
+
+impl Unsettled {
+    fn remember(&mut self, key: &str, fields: Vec<(&'static str, String)>) {
+        if self.bodies.insert(key.to_owned(), fields).is_none() {
+            self.order.push_back(key.to_owned());
+        }
+        while self.order.len() > UNSETTLED_MAX {
+            if let Some(oldest) = self.order.pop_front() {
+                self.bodies.remove(&oldest);
+            }
+        }
+    }
 }
 
 impl HttpProvider {
@@ -57,6 +85,7 @@ impl HttpProvider {
             base: base.trim_end_matches('/').into(),
             api_key: api_key.into(),
             client,
+            unsettled: Arc::default(),
         })
     }
 
@@ -66,7 +95,7 @@ impl HttpProvider {
         call: &'static str,
         method: reqwest::Method,
         path: &str,
-        form: Option<(Vec<(&str, String)>, String)>,
+        form: Option<(Vec<(&'static str, String)>, String)>,
     ) -> BoxFuture<'static, Result<(u16, Value), PaymentError>> {
         let mut request = self
             .client
@@ -88,15 +117,16 @@ impl HttpProvider {
             let answer = async {
                 let response = request.send().await?;
                 let status = response.status().as_u16();
-                Ok::<_, reqwest::Error>((status, response.bytes().await?))
+                let replayed = response.headers().contains_key("idempotent-replayed");
+                Ok::<_, reqwest::Error>((status, replayed, response.bytes().await?))
             }
             .await;
             let outcome = match &answer {
                 Err(_) => "transport",
-                Ok((200..=299, _)) => "ok",
-                Ok((402, _)) => "declined",
-                Ok((429, _)) => "rate_limited",
-                Ok((500.., _)) => "server_error",
+                Ok((200..=299, ..)) => "ok",
+                Ok((402, ..)) => "declined",
+                Ok((429, ..)) => "rate_limited",
+                Ok((500.., ..)) => "server_error",
                 Ok(_) => "client_error",
             };
             metrics::histogram!("boxoffice_payment_provider_latency_seconds", "call" => call, "outcome" => outcome)
@@ -104,7 +134,7 @@ impl HttpProvider {
             if outcome == "rate_limited" {
                 metrics::counter!("boxoffice_payment_provider_rate_limited_total").increment(1);
             }
-            let (status, bytes) =
+            let (status, replayed, bytes) =
                 answer.map_err(|error| PaymentError::Provider(transport(&error)))?;
             if bytes.len() > ANSWER_BYTES_MAX {
                 return Err(PaymentError::Provider("answer too large".into()));
@@ -113,8 +143,9 @@ impl HttpProvider {
             if status == 429 || status >= 500 || status == 401 || status == 409 {
                 // An unknown outcome (or a misconfigured key): never read as a decline.
                 return Err(PaymentError::Provider(format!(
-                    "provider answered {status} {}",
-                    error_code(&body)
+                    "provider answered {status} {}{}",
+                    error_code(&body),
+                    if replayed { " (replayed)" } else { "" }
                 )));
             }
             Ok((status, body))
@@ -155,14 +186,23 @@ impl PaymentProvider for HttpProvider {
             ("capture_method", "automatic".to_owned()),
             ("metadata[order_id]", request.idempotency_key.clone()),
         ];
+        let key = request.idempotency_key.clone();
         let call = self.call(
             "payment_intent",
             reqwest::Method::POST,
             "/v1/payment_intents",
-            Some((fields, request.idempotency_key)),
+            Some((fields.clone(), request.idempotency_key)),
         );
+        let unsettled = self.unsettled.clone();
         Box::pin(async move {
-            match call.await? {
+            let answer = call.await;
+            if answer.is_err() {
+                unsettled
+                    .lock()
+                    .expect("unsettled lock")
+                    .remember(&key, fields);
+            }
+            match answer? {
                 (200, intent) if intent["status"] == "succeeded" => Ok(ChargeOutcome::Approved),
                 (402, body) => Ok(ChargeOutcome::Declined {
                     reason: body["error"]["code"]
@@ -170,6 +210,14 @@ impl PaymentProvider for HttpProvider {
                         .unwrap_or("card_declined")
                         .to_owned(),
                 }),
+                // The provider does not know the card (its vault lost it, or it belongs to another provider): an
+                // answer about this card, not a failure of the provider.
+                (404, body) if error_code(&body) == "resource_missing" => {
+                    Ok(ChargeOutcome::Declined {
+                        reason: "the payment provider does not know this card: store it again"
+                            .into(),
+                    })
+                }
                 (status, body) => Err(PaymentError::Provider(format!(
                     "unexpected answer to a charge: {status} {}",
                     error_code(&body)
@@ -179,11 +227,34 @@ impl PaymentProvider for HttpProvider {
     }
 
     fn void(&self, idempotency_key: &str) -> BoxFuture<'static, Result<(), PaymentError>> {
-        let intents = self.intents_of(idempotency_key);
         let key = idempotency_key.to_owned();
         let provider = self.clone_handle();
+        let unsent = self
+            .unsettled
+            .lock()
+            .expect("unsettled lock")
+            .bodies
+            .get(&key)
+            .cloned();
         Box::pin(async move {
-            for intent in intents.await? {
+            if let Some(fields) = unsent {
+                // The same request under the same key: settled now, or `Err` (409 while it is still being handled,
+                // a 5xx, a timeout) and the void is tried again.
+                let resent = provider.call(
+                    "payment_intent",
+                    reqwest::Method::POST,
+                    "/v1/payment_intents",
+                    Some((fields, key.clone())),
+                );
+                match resent.await {
+                    Ok(_) => {}
+                    // A 500 the provider stored under the key (its change committed) is replayed forever: the
+                    // search below finds the intent.
+                    Err(PaymentError::Provider(reason)) if reason.contains("replayed") => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            for intent in provider.intents_of(&key).await? {
                 let id = intent["id"].as_str().unwrap_or_default().to_owned();
                 let undo = match intent["status"].as_str() {
                     Some("requires_capture" | "requires_payment_method") => provider.call(
@@ -215,6 +286,12 @@ impl PaymentProvider for HttpProvider {
                     }
                 }
             }
+            provider
+                .unsettled
+                .lock()
+                .expect("unsettled lock")
+                .bodies
+                .remove(&key);
             Ok(())
         })
     }
@@ -303,6 +380,7 @@ impl HttpProvider {
             base: self.base.clone(),
             api_key: self.api_key.clone(),
             client: self.client.clone(),
+            unsettled: self.unsettled.clone(),
         }
     }
 }

@@ -386,11 +386,13 @@ async fn move_legacy_cards(
         payment_card.cvv = None;
         match desk.vault_card(payment_card).await {
             Ok(vaulted) => {
-                commits.push(users.attach_card(&user, card.on_file(vaulted)));
+                commits.push(users.attach_card(&user, Some(card.on_file(vaulted))));
                 moved += 1;
             }
             Err(engine::error::EngineError::CardRefused { reason }) => {
+                // Rewritten without it: the old record, with its number (and cvv), must not stay.
                 tracing::warn!(user_id = %user, %reason, "a card on file the vault refuses is dropped");
+                commits.push(users.attach_card(&user, None));
                 dropped += 1;
             }
             Err(error) => return Err(format!("cannot move a card into the vault: {error}")),

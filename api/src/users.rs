@@ -751,12 +751,18 @@ impl UserStore {
         })
     }
 
-    /// Gives `id` the card `card` (in the provider's vault) and journals the user; the commit completes once the
-    /// record is durable. How a card of an earlier version's record comes back after it moved into the vault.
-    pub fn attach_card(&self, id: &UserId, card: CardOnFile) -> Commit {
+    /// Gives `id` the card `card` (in the provider's vault; `None` when the vault refused it) and journals the
+    /// user under a new data key; the commit completes once the record is durable. How a user of an earlier
+    /// version's record is rewritten once its card moved into the vault. The new data key is what makes the old
+    /// records unreadable once the master key that wrapped their data key is gone: the current records no longer
+    /// hold that data key at all.
+    pub fn attach_card(&self, id: &UserId, card: Option<CardOnFile>) -> Commit {
         let mut users = self.write();
         match users.by_id.get_mut(id) {
-            Some(user) => user.card = Some(card),
+            Some(user) => {
+                user.card = card;
+                user.data_key = self.keys.new_data_key(&id.0).1;
+            }
             None => return Commit::failed(format!("no user {id}")),
         }
         self.persist(&users, id)
@@ -1136,7 +1142,7 @@ mod tests {
             };
             let user = legacy.user.clone();
             users
-                .attach_card(&user, legacy.card.on_file(vaulted))
+                .attach_card(&user, Some(legacy.card.on_file(vaulted)))
                 .wait()
                 .await
                 .expect("durable");

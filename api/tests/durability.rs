@@ -723,6 +723,17 @@ async fn a_backup_of_a_running_node_restores_to_the_state_it_had() {
         )
         .await;
     again.expect_error(422, "invalid_request");
+    // Nor inside the data dir; and the copy was renamed into place when whole.
+    let inside = server.data_dir().join("backup");
+    server
+        .post(
+            "/admin/backup",
+            Some(ADMIN_TOKEN),
+            json!({"dir": inside.to_str().expect("UTF-8")}),
+        )
+        .await
+        .expect_error(422, "invalid_request");
+    assert!(!backups.path().join("backup.partial").exists());
     // No secret in it; and it checks clean offline.
     assert!(!backup.join("master.key").exists() && !backup.join("admin-token").exists());
     inspect(&backup);

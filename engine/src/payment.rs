@@ -703,9 +703,15 @@ impl PaymentPool {
         .unwrap_or_else(|_| Err(PaymentError::Provider("status timed out".into())))
     }
 
-    /// Voids a charge, retrying a few times; a void that never succeeds is logged for reconciliation.
+    /// Voids a charge, retrying a few times, further and further apart (a provider still handling the charge
+    /// answers the void only once it is done); a void that never succeeds is logged for reconciliation.
     pub async fn void(&self, key: &str) {
-        for _ in 0..VOID_ATTEMPTS_MAX {
+        let mut pause = VOID_RETRY_PAUSE;
+        for attempt in 0..VOID_ATTEMPTS_MAX {
+            if attempt > 0 {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
             let attempt = async {
                 self.pace().await;
                 self.provider.void(key).await
@@ -721,7 +727,9 @@ impl PaymentPool {
 }
 
 /// Tries to void a failed charge at most this often before leaving it to reconciliation.
-const VOID_ATTEMPTS_MAX: u32 = 3;
+const VOID_ATTEMPTS_MAX: u32 = 4;
+/// The pause before the second attempt to void; each later one doubles it (0.2 + 0.4 + 0.8 s in all).
+const VOID_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests {

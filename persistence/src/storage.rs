@@ -388,6 +388,11 @@ impl Storage {
             .map_err(|error| StorageError::Unrecoverable(error.0))
     }
 
+    /// The data dir.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
     pub fn journal_stats(&self) -> LogStats {
         self.inner.log.stats()
     }
@@ -419,6 +424,26 @@ impl Storage {
                 target.display()
             )));
         }
+        let name = target
+            .file_name()
+            .ok_or_else(|| StorageError::Unrecoverable("a backup needs a directory name".into()))?;
+        let parent = target.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(parent)?;
+        if parent
+            .canonicalize()?
+            .starts_with(inner.dir.canonicalize()?)
+        {
+            return Err(StorageError::Unrecoverable(
+                "a backup cannot go inside the data dir it copies".into(),
+            ));
+        }
+        // Written aside and renamed into place at the end: a backup cut short is never taken for a whole one.
+        let final_target = target;
+        let partial = parent.join(format!("{}.partial", name.to_string_lossy()));
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial)?;
+        }
+        let target = partial.as_path();
         std::fs::create_dir_all(target)?;
         let mut bytes = 0u64;
         let copy = sled::Config::new().path(target.join("db")).open()?;
@@ -464,6 +489,8 @@ impl Storage {
             }
         }
         std::fs::File::open(target)?.sync_all()?;
+        std::fs::rename(target, final_target)?;
+        std::fs::File::open(parent)?.sync_all()?;
         Ok(bytes)
     }
 
@@ -848,13 +875,20 @@ fn copy_dir_files(from: &Path, to: &Path) -> std::io::Result<u64> {
     if !from.exists() {
         return Ok(0);
     }
+    // Listed once and copied in order: only the last segment can still be written while it is copied, and a
+    // record cut short at its end is a torn tail, which opening the copy cuts.
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         if entry.file_type()?.is_file() {
-            let target = to.join(entry.file_name());
-            bytes += std::fs::copy(entry.path(), &target)?;
-            std::fs::File::open(&target)?.sync_all()?;
+            files.push(entry.file_name());
         }
+    }
+    files.sort();
+    for name in files {
+        let target = to.join(&name);
+        bytes += std::fs::copy(from.join(&name), &target)?;
+        std::fs::File::open(&target)?.sync_all()?;
     }
     std::fs::File::open(to)?.sync_all()?;
     Ok(bytes)

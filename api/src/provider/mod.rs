@@ -52,6 +52,8 @@ pub const API_KEY_LENGTH_MIN: usize = 16;
 pub const BODY_BYTES_MAX: usize = 16 * 1024;
 /// Longest idempotency key (Stripe's limit).
 pub const IDEMPOTENCY_KEY_LENGTH_MAX: usize = 255;
+/// Refunds of one payment at most.
+pub const REFUNDS_PER_INTENT_MAX: u32 = 100;
 /// Largest amount, in the currency's smallest unit (Stripe's limit for most currencies).
 pub const AMOUNT_MAX: u64 = 99_999_999;
 /// Most intents one list answers.
@@ -303,9 +305,18 @@ impl Provider {
         + Send
         + 'static,
     ) -> Response {
+        let key = idempotency_key(&headers).ok().flatten();
+        let provider = self.clone();
         let task = tokio::spawn(async move { self.mutate_owned(headers, path, body, work).await });
         task.await.unwrap_or_else(|error| {
             tracing::error!(%error, "provider call failed");
+            // A call that panicked settled nothing: its key must not stay in flight.
+            if let Some(key) = key {
+                let mut guard = provider.lock();
+                if let Some(KeyState::InFlight(_)) = guard.1.keys.get(&key) {
+                    guard.1.keys.remove(&key);
+                }
+            }
             api_error().into_response()
         })
     }
@@ -430,8 +441,9 @@ impl Provider {
             }
         };
         if let Err(error) = pending.wait().await {
-            tracing::error!(%error, "provider log write failed");
-            return Err(api_error());
+            // What is in memory may now be ahead of the log: nothing may read it. A restart serves the log.
+            tracing::error!(%error, "provider log write failed: stopping");
+            std::process::exit(70);
         }
         if let Some(key) = key {
             let stored = StoredAnswer {
@@ -844,6 +856,7 @@ fn new_intent(
             0
         },
         amount_refunded: 0,
+        refunds: 0,
         last_error: declined.then(|| "card_declined".to_owned()),
         position: state.next_position(),
     })
@@ -945,8 +958,17 @@ async fn create_refund(
                         "this payment is refunded in full",
                     ));
                 }
+                if intent.refunds >= REFUNDS_PER_INTENT_MAX {
+                    return Outcome::Refused(stripe_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        "refund_limit_reached",
+                        "this payment has as many refunds as it may",
+                    ));
+                }
                 let mut intent = intent.clone();
                 intent.amount_refunded += amount;
+                intent.refunds += 1;
                 let refund = Refund {
                     id: random_id("re"),
                     amount,

@@ -67,6 +67,8 @@ pub struct Intent {
     pub created: u64,
     pub amount_received: u64,
     pub amount_refunded: u64,
+    /// Refunds made of it.
+    pub refunds: u32,
     /// Why the last authorization failed (`card_declined`), while the intent needs another payment method.
     pub last_error: Option<String>,
     /// Position in creation order, for listing.

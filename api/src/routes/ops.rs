@@ -226,6 +226,19 @@ pub async fn backup(
             "dir must not exist yet, or be an empty directory",
         ));
     }
+    let data_dir = storage.dir();
+    let data_dir = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    let inside = dir
+        .ancestors()
+        .find_map(|ancestor| ancestor.canonicalize().ok())
+        .is_some_and(|existing| existing.starts_with(&data_dir));
+    if inside {
+        return Err(ApiError::invalid(
+            "dir must not be inside the node's data dir",
+        ));
+    }
     let started = std::time::Instant::now();
     let target = dir.clone();
     let bytes = tokio::task::spawn_blocking(move || storage.backup(&target))
