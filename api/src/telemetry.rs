@@ -133,6 +133,14 @@ pub fn register() {
             "charges in flight with the payment provider",
         ),
         (
+            "boxoffice_payment_pool_admitted",
+            "orders admitted to the payment pool and not done with their charge (in flight or waiting)",
+        ),
+        (
+            "boxoffice_payment_pool_admitted_max",
+            "the most orders the payment pool admits at once (--payment-concurrency + --payment-queue-max)",
+        ),
+        (
             "boxoffice_payment_breaker_state",
             "the payment circuit breaker: 0 closed, 1 half open, 2 open",
         ),

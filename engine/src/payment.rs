@@ -447,6 +447,14 @@ impl Pacer {
 /// The right to one charge, taken before the order reserves anything.
 pub struct PaymentSlot {
     _admitted: OwnedSemaphorePermit,
+    /// `boxoffice_payment_pool_admitted`, one less when the slot goes.
+    admitted: metrics::Gauge,
+}
+
+impl Drop for PaymentSlot {
+    fn drop(&mut self) {
+        self.admitted.decrement(1.0);
+    }
 }
 
 /// How a charge through the pool ended.
@@ -543,6 +551,9 @@ struct PaymentMetrics {
     in_flight: metrics::Gauge,
     /// 0 closed, 1 half open, 2 open.
     breaker: metrics::Gauge,
+    /// Orders admitted and not done with their charge (in flight or waiting for a slot), and the most.
+    admitted: metrics::Gauge,
+    admitted_max: metrics::Gauge,
     approved: metrics::Histogram,
     declined: metrics::Histogram,
     failed: metrics::Histogram,
@@ -554,6 +565,8 @@ impl PaymentMetrics {
         Self {
             in_flight: metrics::gauge!("boxoffice_payments_in_flight"),
             breaker: metrics::gauge!("boxoffice_payment_breaker_state"),
+            admitted: metrics::gauge!("boxoffice_payment_pool_admitted"),
+            admitted_max: metrics::gauge!("boxoffice_payment_pool_admitted_max"),
             approved: latency("approved"),
             declined: latency("declined"),
             failed: latency("failed"),
@@ -570,13 +583,17 @@ impl PaymentPool {
             config.concurrency > 0,
             "at least one charge can be in flight"
         );
+        let metrics = PaymentMetrics::register();
+        metrics
+            .admitted_max
+            .set((config.concurrency + config.queue_max) as f64);
         Self {
             provider,
             admitted: Arc::new(Semaphore::new(config.concurrency + config.queue_max)),
             in_flight: Arc::new(Semaphore::new(config.concurrency)),
             verifying: Semaphore::new(VERIFICATIONS_IN_FLIGHT_MAX),
             timeout: config.timeout,
-            metrics: PaymentMetrics::register(),
+            metrics,
             breaker: Mutex::new(Breaker::Closed { failures: 0 }),
             pacer: config.rate_per_s.map(Pacer::new),
         }
@@ -598,11 +615,16 @@ impl PaymentPool {
         {
             return Err(EngineError::Overloaded);
         }
-        self.admitted
+        let permit = self
+            .admitted
             .clone()
             .try_acquire_owned()
-            .map(|permit| PaymentSlot { _admitted: permit })
-            .map_err(|_| EngineError::Overloaded)
+            .map_err(|_| EngineError::Overloaded)?;
+        self.metrics.admitted.increment(1.0);
+        Ok(PaymentSlot {
+            _admitted: permit,
+            admitted: self.metrics.admitted.clone(),
+        })
     }
 
     /// Waits for this call's turn under `--payment-rate-limit`.
