@@ -69,6 +69,18 @@ impl ApiError {
         }
     }
 
+    /// The user changed its card [`crate::users::CARD_CHANGES_MAX`] times in the last day.
+    pub fn too_many_card_changes(retry_after_s: u64) -> Self {
+        Self {
+            retry_after_s: Some(retry_after_s),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_card_changes",
+                format!("too many card changes for this user, retry in {retry_after_s} s"),
+            )
+        }
+    }
+
     /// This client address holds `limit` tickets already (or would with this hold).
     pub fn too_many_held_tickets(limit: u32, retry_after_s: u64) -> Self {
         metrics::counter!("boxoffice_holds_total", "outcome" => "limited").increment(1);

@@ -49,6 +49,11 @@ pub const USERS_MAX: usize = 10_000_000;
 /// Users one bulk call creates at most; more is 422. It bounds the time the users lock is held and the size of
 /// the response (about 110 bytes per user).
 pub const USERS_BULK_MAX: usize = 10_000;
+/// Card changes of one user per [`CARD_CHANGE_WINDOW_MS`] at most: each one puts a card in the provider's vault.
+pub const CARD_CHANGES_MAX: usize = 10;
+pub const CARD_CHANGE_WINDOW_MS: u64 = 24 * 3600 * 1000;
+/// Users whose recent card changes are remembered at most; beyond, the entries whose window has passed go first.
+const CARD_CHANGERS_MAX: usize = 1_000_000;
 /// Live tokens per user at most; logging in again beyond that revokes the oldest.
 pub const TOKENS_PER_USER_MAX: usize = 16;
 /// Random bytes in a bearer token.
@@ -313,6 +318,8 @@ pub struct UserStore {
     decoy_hash: OnceLock<String>,
     /// The in-process simulator's vault, when it keeps one (with durability).
     card_vault: OnceLock<Arc<crate::durability::SimulatorStore>>,
+    /// When each user changed its card lately, within [`CARD_CHANGE_WINDOW_MS`].
+    card_changes: std::sync::Mutex<HashMap<UserId, VecDeque<u64>>>,
 }
 
 /// A new user as validated from a request.
@@ -354,6 +361,7 @@ impl UserStore {
             changes: HashingPool::new((cores / 2).max(1)),
             decoy_hash: OnceLock::new(),
             card_vault: OnceLock::new(),
+            card_changes: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -826,6 +834,34 @@ impl UserStore {
             }
         }
         Ok(rewrapped)
+    }
+
+    /// Counts a card change of `id`, or refuses it (`429 too_many_card_changes` with `Retry-After`) when the user
+    /// changed its card [`CARD_CHANGES_MAX`] times in the last [`CARD_CHANGE_WINDOW_MS`]: every change puts a card
+    /// in the provider's vault, which must not fill up at one user's will.
+    pub fn admit_card_change(&self, id: &UserId) -> ApiResult<()> {
+        let now_ms = self.clock.now_ms();
+        let fresh = |at: &u64| now_ms.saturating_sub(*at) < CARD_CHANGE_WINDOW_MS;
+        let mut changes = self.card_changes.lock().expect("card changes lock");
+        if changes.len() >= CARD_CHANGERS_MAX && !changes.contains_key(id) {
+            changes.retain(|_, times| times.iter().any(fresh));
+            if changes.len() >= CARD_CHANGERS_MAX {
+                return Err(ApiError::overloaded());
+            }
+        }
+        let times = changes.entry(id.clone()).or_default();
+        while times.front().is_some_and(|at| !fresh(at)) {
+            times.pop_front();
+        }
+        if times.len() >= CARD_CHANGES_MAX {
+            let oldest = times.front().copied().unwrap_or(now_ms);
+            let retry_after_ms = (oldest + CARD_CHANGE_WINDOW_MS).saturating_sub(now_ms);
+            return Err(ApiError::too_many_card_changes(
+                retry_after_ms.div_ceil(1000).max(1),
+            ));
+        }
+        times.push_back(now_ms);
+        Ok(())
     }
 
     /// The in-process payment simulator's vault, whose data keys a master key rotation re-wraps with the users'.

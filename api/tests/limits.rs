@@ -244,3 +244,47 @@ fn connections_over_the_limit_wait_until_one_closes() {
         read_health(&mut waiting, ANSWER_WAIT_MAX).expect("answered once a connection closed");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_user_changes_its_card_ten_times_a_day_at_most() {
+    let server = Server::start(&[]);
+    let (id, token) = server.register("cards", GOOD_CARD).await;
+    let (other, other_token) = server.register("other", GOOD_CARD).await;
+    let change = |id: &str, token: &str| {
+        let (path, token) = (format!("/users/{id}"), token.to_owned());
+        let server = &server;
+        async move {
+            server
+                .send(
+                    Method::PUT,
+                    &path,
+                    Some(&token),
+                    Some(
+                        json!({"card": {"type": "visa", "holder_name": "Cards", "number": GOOD_CARD,
+                                         "exp_month": 12, "exp_year": 2031, "cvv": "123"}}),
+                    ),
+                    &[],
+                )
+                .await
+        }
+    };
+    for _ in 0..10 {
+        change(&id, &token).await.expect(200);
+    }
+    let refused = change(&id, &token).await;
+    refused.expect_error(429, "too_many_card_changes");
+    let wait: u64 = refused
+        .retry_after
+        .as_deref()
+        .and_then(|value| value.parse().ok())
+        .expect("a Retry-After");
+    assert!(wait > 23 * 3600 && wait <= 24 * 3600, "{wait}");
+    // Another user is not affected, and the refused user's card on file is the last accepted one.
+    change(&other, &other_token).await.expect(200);
+    let profile = server
+        .get(&format!("/users/{id}"), Some(&token))
+        .await
+        .expect(200);
+    assert_eq!(profile["card"]["exp_year"], 2031);
+    server.stop();
+}

@@ -121,7 +121,10 @@ async fn every_series_the_grafana_dashboard_queries_exists_on_a_node_that_sold()
     }
     assert!(text.contains("boxoffice_build_info{version=\""), "{text}");
     // The order is done with its payment slot, and the hold never took one.
-    assert!(text.contains("\nboxoffice_payment_pool_admitted 0\n"), "{text}");
+    assert!(
+        text.contains("\nboxoffice_payment_pool_admitted 0\n"),
+        "{text}"
+    );
     server.stop();
 }
 

@@ -232,6 +232,9 @@ pub async fn update(
             }
         }
     }
+    if card.is_some() {
+        state.users.admit_card_change(&id)?;
+    }
     update.card = vault(&state, card).await?;
     let password_changed = update.password.is_some();
     let user = state.users.update(&id, update, keep.as_deref()).await?;
