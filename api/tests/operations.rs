@@ -89,15 +89,7 @@ async fn every_series_the_grafana_dashboard_queries_exists_on_a_node_that_sold()
             serde_json::json!({"concert_id": concert, "quantity": 1}),
         )
         .await;
-    let text = server
-        .client
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("a body");
+    let text = server.metrics_text().await;
     let exported: std::collections::BTreeSet<&str> = text
         .lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())

@@ -764,15 +764,7 @@ async fn a_node_vaults_cards_and_charges_orders_at_the_network_provider() {
     let (remaining, held, sold, _) = node.availability(&concert).await;
     assert_eq!((remaining, held, sold), (97, 0, 3));
     // Every call to the provider is timed by call and outcome.
-    let metrics = node
-        .client
-        .get(format!("{}/metrics", node.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("a body");
+    let metrics = node.metrics_text().await;
     for series in [
         r#"call="payment_method",outcome="ok""#,
         r#"call="payment_method",outcome="declined""#,

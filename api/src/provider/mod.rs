@@ -405,15 +405,12 @@ impl Provider {
         if fault == Fault::ErrorBefore {
             return Err(api_error());
         }
+        let form = form(body)?;
         let now_ms = now_ms();
         let mut pending = Pending::new();
-        let (status, answer) = {
+        let (status, answer, stored) = {
             let mut guard = self.lock();
             let (store, state) = &mut *guard;
-            let form = match form(body) {
-                Ok(form) => form,
-                Err(error) => return Err(error),
-            };
             match work(self, store, state, &mut pending, &form) {
                 Outcome::Refused(response) => return Err(response),
                 Outcome::Done(status, answer) => {
@@ -423,20 +420,21 @@ impl Provider {
                     } else {
                         (status, answer)
                     };
-                    if let Some(key) = &key {
+                    let stored = key.as_ref().map(|key| {
                         let stored = StoredAnswer {
                             fingerprint,
                             status: status.as_u16(),
                             body: answer.to_string().into_bytes(),
                             at_ms: now_ms,
                         };
-                        store.put_answer(state, key.clone(), stored, &mut pending);
+                        store.put_answer(state, key.clone(), stored.clone(), &mut pending);
                         // Replayed only once durable: until then a retry with the key is in flight.
                         state
                             .keys
                             .insert(key.clone(), KeyState::InFlight(fingerprint));
-                    }
-                    (status, answer)
+                        stored
+                    });
+                    (status, answer, stored)
                 }
             }
         };
@@ -445,13 +443,7 @@ impl Provider {
             tracing::error!(%error, "provider log write failed: stopping");
             std::process::exit(70);
         }
-        if let Some(key) = key {
-            let stored = StoredAnswer {
-                fingerprint,
-                status: status.as_u16(),
-                body: answer.to_string().into_bytes(),
-                at_ms: now_ms,
-            };
+        if let (Some(key), Some(stored)) = (key, stored) {
             self.lock().1.keys.insert(key, KeyState::Answered(stored));
         }
         if fault == Fault::HangAfter {
@@ -868,23 +860,13 @@ async fn capture_intent(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = format!("/v1/payment_intents/{id}/capture");
-    provider
-        .mutate(headers, path, body, move |_, store, state, pending, _| {
-            let Some(intent) = state.intents.get(&id) else {
-                return Outcome::Refused(missing("payment_intent", &id));
-            };
-            if intent.status != IntentStatus::RequiresCapture {
-                return unexpected_state(intent, "captured");
-            }
-            let mut intent = intent.clone();
-            intent.status = IntentStatus::Succeeded;
-            intent.amount_received = intent.amount;
-            let answer = intent_json(&intent);
-            store.put_intent(state, intent, pending);
-            Outcome::Done(StatusCode::OK, answer)
-        })
-        .await
+    let to = Transition {
+        action: "capture",
+        done: "captured",
+        from: &[IntentStatus::RequiresCapture],
+        to: IntentStatus::Succeeded,
+    };
+    transition(provider, id, headers, body, to).await
 }
 
 async fn cancel_intent(
@@ -893,20 +875,47 @@ async fn cancel_intent(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = format!("/v1/payment_intents/{id}/cancel");
+    let to = Transition {
+        action: "cancel",
+        done: "canceled",
+        from: &[
+            IntentStatus::RequiresCapture,
+            IntentStatus::RequiresPaymentMethod,
+        ],
+        to: IntentStatus::Canceled,
+    };
+    transition(provider, id, headers, body, to).await
+}
+
+/// `POST /v1/payment_intents/{id}/ACTION`: the intent moves `to` from one of the statuses `from`.
+struct Transition {
+    action: &'static str,
+    done: &'static str,
+    from: &'static [IntentStatus],
+    to: IntentStatus,
+}
+
+async fn transition(
+    provider: Arc<Provider>,
+    id: String,
+    headers: HeaderMap,
+    body: Bytes,
+    transition: Transition,
+) -> Response {
+    let path = format!("/v1/payment_intents/{id}/{}", transition.action);
     provider
         .mutate(headers, path, body, move |_, store, state, pending, _| {
             let Some(intent) = state.intents.get(&id) else {
                 return Outcome::Refused(missing("payment_intent", &id));
             };
-            if !matches!(
-                intent.status,
-                IntentStatus::RequiresCapture | IntentStatus::RequiresPaymentMethod
-            ) {
-                return unexpected_state(intent, "canceled");
+            if !transition.from.contains(&intent.status) {
+                return unexpected_state(intent, transition.done);
             }
             let mut intent = intent.clone();
-            intent.status = IntentStatus::Canceled;
+            intent.status = transition.to;
+            if transition.to == IntentStatus::Succeeded {
+                intent.amount_received = intent.amount;
+            }
             let answer = intent_json(&intent);
             store.put_intent(state, intent, pending);
             Outcome::Done(StatusCode::OK, answer)

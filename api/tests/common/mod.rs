@@ -305,6 +305,17 @@ impl Server {
 
     /// The value of an unlabelled gauge or counter in `GET /metrics`; 0 before it is first set.
     pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .map(|value| value.trim().parse::<f64>().expect("a metric value"))
+            .next()
+            .unwrap_or(0.0)
+    }
+
+    /// The whole `GET /metrics` text.
+    pub async fn metrics_text(&self) -> String {
         let response = self
             .client
             .get(format!("{}/metrics", self.base))
@@ -312,12 +323,7 @@ impl Server {
             .await
             .expect("metrics answer");
         assert_eq!(response.status(), 200);
-        let text = response.text().await.expect("metrics body");
-        text.lines()
-            .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .map(|value| value.trim().parse::<f64>().expect("a metric value"))
-            .next()
-            .unwrap_or(0.0)
+        response.text().await.expect("metrics body")
     }
 
     /// A client whose connections come from `source` (an address of 127.0.0.0/8): another client address.
