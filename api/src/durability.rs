@@ -81,6 +81,19 @@ impl Journal for Durable {
     }
 }
 
+/// Each order's payment step, as a node-wide record of the journal (sled tree `payments` once applied).
+impl engine::payment::PaymentJournal for Durable {
+    fn record(&self, order_id: &str, record: Option<&engine::payment::PaymentRecord>) -> Commit {
+        match self.0.get() {
+            Some(storage) => storage.append_meta(MetaRecord::Payment {
+                order_id: order_id.to_owned(),
+                record: record.cloned(),
+            }),
+            None => Commit::done(),
+        }
+    }
+}
+
 /// Where the in-process payment simulator keeps what it must remember across a restart, as a real provider
 /// would: its ledger (see `persistence::ledger`) and its vault, each card's number sealed with the envelope
 /// encryption under a data key of its own (the payment method id bound as associated data), kept as a node-wide

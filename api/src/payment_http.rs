@@ -4,20 +4,21 @@
 //!
 //! - A card a user stores goes to `POST /v1/payment_methods` (its cvv with it, this once); the node keeps the
 //!   payment method id.
-//! - A charge is one `POST /v1/payment_intents` with `confirm=true`, `capture_method=automatic`,
-//!   `metadata[order_id]` and the order id as its idempotency key: a retry of the same order can never charge twice,
-//!   and the provider replays its first answer.
-//! - What became of an order's charge (`status`, how recovery settles an order a crash cut) and voiding it read the
+//! - An authorization is one `POST /v1/payment_intents` with `confirm=true`, `capture_method=manual`,
+//!   `metadata[order_id]` and the order id as its idempotency key: a retry of the same order can never authorize
+//!   twice, and the provider replays its first answer. Once the tickets are issued the node captures it
+//!   (`POST /v1/payment_intents/{id}/capture`, key `capture-ORDER`).
+//! - What became of an order's payment (`status`, how an unknown outcome is resolved) and voiding it read the
 //!   order's intent back with `GET /v1/payment_intents/search?query=metadata['order_id']:'ID'`; a void cancels an
 //!   authorized intent and refunds a captured one.
-//! - A transport error, a timeout, a 429 or a 5xx is an error, not a decline: the pool then voids the charge, so no
-//!   order keeps money it has no tickets for.
+//! - A transport error, a timeout, a 429 or a 5xx is an error, not a decline: the order's outcome is unknown and
+//!   the desk resolves it, its seats still reserved.
 //!
 //! The pool's `--payment-concurrency` bounds the calls in flight, and so the connections kept to the provider.
 
 use engine::payment::{
-    CardCheck, ChargeOutcome, ChargeRequest, ChargeStatus, PaymentCard, PaymentError,
-    PaymentProvider, VaultedCard,
+    CaptureOutcome, CardCheck, ChargeOutcome, ChargeRequest, ChargeStatus, PaymentCard,
+    PaymentError, PaymentProvider, VaultedCard,
 };
 use futures_util::future::BoxFuture;
 use serde_json::Value;
@@ -134,14 +135,27 @@ impl HttpProvider {
             if outcome == "rate_limited" {
                 metrics::counter!("boxoffice_payment_provider_rate_limited_total").increment(1);
             }
-            let (status, replayed, bytes) =
-                answer.map_err(|error| PaymentError::Provider(transport(&error)))?;
+            let (status, replayed, bytes) = answer.map_err(|error| {
+                if error.is_connect() {
+                    // No connection, so no request: the provider did nothing.
+                    PaymentError::Refused(transport(&error))
+                } else {
+                    PaymentError::Provider(transport(&error))
+                }
+            })?;
             if bytes.len() > ANSWER_BYTES_MAX {
                 return Err(PaymentError::Provider("answer too large".into()));
             }
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            if status == 429 || status >= 500 || status == 401 || status == 409 {
-                // An unknown outcome (or a misconfigured key): never read as a decline.
+            if status == 429 || status == 401 {
+                // Stripe executes nothing it rate-limits, nor anything with a wrong key.
+                return Err(PaymentError::Refused(format!(
+                    "provider answered {status} {}",
+                    error_code(&body)
+                )));
+            }
+            if status >= 500 || status == 409 {
+                // An unknown outcome: never read as a decline.
                 return Err(PaymentError::Provider(format!(
                     "provider answered {status} {}{}",
                     error_code(&body),
@@ -174,7 +188,7 @@ impl HttpProvider {
 }
 
 impl PaymentProvider for HttpProvider {
-    fn charge(
+    fn authorize(
         &self,
         request: ChargeRequest,
     ) -> BoxFuture<'static, Result<ChargeOutcome, PaymentError>> {
@@ -183,7 +197,7 @@ impl PaymentProvider for HttpProvider {
             ("currency", CURRENCY.to_owned()),
             ("payment_method", request.payment_method),
             ("confirm", "true".to_owned()),
-            ("capture_method", "automatic".to_owned()),
+            ("capture_method", "manual".to_owned()),
             ("metadata[order_id]", request.idempotency_key.clone()),
         ];
         let key = request.idempotency_key.clone();
@@ -203,7 +217,18 @@ impl PaymentProvider for HttpProvider {
                     .remember(&key, fields);
             }
             match answer? {
-                (200, intent) if intent["status"] == "succeeded" => Ok(ChargeOutcome::Approved),
+                (200, intent)
+                    if intent["status"] == "requires_capture"
+                        || intent["status"] == "succeeded" =>
+                {
+                    let intent_id = intent["id"].as_str().unwrap_or_default();
+                    if !intent_id.starts_with("pi_") {
+                        return Err(PaymentError::Provider("an intent without an id".into()));
+                    }
+                    Ok(ChargeOutcome::Authorized {
+                        intent_id: intent_id.to_owned(),
+                    })
+                }
                 (402, body) => Ok(ChargeOutcome::Declined {
                     reason: body["error"]["code"]
                         .as_str()
@@ -219,8 +244,63 @@ impl PaymentProvider for HttpProvider {
                     })
                 }
                 (status, body) => Err(PaymentError::Provider(format!(
-                    "unexpected answer to a charge: {status} {}",
+                    "unexpected answer to an authorization: {status} {}",
                     error_code(&body)
+                ))),
+            }
+        })
+    }
+
+    fn capture(
+        &self,
+        idempotency_key: &str,
+        intent_id: &str,
+    ) -> BoxFuture<'static, Result<CaptureOutcome, PaymentError>> {
+        let call = self.call(
+            "capture",
+            reqwest::Method::POST,
+            &format!("/v1/payment_intents/{}/capture", encode(intent_id)),
+            Some((Vec::new(), format!("capture-{idempotency_key}"))),
+        );
+        let read = self.call(
+            "read",
+            reqwest::Method::GET,
+            &format!("/v1/payment_intents/{}", encode(intent_id)),
+            None,
+        );
+        Box::pin(async move {
+            let intent = match call.await {
+                Ok((200, intent)) => intent,
+                // Not capturable (any more), or no sure answer (a 500 the provider stored under the key after
+                // the capture committed is replayed to every retry): the intent itself says what became of it.
+                Ok((400, body)) if error_code(&body) == "payment_intent_unexpected_state" => {
+                    match read.await? {
+                        (200, intent) => intent,
+                        (status, body) => {
+                            return Err(PaymentError::Provider(format!(
+                                "reading an intent answered {status} {}",
+                                error_code(&body)
+                            )));
+                        }
+                    }
+                }
+                Err(error) => match read.await? {
+                    (200, intent) if intent["status"] != "requires_capture" => intent,
+                    _ => return Err(error),
+                },
+                Ok((status, body)) => {
+                    return Err(PaymentError::Provider(format!(
+                        "unexpected answer to a capture: {status} {}",
+                        error_code(&body)
+                    )));
+                }
+            };
+            match intent["status"].as_str() {
+                Some("succeeded") => Ok(CaptureOutcome::Captured),
+                Some("canceled") => Ok(CaptureOutcome::Canceled),
+                other => Err(PaymentError::Provider(format!(
+                    "a capture left the intent {}",
+                    other.unwrap_or("without a status")
                 ))),
             }
         })
@@ -276,9 +356,23 @@ impl PaymentProvider for HttpProvider {
                     }
                     _ => continue,
                 };
-                match undo.await? {
-                    (200, _) => {}
-                    (status, body) => {
+                match undo.await {
+                    Ok((200, _)) => {}
+                    // No sure answer (a 500 stored under the key once the change committed is replayed to every
+                    // retry): the intent itself says whether it is undone.
+                    Err(error) => {
+                        let read = provider.call(
+                            "read",
+                            reqwest::Method::GET,
+                            &format!("/v1/payment_intents/{}", encode(&id)),
+                            None,
+                        );
+                        match read.await? {
+                            (200, intent) if undone(&intent) => {}
+                            _ => return Err(error),
+                        }
+                    }
+                    Ok((status, body)) => {
                         return Err(PaymentError::Provider(format!(
                             "voiding {id} answered {status} {}",
                             error_code(&body)
@@ -304,22 +398,20 @@ impl PaymentProvider for HttpProvider {
         Box::pin(async move {
             let intents = intents.await?;
             // One order has one intent (its key is the order id); the newest decides.
-            Ok(
-                match intents.first().and_then(|intent| intent["status"].as_str()) {
-                    None => ChargeStatus::Unknown,
-                    Some("succeeded") => {
-                        let refunded = intents[0]["amount_refunded"].as_u64().unwrap_or(0);
-                        if refunded > 0 {
-                            ChargeStatus::Voided
-                        } else {
-                            ChargeStatus::Approved
-                        }
-                    }
-                    Some("requires_payment_method") => ChargeStatus::Declined,
-                    Some("canceled") => ChargeStatus::Voided,
-                    Some(_) => ChargeStatus::Unknown,
-                },
-            )
+            let Some(intent) = intents.first() else {
+                return Ok(ChargeStatus::Absent);
+            };
+            let intent_id = intent["id"].as_str().unwrap_or_default().to_owned();
+            Ok(match intent["status"].as_str() {
+                Some("requires_capture") => ChargeStatus::Authorized { intent_id },
+                Some("succeeded") if intent["amount_refunded"].as_u64().unwrap_or(0) > 0 => {
+                    ChargeStatus::Voided
+                }
+                Some("succeeded") => ChargeStatus::Captured { intent_id },
+                Some("requires_payment_method") => ChargeStatus::Declined,
+                Some("canceled") => ChargeStatus::Voided,
+                _ => ChargeStatus::Processing,
+            })
         })
     }
 
@@ -393,6 +485,15 @@ fn transport(error: &reqwest::Error) -> String {
         "provider refused or dropped the connection".into()
     } else {
         "provider connection failed".into()
+    }
+}
+
+/// Whether an intent holds nothing any more: cancelled, or captured and refunded in full.
+fn undone(intent: &Value) -> bool {
+    match intent["status"].as_str() {
+        Some("canceled") => true,
+        Some("succeeded") => intent["amount_refunded"] == intent["amount_received"],
+        _ => false,
     }
 }
 

@@ -19,7 +19,7 @@ use actix::Arbiter;
 use engine::clock::{Clock, SystemClock};
 use engine::concert::{ConcertSpec, Layout, Section};
 use engine::desk::{Desk, DeskConfig};
-use engine::ids::{ConcertId, random_hex};
+use engine::ids::{ConcertId, OrderId, random_hex};
 use engine::payment::{PaymentPool, PaymentPoolConfig, SimulatedProvider};
 use engine::remote::NodeId;
 use engine::router::Router;
@@ -124,6 +124,7 @@ impl Node {
         let desk = Arc::new(Desk::new(
             router.clone(),
             payments,
+            Arc::new(durable.clone()),
             clock.clone(),
             DeskConfig {
                 hold_ttl_ms: args.hold_ttl_s * 1000,
@@ -237,6 +238,14 @@ impl Node {
 
     /// Writes the final snapshots, closes the journal (the simulator's ledger with it), and stops the arbiters.
     pub async fn stop(self) {
+        if !self
+            .state
+            .desk
+            .wait_for_captures(CAPTURES_AT_STOP_MAX)
+            .await
+        {
+            tracing::warn!("stopping with captures not answered yet: the next start resumes them");
+        }
         if let Some(storage) = self.durable.storage() {
             for concert in self.router.concerts() {
                 if let Err(error) = concert.snapshot().await {
@@ -251,6 +260,9 @@ impl Node {
         }
     }
 }
+
+/// How long a stopping node waits for the captures it has begun.
+const CAPTURES_AT_STOP_MAX: Duration = Duration::from_secs(10);
 
 pub async fn run(args: ServeArgs) -> Result<(), String> {
     let cluster = args
@@ -444,6 +456,12 @@ async fn recover(
     if let Some(store) = users.card_vault() {
         simulator.restore_cards(store.restore(std::mem::take(&mut recovered.payment_methods))?);
     }
+    desk.load_payments(
+        std::mem::take(&mut recovered.payments)
+            .into_iter()
+            .map(|(order_id, record)| (OrderId::from(order_id), record))
+            .collect(),
+    );
     let restored = users.restore(recovered.users)?;
     let user_count = restored.users;
     move_legacy_cards(desk, users, restored.legacy_cards).await?;

@@ -36,7 +36,7 @@ pub fn builder() -> Result<PrometheusBuilder, BuildError> {
 /// Describes every metric and registers the counters (and the build info) at their starting values; called once
 /// the recorder is installed.
 pub fn register() {
-    type Counters = [(&'static str, &'static str); 16];
+    type Counters = [(&'static str, &'static str); 17];
     const COUNTERS: Counters = [
         (
             "boxoffice_requests_shed_total",
@@ -96,6 +96,10 @@ pub fn register() {
             "HTTP requests by route template and status",
         ),
         (
+            "boxoffice_payment_captures_lost_total",
+            "confirmed orders whose authorization was gone (cancelled or expired) when it was captured",
+        ),
+        (
             "boxoffice_payment_provider_rate_limited_total",
             "calls the payment provider over the network answered 429",
         ),
@@ -145,6 +149,14 @@ pub fn register() {
             "the payment circuit breaker: 0 closed, 1 half open, 2 open",
         ),
         (
+            "boxoffice_payment_captures_pending",
+            "confirmed orders whose capture the payment provider has not answered yet",
+        ),
+        (
+            "boxoffice_payments_unresolved",
+            "orders whose payment outcome is unknown and being read back, by age (under_10s, 10s_to_1m, 1m_to_10m, over_10m)",
+        ),
+        (
             "boxoffice_journal_queue_depth",
             "records queued for the journal writer",
         ),
@@ -173,12 +185,14 @@ pub fn register() {
     for name in [
         "boxoffice_payments_in_flight",
         "boxoffice_payment_breaker_state",
+        "boxoffice_payment_captures_pending",
         "boxoffice_journal_queue_depth",
         "boxoffice_connections_open",
         "boxoffice_event_subscribers",
     ] {
         metrics::gauge!(name).increment(0.0);
     }
+    set_unresolved_payments([0; 4]);
     metrics::gauge!(
         "boxoffice_build_info",
         "version" => env!("CARGO_PKG_VERSION"),
@@ -194,7 +208,7 @@ pub fn register() {
         (
             "boxoffice_payment_latency_seconds",
             Unit::Seconds,
-            "one charge at the payment provider, by outcome",
+            "one authorization at the payment provider, by outcome (authorized, declined, unknown)",
         ),
         (
             "boxoffice_journal_sync_seconds",
@@ -242,4 +256,15 @@ pub fn record_http(route: &str, status: u16, elapsed: Duration) {
     let labels = [("route", route.to_owned()), ("status", status.to_string())];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+}
+
+/// Sets `boxoffice_payments_unresolved{age}` from the desk's counts by age (`Desk::unresolved_payments_by_age`),
+/// just before each scrape renders.
+pub fn set_unresolved_payments(by_age: [u64; 4]) {
+    for (age, count) in ["under_10s", "10s_to_1m", "1m_to_10m", "over_10m"]
+        .into_iter()
+        .zip(by_age)
+    {
+        metrics::gauge!("boxoffice_payments_unresolved", "age" => age).set(count as f64);
+    }
 }

@@ -335,10 +335,10 @@ async fn a_saturated_pool_answers_overloaded_and_never_hangs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_payment_past_its_deadline_releases_the_tickets() {
+async fn a_payment_past_its_deadline_keeps_its_seats_and_is_resolved_not_voided() {
     let server = Server::start(&[
         "--payment-latency-ms",
-        "3000",
+        "5000",
         "--payment-timeout-ms",
         "500",
     ]);
@@ -346,7 +346,6 @@ async fn a_payment_past_its_deadline_releases_the_tickets() {
     let (user_id, token) = server.register("deadline", GOOD_CARD).await;
     let body = json!({"concert_id": concert, "quantity": 3});
     let key = [("idempotency-key", "deadline-1")];
-
     let reply = server
         .send(
             reqwest::Method::POST,
@@ -356,13 +355,51 @@ async fn a_payment_past_its_deadline_releases_the_tickets() {
             &key,
         )
         .await;
-    reply.expect_error(503, "payment_unavailable");
-    assert!(reply.retry_after.is_some(), "503 carries Retry-After");
-    assert_eq!(server.availability(&concert).await, (10, 0, 0, 10));
+    // No answer in time is not a decline: the buyer hears the order is pending, its seats still reserved.
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.body["status"], "pending");
+    let order_id = reply.body["id"].as_str().expect("an order id").to_owned();
+    assert_eq!(server.availability(&concert).await, (7, 3, 0, 10));
     assert_eq!(tickets_of(&server, &user_id, &token).await, json!([]));
+    let metrics = server.metrics_text().await;
+    assert!(
+        metrics.contains("boxoffice_payments_unresolved{age=\"under_10s\"} 1"),
+        "{metrics}"
+    );
+    // A repeat with the same key reads the pending order; it does not order again.
+    let replay = server
+        .send(
+            reqwest::Method::POST,
+            "/orders",
+            Some(&token),
+            Some(body.clone()),
+            &key,
+        )
+        .await;
+    assert_eq!(
+        (replay.status.as_u16(), &replay.body["id"]),
+        (202, &json!(order_id))
+    );
 
-    // Nothing was charged or kept: the same key tries the order again (it does not read the 503 forever), and
-    // with the provider still too slow, that charge is voided as well.
+    // Once the provider has authorized, the resolver reads it back: tickets, then the capture.
+    let started = Instant::now();
+    let order = loop {
+        let order = server
+            .get(&format!("/orders/{order_id}"), Some(&token))
+            .await
+            .expect(200);
+        if order["status"] != "pending" {
+            break order;
+        }
+        assert!(
+            started.elapsed() < SETTLE_WAIT_MAX,
+            "never resolved: {order}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(order["status"], "confirmed", "{order}");
+    assert_eq!(order["tickets"].as_array().map(Vec::len), Some(3));
+    assert_eq!(server.availability(&concert).await, (7, 0, 3, 10));
     let replay = server
         .send(
             reqwest::Method::POST,
@@ -372,13 +409,14 @@ async fn a_payment_past_its_deadline_releases_the_tickets() {
             &key,
         )
         .await;
-    assert_eq!((replay.status, &replay.body), (reply.status, &reply.body));
-
-    // Past the moment the provider would have answered, the voided charge still sold nothing.
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
-    assert_eq!(server.availability(&concert).await, (10, 0, 0, 10));
-    assert_eq!(tickets_of(&server, &user_id, &token).await, json!([]));
+    assert_eq!((replay.status.as_u16(), &replay.body), (201, &order));
+    wait_for_metric(&server, "boxoffice_payment_captures_pending", 0.0).await;
     wait_for_metric(&server, PAYMENTS_IN_FLIGHT, 0.0).await;
+    let data_dir = server.stop();
+    let report = common::inspect(data_dir.path());
+    assert_eq!(report["violations"], json!([]), "{report}");
+    assert_eq!(report["ledger"]["approved"], 1, "captured: {report}");
+    assert_eq!(report["ledger"]["authorized"], 0, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,181 +6,10 @@ mod common;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-const API_KEY: &str = "sk_test_0123456789abcdef";
-const CARD: &str = "4242424242424242";
-const DECLINING: &str = "4000000000000002";
-const CVC: &str = "7391";
-
-struct Provider {
-    child: Child,
-    base: String,
-    client: reqwest::Client,
-}
-
-impl Provider {
-    fn start(dir: &std::path::Path, flags: &[&str]) -> Provider {
-        Self::start_on("127.0.0.1:0", dir, flags)
-    }
-
-    /// Starts on `listen`: the address of a provider that was killed, to come back where its clients look.
-    fn start_on(listen: &str, dir: &std::path::Path, flags: &[&str]) -> Provider {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_boxoffice"))
-            .args(["payment-provider", "--listen", listen, "--data-dir"])
-            .arg(dir)
-            .args(flags)
-            .env("BOXOFFICE_PAYMENT_API_KEY", API_KEY)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the provider");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the listening line");
-        let base = line
-            .trim()
-            .strip_prefix("boxoffice payment-provider listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_owned();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("client");
-        Provider {
-            child,
-            base,
-            client,
-        }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-
-    async fn post(&self, path: &str, key: Option<&str>, form: &[(&str, &str)]) -> Reply {
-        let body = form
-            .iter()
-            .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let mut request = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(API_KEY)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body);
-        if let Some(key) = key {
-            request = request.header("idempotency-key", key);
-        }
-        Reply::from(request.send().await.expect("an answer")).await
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        let request = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(API_KEY);
-        Reply::from(request.send().await.expect("an answer")).await
-    }
-
-    async fn card(&self, number: &str) -> String {
-        let reply = self
-            .post(
-                "/v1/payment_methods",
-                None,
-                &[
-                    ("type", "card"),
-                    ("card[number]", number),
-                    ("card[exp_month]", "12"),
-                    ("card[exp_year]", "2030"),
-                    ("card[cvc]", CVC),
-                ],
-            )
-            .await;
-        reply.expect(200)["id"].as_str().expect("an id").to_owned()
-    }
-}
-
-impl Provider {
-    /// Every intent created for the order `order`.
-    async fn intents_of(&self, order: &str) -> Vec<Value> {
-        let query = format!("metadata['order_id']:'{order}'");
-        let reply = self
-            .get(&format!(
-                "/v1/payment_intents/search?query={}",
-                encode(&query)
-            ))
-            .await
-            .expect(200);
-        reply["data"].as_array().expect("data").clone()
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Reply {
-    status: StatusCode,
-    replayed: bool,
-    retry_after: Option<String>,
-    body: Value,
-}
-
-impl Reply {
-    async fn from(response: reqwest::Response) -> Reply {
-        let status = response.status();
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned)
-        };
-        let replayed = header("idempotent-replayed").is_some();
-        let retry_after = header("retry-after");
-        let body = response.json().await.unwrap_or(Value::Null);
-        Reply {
-            status,
-            replayed,
-            retry_after,
-            body,
-        }
-    }
-
-    fn expect(self, status: u16) -> Value {
-        assert_eq!(self.status.as_u16(), status, "{}", self.body);
-        self.body
-    }
-
-    fn error(&self) -> (&str, &str) {
-        let error = &self.body["error"];
-        (
-            error["type"].as_str().unwrap_or(""),
-            error["code"].as_str().unwrap_or(""),
-        )
-    }
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|byte| match byte {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
-}
+use common::provider::{API_KEY, CARD, CVC, DECLINING, Provider, Reply};
 
 fn intent_form<'a>(method: &'a str, amount: &'a str, order: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
@@ -624,6 +453,25 @@ async fn after_seeded_faults_every_key_stands_for_exactly_one_intent() {
     assert_eq!(orders, expected);
 }
 
+/// The intents of `order` once the newest is captured (the node captures after answering).
+async fn captured(provider: &Provider, order: &str) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let intents = provider.intents_of(order).await;
+        if intents
+            .first()
+            .is_some_and(|intent| intent["status"] == "succeeded")
+        {
+            return intents;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{order} never captured: {intents:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A node started with `--payment` pointing at `provider`.
 fn node_paying_with(provider: &Provider, extra: &[&str]) -> common::Server {
     let payment = provider.base.clone();
@@ -671,7 +519,7 @@ async fn a_node_vaults_cards_and_charges_orders_at_the_network_provider() {
         .await;
     refused.expect_error(422, "card_refused");
 
-    // An order is charged once, at the provider, under its order id.
+    // An order is authorized once, at the provider, under its order id, and captured once its tickets exist.
     let order = node
         .post(
             "/orders",
@@ -681,14 +529,14 @@ async fn a_node_vaults_cards_and_charges_orders_at_the_network_provider() {
         .await
         .expect(201);
     let order_id = order["id"].as_str().expect("an id");
-    let intents = provider.intents_of(order_id).await;
+    let intents = captured(&provider, order_id).await;
     assert_eq!(
         intents.len(),
         1,
         "{order_id}: {}",
         provider.get("/v1/payment_intents").await.body
     );
-    assert_eq!(intents[0]["status"], "succeeded");
+    assert_eq!(intents[0]["capture_method"], "manual", "{}", intents[0]);
     assert_eq!(intents[0]["amount_received"], 5000);
 
     // A declining card: the order is refused and its tickets go back.
@@ -757,10 +605,8 @@ async fn a_node_vaults_cards_and_charges_orders_at_the_network_provider() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let intents = provider
-        .intents_of(again["id"].as_str().expect("an id"))
-        .await;
-    assert_eq!(intents[0]["status"], "succeeded");
+    let intents = captured(&provider, again["id"].as_str().expect("an id")).await;
+    assert_eq!(intents[0]["amount_received"], 2500);
     let (remaining, held, sold, _) = node.availability(&concert).await;
     assert_eq!((remaining, held, sold), (97, 0, 3));
     // Every call to the provider is timed by call and outcome.

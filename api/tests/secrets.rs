@@ -5,7 +5,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::{ADMIN_TOKEN, Server};
+use common::{ADMIN_TOKEN, Server, occurs};
 use serde_json::{Value, json};
 
 struct Buyer {
@@ -62,26 +62,6 @@ fn encodings(secret: &str) -> Vec<String> {
         }
     }
     forms
-}
-
-/// Secrets shorter than this (cvvs) turn up by chance inside longer runs of digits and letters (timestamps, ids,
-/// hashes): for them a match counts only where it is not part of such a run, as a leaked value would be
-/// (`"cvv":"7391"`, `cvv=7391`).
-const SHORT_SECRET_CHARS: usize = 6;
-
-/// Whether `form` occurs in `bytes`; for a short `secret`, only where no letter or digit touches it.
-fn occurs(bytes: &[u8], form: &str, secret: &str) -> bool {
-    let flanked = |at: Option<&u8>| at.is_some_and(u8::is_ascii_alphanumeric);
-    let short = secret.len() < SHORT_SECRET_CHARS;
-    bytes
-        .windows(form.len())
-        .enumerate()
-        .any(|(start, window)| {
-            window == form.as_bytes()
-                && !(short
-                    && (flanked(start.checked_sub(1).and_then(|before| bytes.get(before)))
-                        || flanked(bytes.get(start + form.len()))))
-        })
 }
 
 fn assert_absent(secrets: &[String], haystacks: &[(std::path::PathBuf, Vec<u8>)]) {

@@ -22,16 +22,20 @@
 //! answer the confirmation of a charged order, the order goes on confirming until that node is back: it never
 //! ends charged without its tickets.
 
+mod payment;
 mod recovery;
 
+pub use payment::PENDING_ANSWER_AFTER;
 pub use recovery::InFlightOrder;
+
+use payment::Announce;
 
 use crate::clock::Clock;
 use crate::concert::ConcertSpec;
 use crate::error::EngineError;
 use crate::ids::{ConcertId, HoldId, IdMap, OrderId, TicketId, UserId, ticket_token};
 use crate::payment::{
-    ChargeRequest, PaymentCard, PaymentPool, PaymentResult, PaymentSlot, VaultedCard,
+    PaymentCard, PaymentJournal, PaymentPool, PaymentRecord, PaymentSlot, VaultedCard,
 };
 use crate::router::{ClaimRequest, ConcertHandle, Part, Router};
 use crate::shard_state::{
@@ -40,7 +44,7 @@ use crate::shard_state::{
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -362,6 +366,13 @@ impl Book {
 pub struct Desk {
     router: Arc<Router>,
     payments: Arc<PaymentPool>,
+    payment_journal: Arc<dyn PaymentJournal>,
+    /// Payment records read back at a restart, until the orders they belong to take them (`desk::payment`).
+    recovered_payments: Mutex<HashMap<OrderId, PaymentRecord>>,
+    /// Orders whose payment outcome is being resolved, since when.
+    unresolved: Mutex<HashMap<OrderId, Instant>>,
+    /// Captures begun and not answered yet.
+    captures_pending: AtomicUsize,
     clock: Arc<dyn Clock>,
     config: DeskConfig,
     book: Mutex<Book>,
@@ -376,6 +387,7 @@ impl Desk {
     pub fn new(
         router: Arc<Router>,
         payments: Arc<PaymentPool>,
+        payment_journal: Arc<dyn PaymentJournal>,
         clock: Arc<dyn Clock>,
         config: DeskConfig,
     ) -> Self {
@@ -388,6 +400,10 @@ impl Desk {
         Self {
             router,
             payments,
+            payment_journal,
+            recovered_payments: Mutex::default(),
+            unresolved: Mutex::default(),
+            captures_pending: AtomicUsize::new(0),
             clock,
             config,
             book: Mutex::new(Book::default()),
@@ -479,8 +495,8 @@ impl Desk {
         let payment_method = payment_method.ok_or(EngineError::CardRequired)?;
         let fingerprint = fingerprint(&("order", &request));
         let (desk, owner) = (self.clone(), user.clone());
-        self.idempotent(user, idempotency_key, fingerprint, move |tag| {
-            desk.order_flow(owner, payment_method, concert, request.claim, tag)
+        self.idempotent(user, idempotency_key, fingerprint, move |tag, announce| {
+            desk.order_flow(owner, payment_method, concert, request.claim, tag, announce)
         })
         .await
     }
@@ -492,6 +508,7 @@ impl Desk {
         concert: Arc<ConcertHandle>,
         claim: ClaimRequest,
         idempotency: Option<IdempotencyTag>,
+        announce: Announce,
     ) -> OrderOutcome {
         let started = Instant::now();
         let outcome = async {
@@ -513,9 +530,18 @@ impl Desk {
                 order_id: order_id.clone(),
                 meta: meta.clone(),
             };
+            let record = PaymentRecord {
+                payment_method,
+                amount_cents: concert.spec.price_cents * u64::from(quantity),
+                intent_id: None,
+            };
+            // Ahead of the reservation in the same log: durable with it, so that a restart knows how to resolve
+            // any authorization asked for it.
+            self.journal_payment(&order_id, Some(&record));
             let parts = match concert.reserve(&user, &claim, purpose).await {
                 Ok(parts) => parts,
                 Err(error) => {
+                    self.journal_payment(&order_id, None);
                     self.book()
                         .give_back_tickets(&user, &concert.spec.id, quantity);
                     return Err(error);
@@ -523,46 +549,14 @@ impl Desk {
             };
             debug_assert_eq!(quantity, parts_tickets(&parts), "a claim is granted whole");
             let order = pending_order(order_id, &concert.spec, &user, &parts, &meta);
+            debug_assert_eq!(order.amount_cents, record.amount_cents);
             self.book().upsert_order(&order);
-            self.settle(order, &concert, &parts, payment_method, slot)
+            self.settle(order, &concert, &parts, record, Some(slot), &announce)
                 .await
         }
         .await;
         self.metrics.record(&outcome, started);
         outcome
-    }
-
-    /// Charges a durable reservation and turns it into tickets, or releases it and gives its tickets back to the
-    /// buyer's allowance.
-    async fn settle(
-        &self,
-        mut order: Order,
-        concert: &ConcertHandle,
-        parts: &[Part],
-        payment_method: String,
-        slot: PaymentSlot,
-    ) -> OrderOutcome {
-        let charge = ChargeRequest {
-            idempotency_key: order.id.0.to_string(),
-            amount_cents: order.amount_cents,
-            payment_method,
-        };
-        let (reason, error) = match self.payments.charge(slot, charge).await {
-            PaymentResult::Approved => return self.confirm(order, concert, parts).await,
-            PaymentResult::Declined { reason } => (
-                ReleaseReason::Declined,
-                EngineError::PaymentDeclined { reason },
-            ),
-            PaymentResult::Failed => (ReleaseReason::Abandoned, EngineError::PaymentUnavailable),
-        };
-        if let Err(release_error) = concert.release(parts, reason).await {
-            tracing::error!(order_id = %order.id, %release_error, "could not release after failed payment");
-        }
-        order.status = OrderStatus::Declined;
-        let mut book = self.book();
-        book.upsert_order(&order);
-        book.give_back_tickets(&order.user_id, &order.concert_id, parts_tickets(parts));
-        Err(error)
     }
 
     async fn confirm(
@@ -624,12 +618,7 @@ impl Desk {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(CONFIRM_RETRY_DELAY_MAX);
                 }
-                Err(error) => {
-                    // The card is charged and the reservation still stands: the order stays pending for
-                    // reconciliation.
-                    tracing::error!(order_id = %order.id, %error, "charged but not confirmed");
-                    return Err(EngineError::Unavailable);
-                }
+                Err(error) => return Err(error),
             }
         }
         order.status = OrderStatus::Confirmed;
@@ -757,8 +746,8 @@ impl Desk {
         self.book_ready()?;
         let fingerprint = fingerprint(&("purchase", hold_id));
         let (desk, owner, hold_id) = (self.clone(), user.clone(), hold_id.clone());
-        self.idempotent(user, idempotency_key, fingerprint, move |tag| {
-            desk.purchase_flow(owner, payment_method, hold_id, tag)
+        self.idempotent(user, idempotency_key, fingerprint, move |tag, announce| {
+            desk.purchase_flow(owner, payment_method, hold_id, tag, announce)
         })
         .await
     }
@@ -769,6 +758,7 @@ impl Desk {
         payment_method: Option<String>,
         hold_id: HoldId,
         idempotency: Option<IdempotencyTag>,
+        announce: Announce,
     ) -> OrderOutcome {
         let started = Instant::now();
         let now_ms = self.clock.now_ms();
@@ -786,6 +776,7 @@ impl Desk {
                 }
                 PurchaseStart::AlreadyPurchasing(outcome) => return wait_outcome(outcome).await,
             };
+        let announce = announce.and(sender.clone());
         let begun = async {
             let concert = self
                 .router
@@ -796,17 +787,28 @@ impl Desk {
                 created_at_ms: now_ms,
                 idempotency,
             };
-            concert
+            let record = PaymentRecord {
+                payment_method,
+                amount_cents: concert.spec.price_cents * u64::from(parts_tickets(&parts)),
+                intent_id: None,
+            };
+            // Ahead of the purchase's reservation, as an order's (see `order_flow`).
+            self.journal_payment(&order_id, Some(&record));
+            if let Err(error) = concert
                 .begin_purchase(&parts, &user, &order_id, &meta)
-                .await?;
-            Ok((concert, order_id, meta))
+                .await
+            {
+                self.journal_payment(&order_id, None);
+                return Err(error);
+            }
+            Ok((concert, order_id, meta, record))
         }
         .await;
         let outcome = match begun {
-            Ok((concert, order_id, meta)) => {
+            Ok((concert, order_id, meta, record)) => {
                 let order = pending_order(order_id, &concert.spec, &user, &parts, &meta);
                 self.book().upsert_order(&order);
-                self.settle(order, &concert, &parts, payment_method, slot)
+                self.settle(order, &concert, &parts, record, Some(slot), &announce)
                     .await
             }
             Err(error) => {
@@ -997,7 +999,10 @@ impl Desk {
         Ok(Ok(sender))
     }
 
-    /// Runs `work` in its own task; with a key, a repeated request gets the first outcome instead.
+    /// Runs `work` in its own task; with a key, a repeated request gets the first outcome instead. The caller
+    /// waits for the outcome, or for the order pending (its payment outcome unknown past
+    /// [`PENDING_ANSWER_AFTER`]) while the task goes on resolving it; a repeat then reads the pending order, and
+    /// the final outcome once there is one.
     async fn idempotent<F, Fut>(
         self: &Arc<Self>,
         user: &UserId,
@@ -1006,34 +1011,38 @@ impl Desk {
         work: F,
     ) -> OrderOutcome
     where
-        F: FnOnce(Option<IdempotencyTag>) -> Fut,
+        F: FnOnce(Option<IdempotencyTag>, Announce) -> Fut,
         Fut: Future<Output = OrderOutcome> + Send + 'static,
     {
-        let Some(key) = key else {
-            return spawn_owned(work(None)).await;
-        };
-        let sender = match self.claim_idempotency_key(user, &key, fingerprint)? {
-            Ok(sender) => sender,
-            Err(earlier) => return wait_outcome(earlier).await,
+        let (sender, receiver, tag) = match key {
+            None => {
+                let (sender, receiver) = watch::channel(None);
+                (sender, receiver, None)
+            }
+            Some(key) => match self.claim_idempotency_key(user, &key, fingerprint)? {
+                Ok(sender) => {
+                    let receiver = sender.subscribe();
+                    let tag = IdempotencyTag { key, fingerprint };
+                    (sender, receiver, Some(tag))
+                }
+                Err(earlier) => return wait_outcome(earlier).await,
+            },
         };
         let (desk, user) = (self.clone(), user.clone());
-        let work = work(Some(IdempotencyTag {
-            key: key.clone(),
-            fingerprint,
-        }));
-        spawn_owned(async move {
+        let key = tag.as_ref().map(|tag| tag.key.clone());
+        let work = work(tag, Announce::to(sender.clone()));
+        tokio::spawn(async move {
             let outcome = work.await;
-            if let Err(error) = &outcome
+            if let (Err(error), Some(key)) = (&outcome, key)
                 && error.frees_idempotency_key()
             {
                 // Nothing was charged and nothing stays reserved: a retry with the same key places the order
                 // anew rather than read this answer again, however often it is told to retry.
                 desk.book().idempotency.remove(&(user, key));
             }
-            let _ = sender.send(Some(outcome.clone()));
-            outcome
-        })
-        .await
+            sender.send_replace(Some(outcome));
+        });
+        wait_outcome(receiver).await
     }
 }
 
@@ -1117,6 +1126,10 @@ struct OrderMetrics {
     ticket_limit_reached: metrics::Counter,
     error: metrics::Counter,
     latency: metrics::Histogram,
+    /// Confirmed orders whose capture has not been answered yet.
+    captures_pending: metrics::Gauge,
+    /// Confirmed orders whose authorization was gone at capture.
+    captures_lost: metrics::Counter,
 }
 
 impl OrderMetrics {
@@ -1133,6 +1146,8 @@ impl OrderMetrics {
             ticket_limit_reached: outcome("ticket_limit_reached"),
             error: outcome("error"),
             latency: metrics::histogram!("boxoffice_order_latency_seconds"),
+            captures_pending: metrics::gauge!("boxoffice_payment_captures_pending"),
+            captures_lost: metrics::counter!("boxoffice_payment_captures_lost_total"),
         }
     }
 

@@ -11,9 +11,11 @@
 //! - [`journal`]: the `Journal` port shard actors write to.
 //! - [`feed`]: each concert's live feed of seat changes and availability, published by its shard actors.
 //! - [`clock`], [`ids`], [`error`]: time, identifiers and domain outcomes.
+//! - [`crash`]: crash points the crash-matrix tests abort at (debug builds only).
 
 pub mod clock;
 pub mod concert;
+pub mod crash;
 pub mod desk;
 pub mod error;
 pub mod feed;

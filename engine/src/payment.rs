@@ -1,10 +1,12 @@
 //! The `PaymentProvider` port, the in-process simulator, and the payment pool that isolates the provider.
 //!
 //! Who calls: the order desk, from a task of its own, never from a shard actor. The pool admits at most
-//! `concurrency + queue_max` charges at once: admission is checked before anything is reserved, and a full pool
-//! answers `EngineError::Overloaded` at once (the HTTP front turns it into `503 overloaded` with `Retry-After`).
-//! Admitted charges wait for one of `concurrency` slots, and each call to the provider has a deadline; a charge
-//! that misses it is voided with the provider, so a late approval can never charge a card without tickets.
+//! `concurrency + queue_max` orders at once: admission is checked before anything is reserved, and a full pool
+//! answers `EngineError::Overloaded` at once (the HTTP front turns it into `503 overloaded` with `Retry-After`);
+//! an order keeps its slot until its payment is final (captured, or nothing left open), so orders whose outcome a
+//! failing provider leaves unknown fill the pool and new ones are refused rather than queued without end. Every
+//! call (authorize, capture, status, void) waits for one of `concurrency` calls in flight and has a deadline; a
+//! missed deadline is an unknown outcome, never read as a decline (`desk::payment` resolves it).
 
 use crate::error::EngineError;
 use crate::journal::Commit;
@@ -54,29 +56,82 @@ pub struct VaultedCard {
     pub exp_year: u16,
 }
 
+/// The provider's answer to an authorization.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChargeOutcome {
-    Approved,
-    Declined { reason: String },
+    /// The amount is held on the card under the provider's payment `intent_id`, to be captured once the tickets
+    /// exist.
+    Authorized {
+        intent_id: String,
+    },
+    Declined {
+        reason: String,
+    },
+}
+
+/// The provider's answer to a capture.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaptureOutcome {
+    Captured,
+    /// The authorization is gone (cancelled, or expired): nothing can be captured.
+    Canceled,
+}
+
+/// An order's payment as the node's journal keeps it while it is not final (`PaymentJournal`): what the
+/// authorization asks, and once the provider answered it, the intent it holds. Written before the reservation
+/// (the same log, so durable with it), rewritten with the intent before the tickets are issued, removed once the
+/// payment is captured or nothing of it is left open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRecord {
+    pub payment_method: String,
+    pub amount_cents: u64,
+    /// The provider's payment intent, once it authorized the amount.
+    pub intent_id: Option<String>,
+}
+
+/// Where the desk journals each order's payment step before the call it guards: `Some` its current step, `None`
+/// once it is final. The commit completes once the record is durable; a record appended before another in the
+/// same journal is durable no later than it.
+pub trait PaymentJournal: Send + Sync + 'static {
+    fn record(&self, order_id: &str, record: Option<&PaymentRecord>) -> Commit;
+}
+
+/// A payment journal that keeps nothing (`--durability none`).
+pub struct NoPaymentJournal;
+
+impl PaymentJournal for NoPaymentJournal {
+    fn record(&self, _: &str, _: Option<&PaymentRecord>) -> Commit {
+        Commit::done()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PaymentError {
     /// The charge was voided before it completed.
     Voided,
-    /// The provider could not be reached or failed.
+    /// The provider failed, or its answer was lost (a timeout, a reset, a 5xx): what it did is unknown.
     Provider(String),
+    /// The provider certainly did not act on the request: the connection was refused, or it answered 429.
+    Refused(String),
 }
 
 pub trait PaymentProvider: Send + Sync + 'static {
-    fn charge(
+    /// Authorizes the amount on the card (nothing is taken before [`Self::capture`]). The same key asked again
+    /// answers what became of the first request, never a second authorization.
+    fn authorize(
         &self,
         request: ChargeRequest,
     ) -> BoxFuture<'static, Result<ChargeOutcome, PaymentError>>;
-    /// Cancels or refunds the charge made under `idempotency_key`, if any. Idempotent.
+    /// Takes the authorized amount of the intent `intent_id` of the order `idempotency_key`. Idempotent.
+    fn capture(
+        &self,
+        idempotency_key: &str,
+        intent_id: &str,
+    ) -> BoxFuture<'static, Result<CaptureOutcome, PaymentError>>;
+    /// Cancels the authorization made under `idempotency_key`, or refunds its capture, if any. Idempotent.
     fn void(&self, idempotency_key: &str) -> BoxFuture<'static, Result<(), PaymentError>>;
-    /// What became of the charge made under `idempotency_key`: how recovery settles an order whose payment
-    /// outcome was lost in a crash.
+    /// What became of the payment made under `idempotency_key`: how an order whose outcome was not answered (a
+    /// timeout, a reset, a 5xx, a crash) is resolved.
     fn status(
         &self,
         idempotency_key: &str,
@@ -124,12 +179,20 @@ pub fn card_expired(month: u8, year: u16) -> bool {
 }
 
 /// A provider's record of one idempotency key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChargeStatus {
-    /// No completed charge under this key.
-    Unknown,
-    Approved,
+    /// No payment under this key.
+    Absent,
+    /// A request under this key is still being handled: not final.
+    Processing,
+    Authorized {
+        intent_id: String,
+    },
+    Captured {
+        intent_id: String,
+    },
     Declined,
+    /// Cancelled or refunded.
     Voided,
 }
 
@@ -160,12 +223,16 @@ impl SimulatedCard {
 /// Card numbers ending in this always decline in the simulator, whatever the decline rate.
 pub const SIMULATOR_DECLINING_CARD_SUFFIX: &str = "0002";
 
+/// The variants are stored in the ledger: new ones go at the end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SimulatedChargeState {
     Pending,
+    /// Captured (and, in a ledger of an earlier version, charged at once).
     Approved,
     Declined,
     Voided,
+    /// Authorized, not captured yet.
+    Authorized,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,7 +301,8 @@ impl SimulatedProvider {
 }
 
 impl PaymentProvider for SimulatedProvider {
-    fn charge(
+    /// Authorizes after `latency`; the intent's id is the order's key.
+    fn authorize(
         &self,
         request: ChargeRequest,
     ) -> BoxFuture<'static, Result<ChargeOutcome, PaymentError>> {
@@ -252,12 +320,16 @@ impl PaymentProvider for SimulatedProvider {
             })));
         };
         let declines = card.declines || rand::random_bool(self.decline_rate);
-        Box::pin(async move {
+        let work = async move {
             {
                 let mut ledger = ledger.lock().expect("ledger lock");
                 if let Some(existing) = ledger.get(&request.idempotency_key) {
                     return match existing.state {
-                        SimulatedChargeState::Approved => Ok(ChargeOutcome::Approved),
+                        SimulatedChargeState::Approved | SimulatedChargeState::Authorized => {
+                            Ok(ChargeOutcome::Authorized {
+                                intent_id: request.idempotency_key.clone(),
+                            })
+                        }
                         SimulatedChargeState::Declined => Ok(ChargeOutcome::Declined {
                             reason: "card declined".into(),
                         }),
@@ -292,8 +364,10 @@ impl PaymentProvider for SimulatedProvider {
                         reason: "card declined".into(),
                     }
                 } else {
-                    charge.state = SimulatedChargeState::Approved;
-                    ChargeOutcome::Approved
+                    charge.state = SimulatedChargeState::Authorized;
+                    ChargeOutcome::Authorized {
+                        intent_id: request.idempotency_key.clone(),
+                    }
                 };
                 // Queued, not awaited: see the type's comment. A write that fails later fails every write after
                 // it too, the confirmation's included, so no order is confirmed on a charge that was not recorded.
@@ -307,6 +381,16 @@ impl PaymentProvider for SimulatedProvider {
                 outcome
             };
             Ok(outcome)
+        };
+        if latency.is_zero() {
+            // Done on its first poll: no caller's deadline can cut it.
+            return Box::pin(work);
+        }
+        // As a provider would, it completes whether or not the caller still waits.
+        let task = tokio::spawn(work);
+        Box::pin(async move {
+            task.await
+                .unwrap_or_else(|_| Err(PaymentError::Provider("simulator task failed".into())))
         })
     }
 
@@ -321,12 +405,60 @@ impl PaymentProvider for SimulatedProvider {
             .get(idempotency_key)
             .map(|charge| charge.state)
         {
-            None | Some(SimulatedChargeState::Pending) => ChargeStatus::Unknown,
-            Some(SimulatedChargeState::Approved) => ChargeStatus::Approved,
+            None => ChargeStatus::Absent,
+            Some(SimulatedChargeState::Pending) => ChargeStatus::Processing,
+            Some(SimulatedChargeState::Authorized) => ChargeStatus::Authorized {
+                intent_id: idempotency_key.to_owned(),
+            },
+            Some(SimulatedChargeState::Approved) => ChargeStatus::Captured {
+                intent_id: idempotency_key.to_owned(),
+            },
             Some(SimulatedChargeState::Declined) => ChargeStatus::Declined,
             Some(SimulatedChargeState::Voided) => ChargeStatus::Voided,
         };
         Box::pin(std::future::ready(Ok(status)))
+    }
+
+    /// Captures at once (`--payment-latency-ms` is the authorization's latency, the card network's part); the
+    /// ledger's record is queued in the node's journal and awaited.
+    fn capture(
+        &self,
+        idempotency_key: &str,
+        _intent_id: &str,
+    ) -> BoxFuture<'static, Result<CaptureOutcome, PaymentError>> {
+        let answer = {
+            let mut ledger = self.ledger.lock().expect("ledger lock");
+            match ledger.get_mut(idempotency_key) {
+                Some(charge) if charge.state == SimulatedChargeState::Authorized => {
+                    charge.state = SimulatedChargeState::Approved;
+                    Ok((
+                        CaptureOutcome::Captured,
+                        self.store
+                            .as_ref()
+                            .map(|store| store.record(idempotency_key, charge)),
+                    ))
+                }
+                Some(charge) if charge.state == SimulatedChargeState::Approved => {
+                    Ok((CaptureOutcome::Captured, None))
+                }
+                Some(charge) if charge.state == SimulatedChargeState::Voided => {
+                    Ok((CaptureOutcome::Canceled, None))
+                }
+                _ => Err(PaymentError::Provider(
+                    "no authorization to capture under this key".into(),
+                )),
+            }
+        };
+        Box::pin(async move {
+            let (outcome, commit) = answer?;
+            if let Some(commit) = commit {
+                commit
+                    .wait()
+                    .await
+                    .map_err(|error| PaymentError::Provider(error.to_string()))?;
+            }
+            Ok(outcome)
+        })
     }
 
     /// Answers once the card is durable in the vault, without `--payment-latency-ms` (the latency of a charge).
@@ -457,15 +589,24 @@ impl Drop for PaymentSlot {
     }
 }
 
-/// How a charge through the pool ended.
+/// How an authorization through the pool ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PaymentResult {
-    Approved,
+    Authorized {
+        intent_id: String,
+    },
     Declined {
         reason: String,
     },
-    /// No answer within the deadline, or the provider failed; the charge was voided.
-    Failed,
+    /// No answer within the deadline, a reset, a 5xx, a 429: the outcome is unknown, not a decline. The
+    /// provider may have authorized the amount; the order is resolved by reading its payment back.
+    Unknown {
+        reason: String,
+    },
+    /// The request certainly did not reach the provider (refused connection, 429): nothing to resolve.
+    NotSent {
+        reason: String,
+    },
 }
 
 pub struct PaymentPool {
@@ -554,9 +695,9 @@ struct PaymentMetrics {
     /// Orders admitted and not done with their charge (in flight or waiting for a slot), and the most.
     admitted: metrics::Gauge,
     admitted_max: metrics::Gauge,
-    approved: metrics::Histogram,
+    authorized: metrics::Histogram,
     declined: metrics::Histogram,
-    failed: metrics::Histogram,
+    unknown: metrics::Histogram,
 }
 
 impl PaymentMetrics {
@@ -567,9 +708,9 @@ impl PaymentMetrics {
             breaker: metrics::gauge!("boxoffice_payment_breaker_state"),
             admitted: metrics::gauge!("boxoffice_payment_pool_admitted"),
             admitted_max: metrics::gauge!("boxoffice_payment_pool_admitted_max"),
-            approved: latency("approved"),
+            authorized: latency("authorized"),
             declined: latency("declined"),
-            failed: latency("failed"),
+            unknown: latency("unknown"),
         }
     }
 }
@@ -649,8 +790,10 @@ impl PaymentPool {
         self.metrics.breaker.set(breaker.gauge());
     }
 
-    /// Charges the card: waits for a free slot, calls the provider with a deadline, voids on failure.
-    pub async fn charge(&self, slot: PaymentSlot, request: ChargeRequest) -> PaymentResult {
+    /// Authorizes the order's amount: waits for one of the `concurrency` calls in flight (the order holds its
+    /// admission slot until its payment is final), calls the provider with a deadline. An error or a missed
+    /// deadline is an unknown outcome, never voided here: the caller resolves it.
+    pub async fn authorize(&self, request: &ChargeRequest) -> PaymentResult {
         let _in_flight = self
             .in_flight
             .acquire()
@@ -658,36 +801,58 @@ impl PaymentPool {
             .expect("the payment semaphore is never closed");
         self.metrics.in_flight.increment(1.0);
         let started = Instant::now();
-        let key = request.idempotency_key.clone();
         let answer = tokio::time::timeout(self.timeout, async {
             self.pace().await;
-            self.provider.charge(request).await
+            self.provider.authorize(request.clone()).await
         })
         .await;
         let result = match answer {
-            Ok(Ok(ChargeOutcome::Approved)) => PaymentResult::Approved,
+            Ok(Ok(ChargeOutcome::Authorized { intent_id })) => {
+                PaymentResult::Authorized { intent_id }
+            }
             Ok(Ok(ChargeOutcome::Declined { reason })) => PaymentResult::Declined { reason },
-            Ok(Err(error)) => {
-                tracing::warn!(order_id = %key, ?error, "payment failed, voiding");
-                self.void(&key).await;
-                PaymentResult::Failed
-            }
-            Err(_) => {
-                tracing::warn!(order_id = %key, timeout_ms = self.timeout.as_millis() as u64, "payment timed out, voiding");
-                self.void(&key).await;
-                PaymentResult::Failed
-            }
+            Ok(Err(PaymentError::Refused(reason))) => PaymentResult::NotSent { reason },
+            Ok(Err(error)) => PaymentResult::Unknown {
+                reason: format!("{error:?}"),
+            },
+            Err(_) => PaymentResult::Unknown {
+                reason: format!("no answer within {} ms", self.timeout.as_millis()),
+            },
         };
-        self.record(result == PaymentResult::Failed);
+        let failed = matches!(
+            result,
+            PaymentResult::Unknown { .. } | PaymentResult::NotSent { .. }
+        );
+        self.record(failed);
         let latency = match result {
-            PaymentResult::Approved => &self.metrics.approved,
+            PaymentResult::Authorized { .. } => &self.metrics.authorized,
             PaymentResult::Declined { .. } => &self.metrics.declined,
-            PaymentResult::Failed => &self.metrics.failed,
+            PaymentResult::Unknown { .. } | PaymentResult::NotSent { .. } => &self.metrics.unknown,
         };
         latency.record(started.elapsed().as_secs_f64());
         self.metrics.in_flight.decrement(1.0);
-        drop(slot);
         result
+    }
+
+    /// Captures an authorized intent, with the pool's deadline, as one of the calls in flight.
+    pub async fn capture(
+        &self,
+        key: &str,
+        intent_id: &str,
+    ) -> Result<CaptureOutcome, PaymentError> {
+        let _in_flight = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the payment semaphore is never closed");
+        let answer = tokio::time::timeout(self.timeout, async {
+            self.pace().await;
+            self.provider.capture(key, intent_id).await
+        })
+        .await
+        .unwrap_or_else(|_| Err(PaymentError::Provider("capture timed out".into())));
+        self.record(answer.is_err());
+        answer
     }
 
     /// Hands `card` to the provider's vault, within the pool's deadline, at most [`VERIFICATIONS_IN_FLIGHT_MAX`]
@@ -715,8 +880,13 @@ impl PaymentPool {
         }
     }
 
-    /// Asks the provider what became of a charge, with the pool's deadline.
+    /// Asks the provider what became of a payment, with the pool's deadline.
     pub async fn status(&self, key: &str) -> Result<ChargeStatus, PaymentError> {
+        let _in_flight = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the payment semaphore is never closed");
         tokio::time::timeout(self.timeout, async {
             self.pace().await;
             self.provider.status(key).await
@@ -725,30 +895,37 @@ impl PaymentPool {
         .unwrap_or_else(|_| Err(PaymentError::Provider("status timed out".into())))
     }
 
-    /// Voids a charge, retrying a few times, further and further apart (a provider still handling the charge
-    /// answers the void only once it is done); a void that never succeeds is logged for reconciliation.
-    pub async fn void(&self, key: &str) {
+    /// Voids a payment, retrying a few times, further and further apart (a provider still handling the
+    /// authorization answers the void only once it is done); whether it succeeded. The caller keeps the order's
+    /// seats until one does.
+    pub async fn void(&self, key: &str) -> bool {
         let mut pause = VOID_RETRY_PAUSE;
         for attempt in 0..VOID_ATTEMPTS_MAX {
             if attempt > 0 {
                 tokio::time::sleep(pause).await;
                 pause *= 2;
             }
+            let _in_flight = self
+                .in_flight
+                .acquire()
+                .await
+                .expect("the payment semaphore is never closed");
             let attempt = async {
                 self.pace().await;
                 self.provider.void(key).await
             };
             match tokio::time::timeout(self.timeout, attempt).await {
-                Ok(Ok(())) => return,
+                Ok(Ok(())) => return true,
                 Ok(Err(error)) => tracing::warn!(order_id = %key, ?error, "void failed"),
                 Err(_) => tracing::warn!(order_id = %key, "void timed out"),
             }
         }
-        tracing::error!(order_id = %key, "could not void charge; it needs reconciliation");
+        tracing::warn!(order_id = %key, "could not void the payment yet; it is tried again");
+        false
     }
 }
 
-/// Tries to void a failed charge at most this often before leaving it to reconciliation.
+/// Tries to void a payment at most this often in one [`PaymentPool::void`].
 const VOID_ATTEMPTS_MAX: u32 = 4;
 /// The pause before the second attempt to void; each later one doubles it (0.2 + 0.4 + 0.8 s in all).
 const VOID_RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -784,20 +961,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn simulator_charges_a_key_once_and_declines_the_test_card() {
+    async fn simulator_authorizes_a_key_once_captures_it_and_declines_the_test_card() {
         let provider = SimulatedProvider::new(Duration::ZERO, 0.0);
         let good = vaulted(&provider, "4242424242424242").await;
-        let first = provider.charge(request("o_1", &good)).await;
-        let again = provider.charge(request("o_1", &good)).await;
-        assert_eq!(first, Ok(ChargeOutcome::Approved));
-        assert_eq!(again, Ok(ChargeOutcome::Approved));
+        let first = provider.authorize(request("o_1", &good)).await;
+        let again = provider.authorize(request("o_1", &good)).await;
+        let authorized = Ok(ChargeOutcome::Authorized {
+            intent_id: "o_1".into(),
+        });
+        assert_eq!((&first, &again), (&authorized, &authorized));
         assert_eq!(provider.ledger().len(), 1);
+        assert_eq!(
+            provider.status("o_1").await,
+            Ok(ChargeStatus::Authorized {
+                intent_id: "o_1".into()
+            })
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                provider.capture("o_1", "o_1").await,
+                Ok(CaptureOutcome::Captured)
+            );
+        }
+        assert_eq!(
+            provider.ledger()["o_1"].state,
+            SimulatedChargeState::Approved
+        );
+        assert_eq!(provider.status("o_2").await, Ok(ChargeStatus::Absent));
         let declining = vaulted(&provider, "4000000000000002").await;
-        let declined = provider.charge(request("o_2", &declining)).await;
+        let declined = provider.authorize(request("o_2", &declining)).await;
         assert!(matches!(declined, Ok(ChargeOutcome::Declined { .. })));
+        assert!(provider.capture("o_2", "o_2").await.is_err());
         // A payment method the vault never gave out is declined.
-        let unknown = provider.charge(request("o_3", "pm_unknown")).await;
+        let unknown = provider.authorize(request("o_3", "pm_unknown")).await;
         assert!(matches!(unknown, Ok(ChargeOutcome::Declined { .. })));
+        // A voided authorization cannot be captured.
+        provider
+            .authorize(request("o_4", &good))
+            .await
+            .expect("authorized");
+        provider.void("o_4").await.expect("voided");
+        assert_eq!(
+            provider.capture("o_4", "o_4").await,
+            Ok(CaptureOutcome::Canceled)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -846,7 +1053,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_charge_past_its_deadline_is_voided() {
+    async fn an_authorization_past_its_deadline_is_an_unknown_outcome_and_not_voided() {
         let provider = Arc::new(SimulatedProvider::new(Duration::from_secs(10), 0.0));
         let pool = PaymentPool::new(
             provider.clone(),
@@ -860,12 +1067,22 @@ mod tests {
         let good = vaulted(&provider, "4242424242424242").await;
         let slot = pool.admit().expect("empty pool admits");
         assert!(pool.admit().is_err(), "a pool of one admits one");
-        let result = pool.charge(slot, request("o_slow", &good)).await;
-        assert_eq!(result, PaymentResult::Failed);
-        assert_eq!(
-            provider.ledger()["o_slow"].state,
-            SimulatedChargeState::Voided
+        let result = pool.authorize(&request("o_slow", &good)).await;
+        assert!(
+            matches!(result, PaymentResult::Unknown { .. }),
+            "{result:?}"
         );
+        // The provider goes on: the order reads the outcome back rather than assume one.
+        assert_eq!(
+            provider.status("o_slow").await,
+            Ok(ChargeStatus::Processing)
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(matches!(
+            provider.status("o_slow").await,
+            Ok(ChargeStatus::Authorized { .. })
+        ));
+        drop(slot);
         assert!(pool.admit().is_ok(), "the slot is returned");
     }
 
@@ -875,7 +1092,7 @@ mod tests {
     }
 
     impl PaymentProvider for Flaky {
-        fn charge(
+        fn authorize(
             &self,
             _: ChargeRequest,
         ) -> BoxFuture<'static, Result<ChargeOutcome, PaymentError>> {
@@ -888,11 +1105,18 @@ mod tests {
                 })
             }))
         }
+        fn capture(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> BoxFuture<'static, Result<CaptureOutcome, PaymentError>> {
+            Box::pin(std::future::ready(Ok(CaptureOutcome::Canceled)))
+        }
         fn void(&self, _: &str) -> BoxFuture<'static, Result<(), PaymentError>> {
             Box::pin(std::future::ready(Ok(())))
         }
         fn status(&self, _: &str) -> BoxFuture<'static, Result<ChargeStatus, PaymentError>> {
-            Box::pin(std::future::ready(Ok(ChargeStatus::Unknown)))
+            Box::pin(std::future::ready(Ok(ChargeStatus::Absent)))
         }
         fn vault_card(
             &self,
@@ -920,9 +1144,9 @@ mod tests {
         );
         let charge = |key: &str| request(key, "pm_1");
         for failure in 0..BREAKER_FAILURES_MAX {
-            let slot = pool.admit().expect("closed while it counts failures");
-            let result = pool.charge(slot, charge(&format!("o_{failure}"))).await;
-            assert_eq!(result, PaymentResult::Failed);
+            let _slot = pool.admit().expect("closed while it counts failures");
+            let result = pool.authorize(&charge(&format!("o_{failure}"))).await;
+            assert!(matches!(result, PaymentResult::Unknown { .. }));
         }
         // Open: refused before anything is reserved, with how long to wait.
         let Err(EngineError::PaymentCircuitOpen { retry_after_s }) = pool.admit() else {
@@ -936,10 +1160,11 @@ mod tests {
             pool.admit(),
             Err(EngineError::PaymentCircuitOpen { .. })
         ));
-        assert_eq!(
-            pool.charge(probe, charge("o_probe")).await,
-            PaymentResult::Failed
-        );
+        assert!(matches!(
+            pool.authorize(&charge("o_probe")).await,
+            PaymentResult::Unknown { .. }
+        ));
+        drop(probe);
         assert!(matches!(
             pool.admit(),
             Err(EngineError::PaymentCircuitOpen { .. })
@@ -955,9 +1180,10 @@ mod tests {
             .failing
             .store(false, std::sync::atomic::Ordering::Relaxed);
         assert!(matches!(
-            pool.charge(probe, charge("o_ok")).await,
+            pool.authorize(&charge("o_ok")).await,
             PaymentResult::Declined { .. }
         ));
+        drop(probe);
         for _ in 0..3 {
             drop(pool.admit().expect("closed"));
         }
@@ -982,11 +1208,11 @@ mod tests {
         // Ten calls a second: five charges in a row take 0.4 s of the clock after the first.
         let started = tokio::time::Instant::now();
         for n in 0..5 {
-            let slot = pool.admit().expect("admitted");
-            assert_eq!(
-                pool.charge(slot, request(&format!("o_{n}"), &good)).await,
-                PaymentResult::Approved
-            );
+            let _slot = pool.admit().expect("admitted");
+            assert!(matches!(
+                pool.authorize(&request(&format!("o_{n}"), &good)).await,
+                PaymentResult::Authorized { .. }
+            ));
         }
         let elapsed = started.elapsed();
         assert!(
@@ -998,9 +1224,11 @@ mod tests {
             .map(|n| {
                 let slot = pool.admit().expect("admitted while the backlog is short");
                 let (pool, good) = (pool.clone(), good.clone());
-                tokio::spawn(
-                    async move { pool.charge(slot, request(&format!("q_{n}"), &good)).await },
-                )
+                tokio::spawn(async move {
+                    let result = pool.authorize(&request(&format!("q_{n}"), &good)).await;
+                    drop(slot);
+                    result
+                })
             })
             .collect();
         // Each queued charge takes its turn in the pacer when it first runs.
@@ -1009,10 +1237,10 @@ mod tests {
         }
         assert!(matches!(pool.admit(), Err(EngineError::Overloaded)));
         for charge in waiting {
-            assert_eq!(
+            assert!(matches!(
                 charge.await.expect("the charge ran"),
-                PaymentResult::Approved
-            );
+                PaymentResult::Authorized { .. }
+            ));
         }
         assert!(pool.admit().is_ok(), "the backlog is gone");
     }

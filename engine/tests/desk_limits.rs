@@ -55,6 +55,7 @@ impl Env {
         Arc::new(Desk::new(
             router,
             payments,
+            Arc::new(engine::payment::NoPaymentJournal),
             clock,
             DeskConfig {
                 hold_ttl_ms: HOLD_TTL_MS,

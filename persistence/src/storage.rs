@@ -23,7 +23,7 @@ use crate::wire::{
 };
 use engine::concert::ConcertSpec;
 use engine::journal::{Commit, Journal, JournalError, JournalRecord, ShardSnapshot};
-use engine::payment::SimulatedCharge;
+use engine::payment::{PaymentRecord, SimulatedCharge};
 use engine::remote::NodeId;
 use engine::shard_state::{ShardEvent, ShardState};
 use std::collections::{BTreeMap, HashMap};
@@ -135,6 +135,8 @@ pub struct Recovered {
     pub payment_methods: Vec<(String, Vec<u8>)>,
     /// The payment simulator's ledger: every charge's last state, by idempotency key.
     pub ledger: HashMap<String, SimulatedCharge>,
+    /// The payment step of every order whose payment was not final, by order id.
+    pub payments: Vec<(String, PaymentRecord)>,
     pub journal: ReadReport,
     pub elapsed: Duration,
 }
@@ -162,6 +164,7 @@ struct Trees {
     placements: sled::Tree,
     users: sled::Tree,
     payment_methods: sled::Tree,
+    payments: sled::Tree,
     snapshots: sled::Tree,
     meta: sled::Tree,
 }
@@ -229,6 +232,7 @@ impl Storage {
             placements: db.open_tree("placements")?,
             users: db.open_tree("users")?,
             payment_methods: db.open_tree("payment_methods")?,
+            payments: db.open_tree("payments")?,
             snapshots: db.open_tree("snapshots")?,
             meta: db.open_tree("meta")?,
         };
@@ -313,6 +317,16 @@ impl Storage {
         };
         let users = read_tree(&trees.users)?;
         let payment_methods = read_tree(&trees.payment_methods)?;
+        let payments = read_tree(&trees.payments)?
+            .into_iter()
+            .map(|(order_id, bytes)| {
+                postcard::from_bytes(&bytes)
+                    .map(|StoredPayment::V1(record)| (order_id, record))
+                    .map_err(|error| {
+                        StorageError::Unrecoverable(format!("bad payment record: {error}"))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let covered = oldest_snapshot_per_stream(&trees.snapshots)?;
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
@@ -342,6 +356,7 @@ impl Storage {
             users,
             payment_methods,
             ledger,
+            payments,
             journal,
             elapsed: started.elapsed(),
         };
@@ -458,6 +473,22 @@ impl Storage {
         copy.flush()?;
         drop(copy);
         sync_dir_files(&target.join("db"))?;
+        // The simulator ledger's checkpoint before the journal: every record in it was queued in the journal
+        // first, so the copied segments hold it too, and recovery catches the checkpoint up with the records the
+        // journal has beyond it. Copied after the journal, it could hold charges whose orders the copy lacks. (A
+        // record goes to both under this lock.)
+        let checkpoint_durable = {
+            let _ledger = inner
+                .ledger_seq
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            inner.ledger_checkpoint.barrier()
+        };
+        checkpoint_durable
+            .blocking_recv()
+            .map_err(|_| StorageError::Unrecoverable("the ledger checkpoint stopped".into()))?
+            .map_err(|error| StorageError::Unrecoverable(error.0))?;
+        bytes += copy_dir_files(&inner.dir.join(LEDGER_DIR), &target.join(LEDGER_DIR))?;
         // Every node-wide record applied to sled above is queued in the journal (under this lock) before the
         // barrier, and so in the copied segments.
         let journal_durable = {
@@ -472,12 +503,6 @@ impl Storage {
             .map_err(|_| StorageError::Unrecoverable("the journal stopped".into()))?
             .map_err(|error| StorageError::Unrecoverable(error.0))?;
         bytes += copy_dir_files(&inner.dir.join("journal"), &target.join("journal"))?;
-        let checkpoint_durable = inner.ledger_checkpoint.barrier();
-        checkpoint_durable
-            .blocking_recv()
-            .map_err(|_| StorageError::Unrecoverable("the ledger checkpoint stopped".into()))?
-            .map_err(|error| StorageError::Unrecoverable(error.0))?;
-        bytes += copy_dir_files(&inner.dir.join(LEDGER_DIR), &target.join(LEDGER_DIR))?;
         for entry in std::fs::read_dir(&inner.dir)? {
             let entry = entry?;
             let name = entry.file_name();
@@ -558,6 +583,12 @@ impl Journal for Storage {
     }
 }
 
+/// An order's payment record as sled keeps it; the variant is the format version.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum StoredPayment {
+    V1(PaymentRecord),
+}
+
 /// Applies a node-wide record with sequence number `seq` to sled; a concert keeps `seq` as its creation order.
 fn apply_meta(trees: &Trees, seq: u64, record: &MetaRecord) -> Result<(), sled::Error> {
     match record {
@@ -573,6 +604,16 @@ fn apply_meta(trees: &Trees, seq: u64, record: &MetaRecord) -> Result<(), sled::
                 .payment_methods
                 .insert(id.as_bytes(), record.as_slice())?;
         }
+        MetaRecord::Payment { order_id, record } => match record {
+            Some(record) => {
+                let bytes = postcard::to_allocvec(&StoredPayment::V1(record.clone()))
+                    .expect("payment records always encode");
+                trees.payments.insert(order_id.as_bytes(), bytes)?;
+            }
+            None => {
+                trees.payments.remove(order_id.as_bytes())?;
+            }
+        },
         MetaRecord::PlacedConcert { spec, placement } => {
             let bytes = postcard::to_allocvec(&(seq, spec)).expect("concerts always encode");
             let placed = postcard::to_allocvec(placement).expect("placements always encode");

@@ -8,7 +8,7 @@
 
 use engine::concert::ConcertSpec;
 use engine::journal::JournalRecord;
-use engine::payment::SimulatedCharge;
+use engine::payment::{PaymentRecord, SimulatedCharge};
 use engine::remote::NodeId;
 use engine::shard_state::{ShardState, ShardStateV1};
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,11 @@ pub enum MetaRecord {
     },
     /// A card in the in-process payment simulator's vault, as the HTTP front encodes it (sealed); opaque here.
     PaymentMethod { id: String, record: Vec<u8> },
+    /// An order's payment step while it is not final; `None` once it is (the order's record is removed).
+    Payment {
+        order_id: String,
+        record: Option<PaymentRecord>,
+    },
 }
 
 /// One journal record as written to the segment log.

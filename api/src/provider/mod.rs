@@ -378,7 +378,10 @@ impl Provider {
                 }
             }
         }
-        match self.execute(fingerprint, key.clone(), &body, work).await {
+        match self
+            .execute(&path, fingerprint, key.clone(), &body, work)
+            .await
+        {
             Ok(response) => response,
             Err(response) => {
                 // Nothing was stored: the key is free for a retry.
@@ -396,6 +399,7 @@ impl Provider {
     /// The call's latency and fault, then its work; `Err` for an answer that stored nothing under the key.
     async fn execute(
         &self,
+        path: &str,
         fingerprint: [u8; 32],
         key: Option<String>,
         body: &Bytes,
@@ -446,10 +450,23 @@ impl Provider {
         if let (Some(key), Some(stored)) = (key, stored) {
             self.lock().1.keys.insert(key, KeyState::Answered(stored));
         }
+        // Committed and not answered: what a client meets as a reset.
+        engine::crash::point(&format!("provider.{}", route_name(path)));
         if fault == Fault::HangAfter {
             tokio::time::sleep(Duration::from_millis(self.args.hang_ms)).await;
         }
         Ok((status, axum::Json(answer)).into_response())
+    }
+}
+
+/// A mutating call's name, as crash points and the node's metrics name it.
+fn route_name(path: &str) -> &'static str {
+    match path.rsplit('/').next() {
+        Some("payment_intents") => "payment_intent",
+        Some("capture") => "capture",
+        Some("cancel") => "cancel",
+        Some("refunds") => "refund",
+        _ => "payment_method",
     }
 }
 

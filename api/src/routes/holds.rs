@@ -62,7 +62,9 @@ pub async fn cancel(
 /// Pay for a hold with the card on file and get the tickets.
 #[utoipa::path(post, path = "/holds/{id}/purchase", tag = "holds", security(("bearer" = [])),
     params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 201, body = OrderResponse), (status = 401, body = crate::error::ErrorBody),
+    responses((status = 201, body = OrderResponse),
+              (status = 202, body = OrderResponse, description = "the payment's outcome is not known yet: the order is pending, its seats reserved, and it is resolved in the background (GET /orders/{id}, or repeat with the same Idempotency-Key)"),
+              (status = 401, body = crate::error::ErrorBody),
               (status = 402, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
               (status = 410, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody),
               (status = 503, body = crate::error::ErrorBody, description = "payment_unavailable or (in a cluster) node_unavailable, with Retry-After")))]
@@ -79,5 +81,8 @@ pub async fn purchase(
         .purchase_hold(&user, payment_method, &hold, key)
         .await?;
     state.held_by_address.ended(&hold);
-    Ok((StatusCode::CREATED, Json(OrderResponse::from(&order))))
+    Ok((
+        super::orders::order_created(&order),
+        Json(OrderResponse::from(&order)),
+    ))
 }

@@ -12,10 +12,13 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use engine::ids::OrderId;
 
-/// Order tickets; answered once the tickets are issued (201) or the order failed.
+/// Order tickets; answered once the tickets are issued (201), the order failed, or its payment's outcome is still
+/// unknown after a few seconds (202, the order pending).
 #[utoipa::path(post, path = "/orders", tag = "orders", security(("bearer" = [])), request_body = ClaimBody,
     params(("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 201, body = OrderResponse), (status = 401, body = crate::error::ErrorBody),
+    responses((status = 201, body = OrderResponse),
+              (status = 202, body = OrderResponse, description = "the payment's outcome is not known yet: the order is pending, its seats reserved, and it is resolved in the background (GET /orders/{id}, or repeat with the same Idempotency-Key)"),
+              (status = 401, body = crate::error::ErrorBody),
               (status = 402, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
               (status = 409, body = crate::error::ErrorBody, description = "sold_out, seat_taken or ticket_limit_reached"),
               (status = 422, body = crate::error::ErrorBody),
@@ -32,7 +35,16 @@ pub async fn create(
         .desk
         .place_order(&user, payment_method, request, key)
         .await?;
-    Ok((StatusCode::CREATED, Json(OrderResponse::from(&order))))
+    Ok((order_created(&order), Json(OrderResponse::from(&order))))
+}
+
+/// `201 Created` for an order with its tickets, `202 Accepted` for one still pending: its payment's outcome is
+/// being resolved and its seats stay reserved meanwhile.
+pub fn order_created(order: &engine::desk::Order) -> StatusCode {
+    match order.status {
+        engine::desk::OrderStatus::Pending => StatusCode::ACCEPTED,
+        _ => StatusCode::CREATED,
+    }
 }
 
 /// One order (its owner or the admin).

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod cluster;
+pub mod provider;
 pub mod sse;
 
 use reqwest::StatusCode;
@@ -219,6 +220,13 @@ impl Server {
     pub fn kill(mut self) -> tempfile::TempDir {
         self.sigkill();
         self.child.wait().expect("wait");
+        self.data_dir.take().expect("data dir")
+    }
+
+    /// Waits up to `limit` for the process to end by itself (at a crash point, `BOXOFFICE_CRASH_AT`) and returns
+    /// its data dir; panics with `why` if it is still running then.
+    pub fn wait_for_exit(mut self, limit: Duration, why: &str) -> tempfile::TempDir {
+        assert!(provider::wait_for_exit(&mut self.child, limit), "{why}");
         self.data_dir.take().expect("data dir")
     }
 
@@ -510,6 +518,26 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Secrets shorter than this (cvvs) turn up by chance inside longer runs of digits and letters (timestamps, ids,
+/// hashes): for them a match counts only where it is not part of such a run, as a leaked value would be
+/// (`"cvv":"7391"`, `cvv=7391`).
+pub const SHORT_SECRET_CHARS: usize = 6;
+
+/// Whether `form` occurs in `bytes`; for a short `secret`, only where no letter or digit touches it.
+pub fn occurs(bytes: &[u8], form: &str, secret: &str) -> bool {
+    let flanked = |at: Option<&u8>| at.is_some_and(u8::is_ascii_alphanumeric);
+    let short = secret.len() < SHORT_SECRET_CHARS;
+    bytes
+        .windows(form.len())
+        .enumerate()
+        .any(|(start, window)| {
+            window == form.as_bytes()
+                && !(short
+                    && (flanked(start.checked_sub(1).and_then(|before| bytes.get(before)))
+                        || flanked(bytes.get(start + form.len()))))
+        })
 }
 
 /// Runs `boxoffice inspect --json` on a stopped node's data dir; asserts it exits 0 and returns its report.

@@ -2,9 +2,12 @@
 //!
 //! The shard states recovered from snapshots and the journal hold everything the book needs: sold tickets with
 //! their orders' meta (when placed, under which `Idempotency-Key`), live holds, and reservations that were being
-//! paid for. Such an order's payment outcome was lost with the process, so it is settled by asking the provider
-//! what became of the charge under the order's id: approved means tickets, anything else means the charge is voided
-//! and the tickets go back on sale. Never a charge without tickets, never tickets without a charge.
+//! paid for. Such an order's payment outcome was lost with the process, so it is resolved as an unknown outcome is
+//! (`desk::payment`), from its journaled payment record: the provider is asked what became of the payment under the
+//! order's id (and asked again under the same key when it has none); authorized means tickets and a capture,
+//! declined or voided means the tickets go back on sale. The payment records left once every such order took its
+//! own are resumed: a sold order's capture, a released order's authorization voided. Never a capture without
+//! tickets, never tickets without an authorization.
 //!
 //! The per-user allowances are rebuilt from the same states: sold tickets and tickets being paid for count for
 //! their owners, and holds count again from their records while they have not expired.
@@ -16,26 +19,21 @@
 //! one order: approved, its remaining parts are sold too.
 
 use super::{
-    Book, Desk, Hold, HoldRecord, HoldState, IdempotencyEntry, Order, OrderOutcome, OrderStatus,
-    Ticket, parts_tickets, pending_order, sort_tickets,
+    Announce, Book, Desk, Hold, HoldRecord, HoldState, IdempotencyEntry, Order, OrderOutcome,
+    OrderStatus, Ticket, parts_tickets, pending_order, sort_tickets,
 };
 use crate::concert::ConcertSpec;
 use crate::error::EngineError;
 use crate::ids::{ConcertId, HoldId, OrderId, UserId};
-use crate::payment::ChargeStatus;
+use crate::payment::PaymentRecord;
 use crate::router::Part;
-use crate::shard_state::{OrderMeta, Purpose, ReleaseReason, ShardBookView, ShardState};
+use crate::shard_state::{OrderMeta, Purpose, ShardBookView, ShardState};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
 
-/// Orders recovered in flight that are settled with the provider at once at most.
+/// Orders recovered in flight whose first answer (final, or pending) recovery waits for at once at most.
 pub const SETTLE_IN_FLIGHT_MAX: usize = 1024;
-/// How often recovery asks an unreachable provider about a charge before voiding it.
-const STATUS_ATTEMPTS_MAX: u32 = 5;
-/// Pause between two such attempts.
-const STATUS_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// An order whose payment was under way when the node stopped; [`Desk::settle_in_flight`] ends it.
 pub struct InFlightOrder {
@@ -49,6 +47,8 @@ pub struct InFlightOrder {
     /// The order's idempotency key, if it had one.
     key: Option<String>,
     outcome: watch::Sender<Option<OrderOutcome>>,
+    /// Its journaled payment step (`None` when an earlier version journaled the order).
+    payment: Option<PaymentRecord>,
 }
 
 impl InFlightOrder {
@@ -310,13 +310,23 @@ impl Desk {
                 hold_id,
                 key: meta.idempotency.map(|tag| tag.key),
                 outcome: sender,
+                payment: None,
             });
         }
         sort_key_ages(&mut book);
         in_flight
     }
 
-    /// Ends an order recovered in flight: tickets if the provider charged it, otherwise void and release.
+    /// Keeps the payment records recovery read back, for the orders recovered in flight to take
+    /// ([`Desk::settle_all`]); call it before that.
+    pub fn load_payments(&self, records: Vec<(OrderId, PaymentRecord)>) {
+        self.recovered_payments
+            .lock()
+            .expect("payments lock")
+            .extend(records);
+    }
+
+    /// Ends an order recovered in flight: its payment resolved, then tickets and a capture, or a release.
     pub async fn settle_in_flight(self: &Arc<Self>, in_flight: InFlightOrder) -> OrderOutcome {
         let InFlightOrder {
             concert_id,
@@ -326,43 +336,20 @@ impl Desk {
             hold_id,
             key,
             outcome: sender,
+            payment,
         } = in_flight;
         let user = order.user_id.clone();
+        let partly_sold = !sold.is_empty();
+        order.tickets = sold;
+        let announce = Announce::to(sender.clone());
         let outcome = async {
             let concert = self
                 .router
                 .concert(&concert_id)
                 .ok_or(EngineError::ConcertNotFound)?;
-            let status = if sold.is_empty() {
-                self.charge_status(&order.id).await
-            } else {
-                // Some parts were sold: the charge was approved.
-                Some(ChargeStatus::Approved)
-            };
-            tracing::info!(order_id = %order.id, ?status, "settling an order recovered in flight");
-            let (reason, error) = match status {
-                Some(ChargeStatus::Approved) => {
-                    order.tickets = sold;
-                    return self.confirm(order.clone(), &concert, &parts).await;
-                }
-                Some(ChargeStatus::Declined) => (
-                    ReleaseReason::Declined,
-                    EngineError::PaymentDeclined {
-                        reason: "card declined".into(),
-                    },
-                ),
-                Some(ChargeStatus::Unknown | ChargeStatus::Voided) | None => {
-                    // Void first: a charge the provider is still completing must not outlive the released tickets.
-                    self.payments.void(&order.id.0).await;
-                    (ReleaseReason::Abandoned, EngineError::PaymentUnavailable)
-                }
-            };
-            concert.release(&parts, reason).await?;
-            order.status = OrderStatus::Declined;
-            let mut book = self.book();
-            book.upsert_order(&order);
-            book.give_back_tickets(&order.user_id, &concert_id, parts_tickets(&parts));
-            Err(error)
+            tracing::info!(order_id = %order.id, partly_sold, "settling an order recovered in flight");
+            self.settle_recovered(order, &concert, &parts, payment, partly_sold, &announce)
+                .await
         }
         .await;
         if outcome.is_err()
@@ -377,33 +364,44 @@ impl Desk {
             // Voided and released: a retry with the key places the order anew, before waiters hear of this.
             self.book().idempotency.remove(&(user, key));
         }
-        let _ = sender.send(Some(outcome.clone()));
+        sender.send_replace(Some(outcome.clone()));
         outcome
     }
 
-    /// Settles every order recovered in flight, [`SETTLE_IN_FLIGHT_MAX`] at once; returns how many ended confirmed.
-    pub async fn settle_all(self: &Arc<Self>, in_flight: Vec<InFlightOrder>) -> usize {
+    /// Settles every order recovered in flight, each in a task of its own, and resumes the payments of the
+    /// records left ([`Desk::resume_payments`]); waits for each order's first answer (final, or pending while its
+    /// payment is still being resolved), [`SETTLE_IN_FLIGHT_MAX`] at once. Returns how many ended confirmed.
+    pub async fn settle_all(self: &Arc<Self>, mut in_flight: Vec<InFlightOrder>) -> usize {
         use futures_util::StreamExt;
-        let outcomes: Vec<OrderOutcome> = futures_util::stream::iter(in_flight)
-            .map(|order| self.settle_in_flight(order))
+        {
+            let mut records = self.recovered_payments.lock().expect("payments lock");
+            for order in &mut in_flight {
+                order.payment = records.remove(&order.order.id);
+            }
+        }
+        self.resume_payments();
+        let answers: Vec<_> = in_flight
+            .into_iter()
+            .map(|order| {
+                let answer = order.outcome.subscribe();
+                let desk = self.clone();
+                tokio::spawn(async move { desk.settle_in_flight(order).await });
+                answer
+            })
+            .collect();
+        let answers: Vec<OrderOutcome> = futures_util::stream::iter(answers)
+            .map(super::wait_outcome)
             .buffer_unordered(SETTLE_IN_FLIGHT_MAX)
             .collect()
             .await;
-        outcomes.iter().filter(|outcome| outcome.is_ok()).count()
-    }
-
-    /// The provider's record of the charge for `order_id`, or `None` when it cannot tell.
-    async fn charge_status(&self, order_id: &OrderId) -> Option<ChargeStatus> {
-        for attempt in 1..=STATUS_ATTEMPTS_MAX {
-            match self.payments.status(&order_id.0).await {
-                Ok(status) => return Some(status),
-                Err(error) => {
-                    tracing::warn!(order_id = %order_id, attempt, ?error, "payment status unavailable");
-                    tokio::time::sleep(STATUS_RETRY_DELAY).await;
-                }
-            }
-        }
-        None
+        answers
+            .iter()
+            .filter(|answer| {
+                answer
+                    .as_ref()
+                    .is_ok_and(|order| order.status == OrderStatus::Confirmed)
+            })
+            .count()
     }
 }
 
