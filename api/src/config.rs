@@ -121,6 +121,11 @@ pub struct ProviderArgs {
     /// Retry-After.
     #[arg(long, env = "BOXOFFICE_PROVIDER_RATE_LIMIT", default_value_t = 1000)]
     pub rate_limit: u32,
+    /// Where to deliver webhook events (`http://HOST:PORT/payments/webhook` of a node), each signed with
+    /// BOXOFFICE_WEBHOOK_SECRET in Stripe-Signature; none: no events. --fault-rate drops, delays and duplicates
+    /// deliveries too.
+    #[arg(long, env = "BOXOFFICE_PROVIDER_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

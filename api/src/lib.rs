@@ -31,6 +31,7 @@ pub mod state;
 pub mod telemetry;
 pub mod throttle;
 pub mod users;
+pub mod webhook;
 
 use crate::error::ApiError;
 use crate::routes::{concerts, events, holds, ops, orders, tickets, users as user_routes};
@@ -126,6 +127,7 @@ fn routes(state: AppState) -> axum::Router {
         .route("/holds/{id}/purchase", post(holds::purchase))
         .route("/orders", post(orders::create))
         .route("/orders/{id}", get(orders::get))
+        .route("/payments/webhook", post(routes::payments::webhook))
         .route("/tickets/verify", post(tickets::verify))
         .route("/admin/users/bulk", post(user_routes::create_bulk))
         .route("/admin/snapshot", post(ops::snapshot))

@@ -1,6 +1,6 @@
 //! The OpenAPI 3 document, generated from the handlers' annotations.
 
-use crate::routes::{concerts, events, holds, ops, orders, tickets, users};
+use crate::routes::{concerts, events, holds, ops, orders, payments, tickets, users};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi};
         concerts::create, concerts::list, concerts::get, concerts::seats, events::stream,
         holds::create, holds::cancel, holds::purchase,
         orders::create, orders::get,
+        payments::webhook,
         tickets::verify,
     ),
     modifiers(&BearerAuth)

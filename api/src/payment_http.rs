@@ -341,17 +341,14 @@ impl PaymentProvider for HttpProvider {
                         "cancel",
                         reqwest::Method::POST,
                         &format!("/v1/payment_intents/{id}/cancel"),
-                        Some((Vec::new(), format!("cancel-{key}"))),
+                        Some((Vec::new(), format!("cancel-{id}"))),
                     ),
                     Some("succeeded") if intent["amount_refunded"] != intent["amount_received"] => {
                         provider.call(
                             "refund",
                             reqwest::Method::POST,
                             "/v1/refunds",
-                            Some((
-                                vec![("payment_intent", id.clone())],
-                                format!("refund-{key}"),
-                            )),
+                            Some((vec![("payment_intent", id.clone())], format!("refund-{id}"))),
                         )
                     }
                     _ => continue,

@@ -158,7 +158,8 @@ impl Node {
             &admin_token,
             args.http_limits()?,
         )
-        .in_cluster(cluster);
+        .in_cluster(cluster)
+        .with_webhooks(crate::webhook::Webhooks::from_env(durable.clone())?.map(Arc::new));
         Ok(Node {
             state,
             router,
@@ -181,6 +182,7 @@ impl Node {
             &self.users,
             &self.durable,
             &self.simulator,
+            self.state.webhooks.as_deref(),
             clustered,
         )
         .await?;
@@ -432,6 +434,7 @@ async fn recover(
     users: &UserStore,
     durable: &Durable,
     simulator: &SimulatedProvider,
+    webhooks: Option<&crate::webhook::Webhooks>,
     clustered: bool,
 ) -> Result<(), String> {
     if args.durability == DurabilityMode::None {
@@ -455,6 +458,9 @@ async fn recover(
         (recovered.events_replayed(), recovered.snapshots_rejected());
     if let Some(store) = users.card_vault() {
         simulator.restore_cards(store.restore(std::mem::take(&mut recovered.payment_methods))?);
+    }
+    if let Some(webhooks) = webhooks {
+        webhooks.restore(std::mem::take(&mut recovered.webhook_events));
     }
     desk.load_payments(
         std::mem::take(&mut recovered.payments)

@@ -55,6 +55,8 @@ pub struct NodeState {
     pub shutdown: Arc<watch::Sender<bool>>,
     /// The cluster this node belongs to, if any.
     pub cluster: Option<Arc<crate::cluster::ClusterState>>,
+    /// Payment webhooks, when `BOXOFFICE_WEBHOOK_SECRET` is set.
+    pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
     admin_token_hash: [u8; 32],
 }
 
@@ -90,6 +92,7 @@ impl AppState {
             )),
             shutdown: Arc::new(watch::channel(false).0),
             cluster: None,
+            webhooks: None,
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
         }))
     }
@@ -104,6 +107,12 @@ impl AppState {
     pub fn in_cluster(self, cluster: Option<Arc<crate::cluster::ClusterState>>) -> Self {
         let state = Arc::unwrap_or_clone(self.0);
         Self(Arc::new(NodeState { cluster, ..state }))
+    }
+
+    /// The state of a node that takes payment webhooks.
+    pub fn with_webhooks(self, webhooks: Option<Arc<crate::webhook::Webhooks>>) -> Self {
+        let state = Arc::unwrap_or_clone(self.0);
+        Self(Arc::new(NodeState { webhooks, ..state }))
     }
 
     /// The limits every public request runs under.

@@ -36,7 +36,7 @@ pub fn builder() -> Result<PrometheusBuilder, BuildError> {
 /// Describes every metric and registers the counters (and the build info) at their starting values; called once
 /// the recorder is installed.
 pub fn register() {
-    type Counters = [(&'static str, &'static str); 17];
+    type Counters = [(&'static str, &'static str); 18];
     const COUNTERS: Counters = [
         (
             "boxoffice_requests_shed_total",
@@ -96,6 +96,10 @@ pub fn register() {
             "HTTP requests by route template and status",
         ),
         (
+            "boxoffice_payment_webhooks_total",
+            "payment webhook events by outcome: accepted, duplicate (taken before), refused (bad signature)",
+        ),
+        (
             "boxoffice_payment_captures_lost_total",
             "confirmed orders whose authorization was gone (cancelled or expired) when it was captured",
         ),
@@ -111,12 +115,16 @@ pub fn register() {
     for outcome in ["placed", "limited"] {
         metrics::counter!("boxoffice_holds_total", "outcome" => outcome).absolute(0);
     }
+    for outcome in ["accepted", "duplicate", "refused"] {
+        metrics::counter!("boxoffice_payment_webhooks_total", "outcome" => outcome).absolute(0);
+    }
     for (name, _) in COUNTERS {
         // The labelled ones get their series with their first label values, above or on first use.
         if !matches!(
             name,
             "boxoffice_orders_total"
                 | "boxoffice_holds_total"
+                | "boxoffice_payment_webhooks_total"
                 | "boxoffice_cluster_peer_errors_total"
                 | "http_requests_total"
         ) {

@@ -369,10 +369,12 @@ pub struct Desk {
     payment_journal: Arc<dyn PaymentJournal>,
     /// Payment records read back at a restart, until the orders they belong to take them (`desk::payment`).
     recovered_payments: Mutex<HashMap<OrderId, PaymentRecord>>,
-    /// Orders whose payment outcome is being resolved, since when.
-    unresolved: Mutex<HashMap<OrderId, Instant>>,
+    /// Orders whose payment outcome is being resolved: since when, and how to wake their resolver (a webhook).
+    unresolved: Mutex<HashMap<OrderId, (Instant, Arc<tokio::sync::Notify>)>>,
     /// Captures begun and not answered yet.
     captures_pending: AtomicUsize,
+    /// Checks of released orders that webhooks asked for, in flight (`Desk::payment_event`).
+    webhook_checks: Arc<tokio::sync::Semaphore>,
     clock: Arc<dyn Clock>,
     config: DeskConfig,
     book: Mutex<Book>,
@@ -404,6 +406,7 @@ impl Desk {
             recovered_payments: Mutex::default(),
             unresolved: Mutex::default(),
             captures_pending: AtomicUsize::new(0),
+            webhook_checks: Arc::new(tokio::sync::Semaphore::new(payment::WEBHOOK_CHECKS_MAX)),
             clock,
             config,
             book: Mutex::new(Book::default()),

@@ -137,6 +137,8 @@ pub struct Recovered {
     pub ledger: HashMap<String, SimulatedCharge>,
     /// The payment step of every order whose payment was not final, by order id.
     pub payments: Vec<(String, PaymentRecord)>,
+    /// Payment webhook events acted on, and when (milliseconds since the epoch).
+    pub webhook_events: Vec<(String, u64)>,
     pub journal: ReadReport,
     pub elapsed: Duration,
 }
@@ -165,6 +167,7 @@ struct Trees {
     users: sled::Tree,
     payment_methods: sled::Tree,
     payments: sled::Tree,
+    webhook_events: sled::Tree,
     snapshots: sled::Tree,
     meta: sled::Tree,
 }
@@ -233,6 +236,7 @@ impl Storage {
             users: db.open_tree("users")?,
             payment_methods: db.open_tree("payment_methods")?,
             payments: db.open_tree("payments")?,
+            webhook_events: db.open_tree("webhook_events")?,
             snapshots: db.open_tree("snapshots")?,
             meta: db.open_tree("meta")?,
         };
@@ -327,6 +331,16 @@ impl Storage {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let webhook_events = read_tree(&trees.webhook_events)?
+            .into_iter()
+            .map(|(id, bytes)| {
+                let at_ms = bytes
+                    .try_into()
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| StorageError::Unrecoverable("bad webhook event record".into()))?;
+                Ok((id, at_ms))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
         let covered = oldest_snapshot_per_stream(&trees.snapshots)?;
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
@@ -357,6 +371,7 @@ impl Storage {
             payment_methods,
             ledger,
             payments,
+            webhook_events,
             journal,
             elapsed: started.elapsed(),
         };
@@ -612,6 +627,16 @@ fn apply_meta(trees: &Trees, seq: u64, record: &MetaRecord) -> Result<(), sled::
             }
             None => {
                 trees.payments.remove(order_id.as_bytes())?;
+            }
+        },
+        MetaRecord::WebhookEvent { id, at_ms } => match at_ms {
+            Some(at_ms) => {
+                trees
+                    .webhook_events
+                    .insert(id.as_bytes(), &at_ms.to_le_bytes())?;
+            }
+            None => {
+                trees.webhook_events.remove(id.as_bytes())?;
             }
         },
         MetaRecord::PlacedConcert { spec, placement } => {

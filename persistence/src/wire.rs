@@ -37,6 +37,8 @@ pub enum MetaRecord {
         order_id: String,
         record: Option<PaymentRecord>,
     },
+    /// A payment webhook event acted on, and when (`None`: forgotten).
+    WebhookEvent { id: String, at_ms: Option<u64> },
 }
 
 /// One journal record as written to the segment log.

@@ -20,9 +20,12 @@
 //!   (`--decline-rate`, and every card ending in `0002`), and with `--fault-rate` one of: a 500 before anything
 //!   happened, a 500 after the change committed (stored and replayed as Stripe does), or a hang of `--hang-ms`
 //!   after the change committed before the answer.
+//! - With `--webhook-url`, every change of an intent is an event delivered at least once, signed
+//!   ([`webhooks`]); `GET /v1/events` lists those not delivered yet.
 //! - State survives a restart ([`store`]).
 
 pub mod store;
+pub mod webhooks;
 
 use crate::config::ProviderArgs;
 use axum::Router;
@@ -140,14 +143,40 @@ pub async fn run(args: ProviderArgs) -> Result<(), String> {
         .map_err(|error| format!("{}: {error}", args.data_dir.display()))?;
     let (master, _) = persistence::crypto::load_master_key(&args.data_dir)
         .map_err(|error| format!("master key: {error}"))?;
+    let webhook = match &args.webhook_url {
+        None => None,
+        Some(url) => {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err("--webhook-url must be an http:// or https:// URL".into());
+            }
+            let secret = std::env::var(crate::webhook::SECRET_ENV).map_err(|_| {
+                format!(
+                    "--webhook-url needs {} to sign the events",
+                    crate::webhook::SECRET_ENV
+                )
+            })?;
+            if secret.len() < crate::webhook::SECRET_LENGTH_MIN {
+                return Err(format!(
+                    "{} must be at least {} characters",
+                    crate::webhook::SECRET_ENV,
+                    crate::webhook::SECRET_LENGTH_MIN
+                ));
+            }
+            Some((url.clone(), secret))
+        }
+    };
     let dir = args.data_dir.clone();
-    let (store, state) = tokio::task::spawn_blocking(move || Store::open(&dir))
+    let (mut store, state) = tokio::task::spawn_blocking(move || Store::open(&dir))
         .await
         .map_err(|error| format!("recovery task failed: {error}"))?
         .map_err(|error| format!("{}: {error}", args.data_dir.display()))?;
+    if webhook.is_some() {
+        store.emit_events();
+    }
     tracing::info!(
         payment_methods = state.methods.len(),
         payment_intents = state.intents.len(),
+        webhook_events_undelivered = state.outbox.len(),
         "payment provider recovered"
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -164,6 +193,9 @@ pub async fn run(args: ProviderArgs) -> Result<(), String> {
         limiter: Mutex::new(TokenBucket::new(args.rate_limit)),
         args,
     });
+    if let Some((url, secret)) = webhook {
+        tokio::spawn(webhooks::deliver(provider.clone(), url, secret));
+    }
     let app = router(provider.clone());
     println!("boxoffice payment-provider listening on http://{address}");
     axum::serve(listener, app)
@@ -187,6 +219,7 @@ fn router(provider: Arc<Provider>) -> Router {
         .route("/v1/payment_intents/{id}/capture", post(capture_intent))
         .route("/v1/payment_intents/{id}/cancel", post(cancel_intent))
         .route("/v1/refunds", post(create_refund))
+        .route("/v1/events", get(list_events))
         .fallback(|| async {
             stripe_error(
                 StatusCode::NOT_FOUND,
@@ -1010,6 +1043,30 @@ async fn create_refund(
             },
         )
         .await
+}
+
+/// `GET /v1/events`: the webhook events not delivered yet (at most [`LIST_LIMIT_MAX`]), oldest first.
+async fn list_events(
+    AxumState(provider): AxumState<Arc<Provider>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(error) = provider.admit_read(&headers).await {
+        return error.into_response();
+    }
+    let guard = provider.lock();
+    let mut events: Vec<&store::Event> = guard.1.outbox.values().collect();
+    events.sort_by_key(|event| (event.created_ms, event.id.clone()));
+    let has_more = events.len() > LIST_LIMIT_MAX;
+    let data: Vec<Value> = events
+        .into_iter()
+        .take(LIST_LIMIT_MAX)
+        .map(|event| {
+            let mut json = webhooks::event_json(event);
+            json["pending_webhooks"] = json!(1);
+            json
+        })
+        .collect();
+    axum::Json(json!({"object": "list", "data": data, "has_more": has_more})).into_response()
 }
 
 async fn read_intent(

@@ -4,6 +4,10 @@
 //! `fdatasync` per group commit) appended under the state's lock, so the log's order is the order of the changes;
 //! a call is answered only once its records are durable. A restart replays the log: the last record of each
 //! object wins.
+//!
+//! With webhooks on, every change of an intent's status (and every refund) also appends an [`Event`] to the
+//! outbox in the same batch, so an event is durable exactly when its change is; a delivered event is marked so by
+//! a record of its own. The outbox survives a restart: delivery is at least once.
 
 use persistence::crypto::{KeyRing, Sealed, WrappedKey};
 use persistence::log::{self, LogConfig, LogWriter, StreamId};
@@ -92,12 +96,29 @@ pub struct StoredAnswer {
     pub at_ms: u64,
 }
 
+/// A webhook event: what happened to an intent, and the intent as it was then.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    /// Stripe's event type (`payment_intent.succeeded`, ...).
+    pub kind: String,
+    /// When it happened, in milliseconds since the epoch.
+    pub created_ms: u64,
+    pub intent: Intent,
+}
+
+/// Undelivered webhook events kept at most; beyond that new events are dropped (and counted in the log).
+pub const OUTBOX_MAX: usize = 100_000;
+
+/// The variants are the log's format: new ones go at the end.
 #[derive(Serialize, Deserialize)]
 enum Record {
     Method(PaymentMethod),
     Intent(Intent),
     Refund(Refund),
     Answer { key: String, answer: StoredAnswer },
+    Event(Event),
+    Delivered { id: String },
 }
 
 /// What a key stands for now.
@@ -120,6 +141,8 @@ pub struct State {
     /// Answered keys in the order they were stored, with that time, so the oldest are forgotten first.
     key_age: VecDeque<(u64, String)>,
     next_position: u64,
+    /// Webhook events not delivered yet, by id.
+    pub outbox: HashMap<String, Event>,
 }
 
 impl State {
@@ -148,6 +171,12 @@ impl State {
             Record::Answer { key, answer } => {
                 self.key_age.push_back((answer.at_ms, key.clone()));
                 self.keys.insert(key, KeyState::Answered(answer));
+            }
+            Record::Event(event) => {
+                self.outbox.insert(event.id.clone(), event);
+            }
+            Record::Delivered { id } => {
+                self.outbox.remove(&id);
             }
         }
     }
@@ -182,6 +211,8 @@ pub struct Store {
     log: LogWriter,
     stream: StreamId,
     seq: u64,
+    /// Whether changes of intents make webhook events (`--webhook-url`).
+    events: bool,
 }
 
 /// Completes once every record of one change is durable.
@@ -220,6 +251,7 @@ impl Store {
                 log,
                 stream: STREAM.into(),
                 seq,
+                events: false,
             },
             state,
         ))
@@ -238,8 +270,45 @@ impl Store {
         self.append(state, Record::Method(method), pending);
     }
 
+    /// Makes every change of an intent's status, and every refund, a webhook event from now on.
+    pub fn emit_events(&mut self) {
+        self.events = true;
+    }
+
+    /// Stores `intent`; with webhooks on, the event its change makes goes in the same batch.
     pub fn put_intent(&mut self, state: &mut State, intent: Intent, pending: &mut Pending) {
+        let before = state
+            .intents
+            .get(&intent.id)
+            .map(|old| (old.status, old.amount_refunded));
+        let kind = match (before, intent.status) {
+            (Some((status, refunded)), _) if status == intent.status => {
+                (intent.amount_refunded > refunded).then_some("charge.refunded")
+            }
+            (_, IntentStatus::RequiresCapture) => Some("payment_intent.amount_capturable_updated"),
+            (_, IntentStatus::Succeeded) => Some("payment_intent.succeeded"),
+            (_, IntentStatus::Canceled) => Some("payment_intent.canceled"),
+            (_, IntentStatus::RequiresPaymentMethod) => Some("payment_intent.payment_failed"),
+        };
+        let event = kind.filter(|_| self.events).map(|kind| Event {
+            id: format!("evt_{}", engine::ids::random_hex(12)),
+            kind: kind.to_owned(),
+            created_ms: intent.created.max(now_ms()),
+            intent: intent.clone(),
+        });
         self.append(state, Record::Intent(intent), pending);
+        if let Some(event) = event {
+            if state.outbox.len() < OUTBOX_MAX {
+                self.append(state, Record::Event(event), pending);
+            } else {
+                tracing::warn!(event = %event.id, kind = %event.kind, "webhook outbox full: event dropped");
+            }
+        }
+    }
+
+    /// Marks a webhook event delivered.
+    pub fn put_delivered(&mut self, state: &mut State, id: String, pending: &mut Pending) {
+        self.append(state, Record::Delivered { id }, pending);
     }
 
     pub fn put_refund(&mut self, state: &mut State, refund: Refund, pending: &mut Pending) {
@@ -271,6 +340,12 @@ impl Default for Pending {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// Seals a card number for the payment method `id` under a fresh data key.

@@ -6,6 +6,7 @@ pub mod events;
 pub mod holds;
 pub mod ops;
 pub mod orders;
+pub mod payments;
 pub mod tickets;
 pub mod users;
 pub mod web;

@@ -43,6 +43,27 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Reads an answer: its status, `Retry-After`, and its JSON body (`null` when empty; panics when not JSON).
+    pub async fn read(response: reqwest::Response) -> Reply {
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("body is not JSON: {text}"))
+        };
+        Reply {
+            status,
+            body,
+            retry_after,
+        }
+    }
+
     /// The `error.code` of an error body.
     pub fn code(&self) -> &str {
         self.body["error"]["code"].as_str().unwrap_or("")
@@ -291,24 +312,7 @@ impl Server {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = request.send().await.expect("request completes");
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let text = response.text().await.expect("body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("body is not JSON: {text}"))
-        };
-        Reply {
-            status,
-            body,
-            retry_after,
-        }
+        Reply::read(request.send().await.expect("request completes")).await
     }
 
     /// The value of an unlabelled gauge or counter in `GET /metrics`; 0 before it is first set.
@@ -395,15 +399,7 @@ impl Server {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.expect("request completes");
-        let status = response.status();
-        let text = response.text().await.expect("body");
-        Reply {
-            status,
-            body: serde_json::from_str(&text)
-                .unwrap_or_else(|_| panic!("body is not JSON: {text}")),
-            retry_after: None,
-        }
+        Reply::read(request.send().await.expect("request completes")).await
     }
 
     /// Registers a user with a card; returns (id, token).

@@ -130,12 +130,11 @@ impl Provider {
     pub async fn intents_of(&self, order: &str) -> Vec<Value> {
         let query = format!("metadata['order_id']:'{order}'");
         let reply = self
-            .get(&format!(
+            .get_through_faults(&format!(
                 "/v1/payment_intents/search?query={}",
                 encode(&query)
             ))
-            .await
-            .expect(200);
+            .await;
         reply["data"].as_array().expect("data").clone()
     }
 }
@@ -201,6 +200,16 @@ pub fn encode(text: &str) -> String {
 }
 
 impl Provider {
+    /// `GET path`, asked again while the provider's injected faults answer 500; the body of its 200.
+    pub async fn get_through_faults(&self, path: &str) -> Value {
+        loop {
+            let reply = self.get(path).await;
+            if reply.status != StatusCode::INTERNAL_SERVER_ERROR {
+                return reply.expect(200);
+            }
+        }
+    }
+
     /// Every intent it holds, newest first (paged through `GET /v1/payment_intents`).
     pub async fn all_intents(&self) -> Vec<Value> {
         let mut intents: Vec<Value> = Vec::new();
@@ -212,13 +221,7 @@ impl Provider {
                 ),
                 None => "/v1/payment_intents?limit=100".to_owned(),
             };
-            // Reads meet the provider's injected faults too: asked again until answered.
-            let page = loop {
-                let reply = self.get(&path).await;
-                if reply.status != StatusCode::INTERNAL_SERVER_ERROR {
-                    break reply.expect(200);
-                }
-            };
+            let page = self.get_through_faults(&path).await;
             intents.extend(page["data"].as_array().expect("data").iter().cloned());
             if page["has_more"] != true {
                 return intents;

@@ -26,7 +26,7 @@ use crate::shard_state::ReleaseReason;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// How long an order whose payment outcome is unknown is resolved before the buyer is answered with the order
 /// pending (`202`); the resolver goes on.
@@ -35,6 +35,8 @@ pub const PENDING_ANSWER_AFTER: Duration = Duration::from_secs(3);
 /// [`RESOLVE_PAUSE_MAX`].
 const RESOLVE_PAUSE: Duration = Duration::from_millis(200);
 const RESOLVE_PAUSE_MAX: Duration = Duration::from_secs(30);
+/// Released orders whose payment a webhook has the desk read back at once, at most.
+pub const WEBHOOK_CHECKS_MAX: usize = 64;
 
 /// Who is told an order's answer before it is final: the callers waiting for it (the request, a repeat with
 /// the same idempotency key, a second purchase of the same hold), told once that it is pending.
@@ -195,7 +197,7 @@ impl Desk {
         announce: &Announce,
     ) -> Resolution {
         let started = Instant::now();
-        let _unresolved = Unresolved::enter(self, &order.id);
+        let unresolved = Unresolved::enter(self, &order.id);
         let mut pause = RESOLVE_PAUSE;
         loop {
             match self.payments.status(&order.id.0).await {
@@ -233,7 +235,11 @@ impl Desk {
             if started.elapsed() >= PENDING_ANSWER_AFTER {
                 announce.pending(order);
             }
-            tokio::time::sleep(pause).await;
+            // A webhook about the order wakes it early.
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = unresolved.wake.notified() => {}
+            }
             pause = (pause * 2).min(RESOLVE_PAUSE_MAX);
         }
     }
@@ -374,6 +380,46 @@ impl Desk {
         }
     }
 
+    /// A webhook said the payment of `order_id` changed. The event is not trusted for what it says: an order being
+    /// resolved reads its payment back now; a released order has its payment read back and voided if the provider
+    /// holds an authorization or a capture for it (one that committed after the order gave up, say). Nothing else
+    /// changes: a confirmed order's capture is already under way or done, an order in its flow is handled there,
+    /// and an order this node does not know is not its to touch. At most [`WEBHOOK_CHECKS_MAX`] checks at once;
+    /// beyond, the event is only logged.
+    pub fn payment_event(self: &Arc<Self>, order_id: OrderId) {
+        if let Some((_, wake)) = self
+            .unresolved
+            .lock()
+            .expect("unresolved lock")
+            .get(&order_id)
+        {
+            wake.notify_one();
+            return;
+        }
+        let released = self
+            .book()
+            .orders
+            .get(&order_id)
+            .is_some_and(|order| order.status == OrderStatus::Declined);
+        if !released {
+            return;
+        }
+        let Ok(check) = self.webhook_checks.clone().try_acquire_owned() else {
+            tracing::warn!(order_id = %order_id, "too many webhook checks at once: event only logged");
+            return;
+        };
+        let desk = self.clone();
+        tokio::spawn(async move {
+            if let Ok(ChargeStatus::Authorized { .. } | ChargeStatus::Captured { .. }) =
+                desk.payments.status(&order_id.0).await
+            {
+                tracing::warn!(order_id = %order_id, "the provider holds a payment for a released order: voiding it");
+                desk.void_until_done(&order_id).await;
+            }
+            drop(check);
+        });
+    }
+
     /// Waits until every capture begun is answered, or `limit` has passed; whether none is left. A node stopping
     /// calls it first, so that a restart finds few captures to resume.
     pub async fn wait_for_captures(&self, limit: Duration) -> bool {
@@ -391,7 +437,7 @@ impl Desk {
     /// over 10 min)`.
     pub fn unresolved_payments_by_age(&self) -> [u64; 4] {
         let mut ages = [0; 4];
-        for started in self.unresolved.lock().expect("unresolved lock").values() {
+        for (started, _) in self.unresolved.lock().expect("unresolved lock").values() {
             let age = started.elapsed().as_secs();
             let bucket = match age {
                 0..10 => 0,
@@ -409,17 +455,20 @@ impl Desk {
 struct Unresolved<'a> {
     desk: &'a Desk,
     order_id: OrderId,
+    wake: Arc<Notify>,
 }
 
 impl<'a> Unresolved<'a> {
     fn enter(desk: &'a Desk, order_id: &OrderId) -> Self {
+        let wake = Arc::new(Notify::new());
         desk.unresolved
             .lock()
             .expect("unresolved lock")
-            .insert(order_id.clone(), Instant::now());
+            .insert(order_id.clone(), (Instant::now(), wake.clone()));
         Self {
             desk,
             order_id: order_id.clone(),
+            wake,
         }
     }
 }
