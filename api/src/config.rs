@@ -191,14 +191,14 @@ pub struct ServeArgs {
     /// PaymentIntents subset of `boxoffice payment-provider` (its key in BOXOFFICE_PAYMENT_API_KEY).
     #[arg(long, default_value = "sim", value_parser = parse_payment)]
     pub payment: String,
-    /// Simulated provider latency per charge.
+    /// Simulated provider latency per authorization (its capture is at once).
     #[arg(long, default_value_t = 0)]
     pub payment_latency_ms: u64,
-    /// Share of charges the simulator declines at random (0.0 to 1.0).
+    /// Share of authorizations the simulator declines at random (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
     pub payment_decline_rate: f64,
-    /// Charges in flight with the provider at most. 10,000 orders against a 1.4 s provider finish in about
-    /// 1.4 s × 10,000 / this.
+    /// Calls in flight with the provider at most (authorizations, captures, reads, voids). 10,000 orders against a
+    /// 1.4 s provider finish in about 1.4 s × 10,000 / this.
     #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub payment_concurrency: u32,
     /// Orders waiting for a payment slot at most; beyond that, 503 overloaded.
@@ -209,7 +209,8 @@ pub struct ServeArgs {
     /// --payment-timeout-ms is refused 503 overloaded before anything is reserved.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub payment_rate_limit: u32,
-    /// Deadline of one call to the payment provider; a charge that misses it is voided.
+    /// Deadline of one call to the payment provider; an authorization that misses it has an unknown outcome: the
+    /// seats stay reserved while the node reads the payment back (202 pending after 3 s).
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub payment_timeout_ms: u64,
     /// How long a hold keeps its seats.
