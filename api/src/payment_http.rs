@@ -42,11 +42,17 @@ pub struct HttpProvider {
     unsettled: Arc<std::sync::Mutex<Unsettled>>,
 }
 
+/// A form-encoded request's fields.
+type Form = Vec<(&'static str, String)>;
+
 /// Charges whose outcome the node did not learn, oldest first; at most [`UNSETTLED_MAX`].
 #[derive(Default)]
 struct Unsettled {
-    bodies: std::collections::HashMap<String, Vec<(&'static str, String)>>,
-    order: std::collections::VecDeque<String>,
+    /// Each body with the number it was remembered under.
+    bodies: std::collections::HashMap<String, (u64, Form)>,
+    /// Keys by that number, oldest first; an entry whose number is not its body's is stale.
+    order: std::collections::VecDeque<(u64, String)>,
+    next: u64,
 }
 
 /// Charges without a known outcome remembered at most; beyond, the oldest is forgotten (its void then relies on
@@ -55,14 +61,40 @@ const UNSETTLED_MAX: usize = 100_000;
 
 impl Unsettled {
     fn remember(&mut self, key: &str, fields: Vec<(&'static str, String)>) {
-        if self.bodies.insert(key.to_owned(), fields).is_none() {
-            self.order.push_back(key.to_owned());
-        }
-        while self.order.len() > UNSETTLED_MAX {
-            if let Some(oldest) = self.order.pop_front() {
+        self.next += 1;
+        self.bodies.insert(key.to_owned(), (self.next, fields));
+        self.order.push_back((self.next, key.to_owned()));
+        while self.bodies.len() > UNSETTLED_MAX {
+            let Some((number, oldest)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .bodies
+                .get(&oldest)
+                .is_some_and(|(kept, _)| *kept == number)
+            {
                 self.bodies.remove(&oldest);
             }
         }
+        if self.order.len() > 2 * self.bodies.len() + 64 {
+            // Mostly stale entries (forgotten or remembered again since): rebuilt from the bodies.
+            let mut live: Vec<(u64, String)> = self
+                .bodies
+                .iter()
+                .map(|(key, (number, _))| (*number, key.clone()))
+                .collect();
+            live.sort_unstable();
+            self.order = live.into();
+        }
+    }
+
+    fn body(&self, key: &str) -> Option<Vec<(&'static str, String)>> {
+        self.bodies.get(key).map(|(_, fields)| fields.clone())
+    }
+
+    /// The outcome of `key` is known: its body is no longer needed.
+    fn forget(&mut self, key: &str) {
+        self.bodies.remove(key);
     }
 }
 
@@ -210,11 +242,13 @@ impl PaymentProvider for HttpProvider {
         let unsettled = self.unsettled.clone();
         Box::pin(async move {
             let answer = call.await;
-            if answer.is_err() {
-                unsettled
-                    .lock()
-                    .expect("unsettled lock")
-                    .remember(&key, fields);
+            {
+                let mut unsettled = unsettled.lock().expect("unsettled lock");
+                match &answer {
+                    Err(PaymentError::Provider(_)) => unsettled.remember(&key, fields),
+                    Err(_) => {}
+                    Ok(_) => unsettled.forget(&key),
+                }
             }
             match answer? {
                 (200, intent)
@@ -241,6 +275,16 @@ impl PaymentProvider for HttpProvider {
                     Ok(ChargeOutcome::Declined {
                         reason: "the payment provider does not know this card: store it again"
                             .into(),
+                    })
+                }
+                // A request it refused as invalid (an amount beyond its limits, say): it stored nothing, and the
+                // same request would be refused again. A refusal of this payment.
+                (400, body) if body["error"]["type"] == "invalid_request_error" => {
+                    Ok(ChargeOutcome::Declined {
+                        reason: format!(
+                            "the payment provider refused the payment: {}",
+                            error_code(&body)
+                        ),
                     })
                 }
                 (status, body) => Err(PaymentError::Provider(format!(
@@ -288,6 +332,10 @@ impl PaymentProvider for HttpProvider {
                     (200, intent) if intent["status"] != "requires_capture" => intent,
                     _ => return Err(error),
                 },
+                // The provider does not know the intent: there is nothing it could capture.
+                Ok((404, body)) if error_code(&body) == "resource_missing" => {
+                    return Ok(CaptureOutcome::Canceled);
+                }
                 Ok((status, body)) => {
                     return Err(PaymentError::Provider(format!(
                         "unexpected answer to a capture: {status} {}",
@@ -309,13 +357,7 @@ impl PaymentProvider for HttpProvider {
     fn void(&self, idempotency_key: &str) -> BoxFuture<'static, Result<(), PaymentError>> {
         let key = idempotency_key.to_owned();
         let provider = self.clone_handle();
-        let unsent = self
-            .unsettled
-            .lock()
-            .expect("unsettled lock")
-            .bodies
-            .get(&key)
-            .cloned();
+        let unsent = self.unsettled.lock().expect("unsettled lock").body(&key);
         Box::pin(async move {
             if let Some(fields) = unsent {
                 // The same request under the same key: settled now, or `Err` (409 while it is still being handled,
@@ -381,8 +423,7 @@ impl PaymentProvider for HttpProvider {
                 .unsettled
                 .lock()
                 .expect("unsettled lock")
-                .bodies
-                .remove(&key);
+                .forget(&key);
             Ok(())
         })
     }

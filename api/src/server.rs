@@ -494,7 +494,12 @@ async fn recover(
             .map_err(|error| format!("cannot restart a concert: {error}"))?;
     }
     let in_flight_count = in_flight.len();
-    let confirmed = desk.settle_all(in_flight).await;
+    // A cluster node settles once its book is whole (`cluster::book`): its payment records wait until then.
+    let confirmed = if clustered {
+        0
+    } else {
+        desk.settle_all(in_flight).await
+    };
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         read_ms = recovered.elapsed.as_millis() as u64,

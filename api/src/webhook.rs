@@ -164,7 +164,13 @@ impl Webhooks {
                 at_ms: Some(now),
             })
         };
-        Durable::wait(commit).await?;
+        if let Err(error) = Durable::wait(commit).await {
+            // Not remembered after all: the provider's retry must be taken, not answered as a duplicate.
+            let mut seen = self.seen.lock().expect("webhook lock");
+            seen.at_ms.remove(id);
+            seen.order.retain(|(_, kept)| kept != id);
+            return Err(error);
+        }
         Ok(true)
     }
 }

@@ -628,3 +628,42 @@ async fn a_node_vaults_cards_and_charges_orders_at_the_network_provider() {
     assert!(metrics.contains("boxoffice_payment_provider_rate_limited_total 0"));
     node.stop();
 }
+
+#[tokio::test]
+async fn a_free_order_needs_no_payment_and_an_amount_the_provider_refuses_is_declined() {
+    let provider_dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(provider_dir.path(), &[]);
+    let node = node_paying_with(&provider, &[]);
+    let (_, token) = node.register("frugal", CARD).await;
+    // A free concert: tickets at once, nothing asked of the provider.
+    let free = node.create_general(10, 1, 0).await;
+    let order = node
+        .post(
+            "/orders",
+            Some(&token),
+            json!({"concert_id": free, "quantity": 2}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(order["amount_cents"], 0);
+    assert_eq!(order["tickets"].as_array().map(Vec::len), Some(2));
+    let order_id = order["id"].as_str().expect("an id");
+    assert_eq!(provider.intents_of(order_id).await, Vec::<Value>::new());
+    // 10 tickets at the highest price are beyond the provider's largest amount: refused at once as a decline,
+    // not an outcome to wait for, and the tickets go back on sale.
+    let dear = node
+        .create_general(10, 1, engine::concert::PRICE_CENTS_MAX)
+        .await;
+    node.post(
+        "/orders",
+        Some(&token),
+        json!({"concert_id": dear, "quantity": 10}),
+    )
+    .await
+    .expect_error(402, "payment_declined");
+    assert_eq!(node.availability(&dear).await, (10, 0, 0, 10));
+    assert_eq!(node.availability(&free).await, (8, 0, 2, 10));
+    let data_dir = node.stop();
+    let report = common::inspect(data_dir.path());
+    assert_eq!(report["violations"], json!([]), "{report}");
+}

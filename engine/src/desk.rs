@@ -538,13 +538,20 @@ impl Desk {
                 amount_cents: concert.spec.price_cents * u64::from(quantity),
                 intent_id: None,
             };
-            // Ahead of the reservation in the same log: durable with it, so that a restart knows how to resolve
-            // any authorization asked for it.
-            self.journal_payment(&order_id, Some(&record));
+            // Ahead of the reservation in the same log, so that a restart knows how to resolve any authorization
+            // asked for it; awaited before the provider is asked (at once when the reservation was local).
+            let recorded = match self.journal_payment(&order_id, Some(&record)) {
+                Ok(commit) => commit,
+                Err(error) => {
+                    self.book()
+                        .give_back_tickets(&user, &concert.spec.id, quantity);
+                    return Err(error);
+                }
+            };
             let parts = match concert.reserve(&user, &claim, purpose).await {
                 Ok(parts) => parts,
                 Err(error) => {
-                    self.journal_payment(&order_id, None);
+                    let _ = self.journal_payment(&order_id, None);
                     self.book()
                         .give_back_tickets(&user, &concert.spec.id, quantity);
                     return Err(error);
@@ -554,8 +561,15 @@ impl Desk {
             let order = pending_order(order_id, &concert.spec, &user, &parts, &meta);
             debug_assert_eq!(order.amount_cents, record.amount_cents);
             self.book().upsert_order(&order);
-            self.settle(order, &concert, &parts, record, Some(slot), &announce)
-                .await
+            self.settle(
+                order,
+                &concert,
+                &parts,
+                (record, recorded),
+                Some(slot),
+                &announce,
+            )
+            .await
         }
         .await;
         self.metrics.record(&outcome, started);
@@ -709,8 +723,12 @@ impl Desk {
                 .filter(|record| &record.hold.user_id == user)
                 .ok_or(EngineError::HoldNotFound)?;
             if let HoldState::Purchasing { outcome, .. } = &record.state {
-                // A purchase that has ended sold or released the seats: the hold no longer exists.
-                return Err(if outcome.borrow().is_some() {
+                // A purchase that has ended sold or released the seats: the hold no longer exists. One still
+                // pending (its payment being resolved) holds them.
+                let ended = outcome.borrow().as_ref().is_some_and(
+                    |answer| !matches!(answer, Ok(order) if order.status == OrderStatus::Pending),
+                );
+                return Err(if ended {
                     EngineError::HoldNotFound
                 } else {
                     EngineError::HoldNotActive
@@ -796,23 +814,30 @@ impl Desk {
                 intent_id: None,
             };
             // Ahead of the purchase's reservation, as an order's (see `order_flow`).
-            self.journal_payment(&order_id, Some(&record));
+            let recorded = self.journal_payment(&order_id, Some(&record))?;
             if let Err(error) = concert
                 .begin_purchase(&parts, &user, &order_id, &meta)
                 .await
             {
-                self.journal_payment(&order_id, None);
+                let _ = self.journal_payment(&order_id, None);
                 return Err(error);
             }
-            Ok((concert, order_id, meta, record))
+            Ok((concert, order_id, meta, record, recorded))
         }
         .await;
         let outcome = match begun {
-            Ok((concert, order_id, meta, record)) => {
+            Ok((concert, order_id, meta, record, recorded)) => {
                 let order = pending_order(order_id, &concert.spec, &user, &parts, &meta);
                 self.book().upsert_order(&order);
-                self.settle(order, &concert, &parts, record, Some(slot), &announce)
-                    .await
+                self.settle(
+                    order,
+                    &concert,
+                    &parts,
+                    (record, recorded),
+                    Some(slot),
+                    &announce,
+                )
+                .await
             }
             Err(error) => {
                 self.book()

@@ -18,6 +18,7 @@
 use super::{Desk, Order, OrderOutcome, OrderStatus, parts_tickets};
 use crate::error::EngineError;
 use crate::ids::OrderId;
+use crate::journal::Commit;
 use crate::payment::{
     CaptureOutcome, ChargeRequest, ChargeStatus, PaymentRecord, PaymentResult, PaymentSlot,
 };
@@ -71,7 +72,11 @@ impl Announce {
 enum Resolution {
     Authorized {
         intent_id: String,
+        /// Captured already (a capture answered before a crash, say): nothing left to capture.
+        captured: bool,
     },
+    /// Nothing to pay: a free order's tickets need no provider.
+    Free,
     Declined {
         reason: String,
     },
@@ -80,20 +85,42 @@ enum Resolution {
 }
 
 impl Desk {
-    /// Journals `record` as the order's payment step (`None`: final) without waiting: what comes after it in
-    /// the same log (a reservation, a confirmation) is durable only if it is.
-    pub(super) fn journal_payment(&self, order_id: &OrderId, record: Option<&PaymentRecord>) {
-        drop(self.payment_journal.record(&order_id.0, record));
+    /// Queues `record` as the order's payment step (`None`: final) in the journal: what comes after it in the same
+    /// log (a reservation, a confirmation) is durable only if it is; the commit says when it is itself. `Err` when
+    /// it could not even be queued (the node's storage failed): nothing that depends on it may go on.
+    pub(super) fn journal_payment(
+        &self,
+        order_id: &OrderId,
+        record: Option<&PaymentRecord>,
+    ) -> Result<Commit, EngineError> {
+        let mut commit = self.payment_journal.record(&order_id.0, record);
+        match commit.failed_already() {
+            None => Ok(commit),
+            Some(error) => {
+                tracing::error!(order_id = %order_id, %error, "payment record not journaled");
+                Err(EngineError::Unavailable)
+            }
+        }
+    }
+
+    /// Whether some of the concert's shards live on other nodes: there a part's reservation or confirmation is
+    /// durable in another node's journal, so a payment record of this node's is awaited, not just queued ahead.
+    fn has_remote_shards(&self, concert: &ConcertHandle) -> bool {
+        concert
+            .placement
+            .iter()
+            .any(|node| *node != self.router.node())
     }
 
     /// Authorizes a durable reservation, turns it into tickets and captures; or releases it and gives its tickets
-    /// back to the buyer's allowance once nothing of its payment is left open.
+    /// back to the buyer's allowance once nothing of its payment is left open. `recorded` is the commit of the
+    /// order's first payment record, awaited before the provider is asked.
     pub(super) async fn settle(
         self: &Arc<Self>,
         order: Order,
         concert: &ConcertHandle,
         parts: &[Part],
-        record: PaymentRecord,
+        (record, recorded): (PaymentRecord, Commit),
         slot: Option<PaymentSlot>,
         announce: &Announce,
     ) -> OrderOutcome {
@@ -102,25 +129,36 @@ impl Desk {
             amount_cents: record.amount_cents,
             payment_method: record.payment_method.clone(),
         };
-        crate::crash::point("payment.reserved");
-        let resolution = match self.payments.authorize(&request).await {
-            PaymentResult::Authorized { intent_id } => Resolution::Authorized { intent_id },
-            PaymentResult::Declined { reason } => Resolution::Declined { reason },
-            PaymentResult::Unknown { reason } => {
-                tracing::warn!(order_id = %order.id, %reason, "payment outcome unknown: resolving it");
-                self.resolve(Some(&request), &order, announce).await
-            }
-            // Nothing reached the provider under this key: nothing of it can be left open.
-            PaymentResult::NotSent { reason } => {
-                tracing::warn!(order_id = %order.id, %reason, "payment provider unreachable");
-                Resolution::Voided
+        let resolution = if let Err(error) = recorded.wait().await {
+            tracing::error!(order_id = %order.id, %error, "payment record not durable: nothing asked of the provider");
+            Resolution::Voided
+        } else if record.amount_cents == 0 {
+            Resolution::Free
+        } else {
+            crate::crash::point("payment.reserved");
+            match self.payments.authorize(&request).await {
+                PaymentResult::Authorized { intent_id } => Resolution::Authorized {
+                    intent_id,
+                    captured: false,
+                },
+                PaymentResult::Declined { reason } => Resolution::Declined { reason },
+                PaymentResult::Unknown { reason } => {
+                    tracing::warn!(order_id = %order.id, %reason, "payment outcome unknown: resolving it");
+                    self.resolve(Some(&request), &order, announce).await
+                }
+                // Nothing reached the provider under this key: nothing of it can be left open.
+                PaymentResult::NotSent { reason } => {
+                    tracing::warn!(order_id = %order.id, %reason, "payment provider unreachable");
+                    Resolution::Voided
+                }
             }
         };
-        self.finish(order, concert, parts, record, resolution, slot)
+        self.finish(order, concert, parts, record, resolution, slot, announce)
             .await
     }
 
     /// Ends an order whose payment outcome is known: tickets and a capture, or a release.
+    #[allow(clippy::too_many_arguments)]
     async fn finish(
         self: &Arc<Self>,
         order: Order,
@@ -129,24 +167,50 @@ impl Desk {
         mut record: PaymentRecord,
         resolution: Resolution,
         slot: Option<PaymentSlot>,
+        announce: &Announce,
     ) -> OrderOutcome {
+        let id = order.id.clone();
         let (reason, error) = match resolution {
-            Resolution::Authorized { intent_id } => {
+            Resolution::Free => match self.confirm(order.clone(), concert, parts).await {
+                Ok(order) => {
+                    let _ = self.journal_payment(&id, None);
+                    return Ok(order);
+                }
+                Err(error) => (ReleaseReason::Abandoned, error),
+            },
+            Resolution::Authorized {
+                intent_id,
+                captured,
+            } => {
                 crate::crash::point("payment.authorized");
                 record.intent_id = Some(intent_id.clone());
-                // Ahead of the confirmation in the same log: no tickets are durable without it.
-                self.journal_payment(&order.id, Some(&record));
-                let id = order.id.clone();
-                match self.confirm(order.clone(), concert, parts).await {
+                // Ahead of the confirmation in the same log: no tickets are durable without it (awaited when a
+                // part's confirmation goes to another node's journal).
+                let recorded = match self.journal_payment(&id, Some(&record)) {
+                    Ok(commit) if self.has_remote_shards(concert) => {
+                        commit.wait().await.map_err(|_| EngineError::Unavailable)
+                    }
+                    Ok(_) => Ok(()),
+                    Err(error) => Err(error),
+                };
+                let confirmed = match recorded {
+                    Ok(()) => self.confirm(order.clone(), concert, parts).await,
+                    Err(error) => Err(error),
+                };
+                match confirmed {
                     Ok(order) => {
                         crate::crash::point("payment.tickets");
-                        self.spawn_capture(id, intent_id, slot);
+                        if captured {
+                            let _ = self.journal_payment(&id, None);
+                        } else {
+                            self.spawn_capture(id, intent_id, slot);
+                        }
                         return Ok(order);
                     }
                     Err(error) => {
                         // No tickets: the authorization is cancelled before the seats go back on sale.
                         tracing::error!(order_id = %id, %error, "authorized but not confirmed: cancelling");
-                        self.void_until_done(&id).await;
+                        self.void_until_done(&id, Some((announce, &order))).await;
                         (ReleaseReason::Abandoned, error)
                     }
                 }
@@ -177,7 +241,7 @@ impl Desk {
         if let Err(release_error) = concert.release(parts, reason).await {
             tracing::error!(order_id = %order.id, %release_error, "could not release after the payment failed");
         }
-        self.journal_payment(&order.id, None);
+        let _ = self.journal_payment(&order.id, None);
         order.status = OrderStatus::Declined;
         let mut book = self.book();
         book.upsert_order(&order);
@@ -201,10 +265,17 @@ impl Desk {
         let mut pause = RESOLVE_PAUSE;
         loop {
             match self.payments.status(&order.id.0).await {
-                Ok(
-                    ChargeStatus::Authorized { intent_id } | ChargeStatus::Captured { intent_id },
-                ) => {
-                    return Resolution::Authorized { intent_id };
+                Ok(ChargeStatus::Authorized { intent_id }) => {
+                    return Resolution::Authorized {
+                        intent_id,
+                        captured: false,
+                    };
+                }
+                Ok(ChargeStatus::Captured { intent_id }) => {
+                    return Resolution::Authorized {
+                        intent_id,
+                        captured: true,
+                    };
                 }
                 Ok(ChargeStatus::Declined) => {
                     return Resolution::Declined {
@@ -215,7 +286,10 @@ impl Desk {
                 Ok(ChargeStatus::Absent) => match request {
                     Some(request) => match self.payments.authorize(request).await {
                         PaymentResult::Authorized { intent_id } => {
-                            return Resolution::Authorized { intent_id };
+                            return Resolution::Authorized {
+                                intent_id,
+                                captured: false,
+                            };
                         }
                         PaymentResult::Declined { reason } => {
                             return Resolution::Declined { reason };
@@ -244,10 +318,14 @@ impl Desk {
         }
     }
 
-    /// Voids the payment of `order_id` until the provider says it is done (the seats stay reserved meanwhile).
-    async fn void_until_done(&self, order_id: &OrderId) {
+    /// Voids the payment of `order_id` until the provider says it is done (the seats stay reserved meanwhile);
+    /// tells `waiting` the order is pending once the first attempts failed.
+    async fn void_until_done(&self, order_id: &OrderId, waiting: Option<(&Announce, &Order)>) {
         let mut pause = RESOLVE_PAUSE;
         while !self.payments.void(&order_id.0).await {
+            if let Some((announce, order)) = waiting {
+                announce.pending(order);
+            }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(RESOLVE_PAUSE_MAX);
         }
@@ -285,7 +363,7 @@ impl Desk {
                     }
                 }
             }
-            desk.journal_payment(&order_id, None);
+            let _ = desk.journal_payment(&order_id, None);
             desk.metrics.captures_pending.decrement(1.0);
             desk.captures_pending.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
@@ -293,8 +371,8 @@ impl Desk {
     }
 
     /// Ends an order recovered in flight whose payment record is `record` (`None`: journaled by an earlier
-    /// version, which charged at once): resolves its payment, then tickets and a capture, or a release. An
-    /// order `partly_sold` (some parts confirmed) was authorized: its other parts are confirmed.
+    /// version): resolves its payment, then tickets and a capture, or a release. An order `partly_sold` (some
+    /// parts confirmed) was authorized: its other parts are confirmed.
     pub(super) async fn settle_recovered(
         self: &Arc<Self>,
         order: Order,
@@ -304,55 +382,57 @@ impl Desk {
         partly_sold: bool,
         announce: &Announce,
     ) -> OrderOutcome {
+        let id = order.id.clone();
         if partly_sold {
-            return match record {
-                Some(PaymentRecord {
-                    intent_id: Some(intent_id),
-                    ..
-                }) => {
-                    let id = order.id.clone();
-                    let order = self.confirm(order, concert, parts).await?;
-                    self.spawn_capture(id, intent_id, None);
-                    Ok(order)
-                }
-                _ => self.confirm(order, concert, parts).await,
-            };
+            let order = self.confirm(order, concert, parts).await?;
+            match record.and_then(|record| record.intent_id) {
+                Some(intent_id) => self.spawn_capture(id, intent_id, None),
+                None => self.capture_if_authorized(id),
+            }
+            return Ok(order);
         }
         let request = record.as_ref().map(|record| ChargeRequest {
             idempotency_key: order.id.0.to_string(),
             amount_cents: record.amount_cents,
             payment_method: record.payment_method.clone(),
         });
-        let resolution = self.resolve(request.as_ref(), &order, announce).await;
-        match record {
-            Some(record) => {
-                self.finish(order, concert, parts, record, resolution, None)
-                    .await
+        let resolution = match &record {
+            Some(record) if record.amount_cents == 0 => Resolution::Free,
+            _ => self.resolve(request.as_ref(), &order, announce).await,
+        };
+        let record = record.unwrap_or(PaymentRecord {
+            payment_method: String::new(),
+            amount_cents: order.amount_cents,
+            intent_id: None,
+        });
+        self.finish(order, concert, parts, record, resolution, None, announce)
+            .await
+    }
+
+    /// Reads the payment of an order sold before a restart without an intent on record back, and captures it if
+    /// it is only authorized.
+    fn capture_if_authorized(self: &Arc<Self>, order_id: OrderId) {
+        let desk = self.clone();
+        tokio::spawn(async move {
+            let mut pause = RESOLVE_PAUSE;
+            loop {
+                match desk.payments.status(&order_id.0).await {
+                    Ok(ChargeStatus::Authorized { intent_id }) => {
+                        return desk.spawn_capture(order_id, intent_id, None);
+                    }
+                    Ok(ChargeStatus::Processing) | Err(_) => {}
+                    Ok(status) => {
+                        if !matches!(status, ChargeStatus::Captured { .. }) {
+                            tracing::error!(order_id = %order_id, ?status, "sold before a restart, but its payment is not authorized: needs reconciliation");
+                        }
+                        let _ = desk.journal_payment(&order_id, None);
+                        return;
+                    }
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RESOLVE_PAUSE_MAX);
             }
-            None => match resolution {
-                Resolution::Authorized { .. } => self.confirm(order, concert, parts).await,
-                Resolution::Declined { reason } => {
-                    self.release_order(
-                        order,
-                        concert,
-                        parts,
-                        ReleaseReason::Declined,
-                        EngineError::PaymentDeclined { reason },
-                    )
-                    .await
-                }
-                Resolution::Voided => {
-                    self.release_order(
-                        order,
-                        concert,
-                        parts,
-                        ReleaseReason::Abandoned,
-                        EngineError::PaymentUnavailable,
-                    )
-                    .await
-                }
-            },
-        }
+        });
     }
 
     /// After a restart, once every order recovered in flight took its record: the payment records left belong
@@ -371,11 +451,13 @@ impl Desk {
                 (Some(_), false) => {
                     let desk = self.clone();
                     tokio::spawn(async move {
-                        desk.void_until_done(&order_id).await;
-                        desk.journal_payment(&order_id, None);
+                        desk.void_until_done(&order_id, None).await;
+                        let _ = desk.journal_payment(&order_id, None);
                     });
                 }
-                (None, _) => self.journal_payment(&order_id, None),
+                (None, _) => {
+                    let _ = self.journal_payment(&order_id, None);
+                }
             }
         }
     }
@@ -414,7 +496,7 @@ impl Desk {
                 desk.payments.status(&order_id.0).await
             {
                 tracing::warn!(order_id = %order_id, "the provider holds a payment for a released order: voiding it");
-                desk.void_until_done(&order_id).await;
+                desk.void_until_done(&order_id, None).await;
             }
             drop(check);
         });
