@@ -65,11 +65,18 @@ impl Commit {
     }
 
     /// The error of a commit that failed before anything was queued (the record was refused at once), without
-    /// waiting for one that is still pending.
+    /// waiting for one that is still pending. A later [`Commit::wait`] still answers what it would have.
     pub fn failed_already(&mut self) -> Option<JournalError> {
         match self.0.as_mut()?.try_recv() {
-            Ok(Err(error)) => Some(error),
-            _ => None,
+            Ok(Ok(())) => {
+                self.0 = None;
+                None
+            }
+            Ok(Err(error)) => {
+                *self = Commit::failed(error.0.clone());
+                Some(error)
+            }
+            Err(_) => None,
         }
     }
 
@@ -111,5 +118,28 @@ pub struct VolatileJournal;
 impl Journal for VolatileJournal {
     fn append(&self, _record: JournalRecord) -> Commit {
         Commit::done()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_commit_looked_at_early_still_answers_its_wait() {
+        let (sender, receiver) = oneshot::channel();
+        let mut done = Commit::pending(receiver);
+        sender.send(Ok(())).expect("sent");
+        assert_eq!(done.failed_already(), None);
+        assert_eq!(done.wait().await, Ok(()));
+        let mut failed = Commit::failed("disk full".into());
+        assert_eq!(
+            failed.failed_already(),
+            Some(JournalError("disk full".into()))
+        );
+        assert_eq!(failed.wait().await, Err(JournalError("disk full".into())));
+        let (_sender, receiver) = oneshot::channel();
+        let mut pending = Commit::pending(receiver);
+        assert_eq!(pending.failed_already(), None);
     }
 }
