@@ -81,15 +81,20 @@ impl Journal for Durable {
     }
 }
 
-/// Each order's payment step, as a node-wide record of the journal (sled tree `payments` once applied).
+/// Each order's payment step, as a node-wide record of the journal (sled tree `payments` once applied); the end
+/// of one is not journaled (`Storage::forget_payment`).
 impl engine::payment::PaymentJournal for Durable {
     fn record(&self, order_id: &str, record: Option<&engine::payment::PaymentRecord>) -> Commit {
-        match self.0.get() {
-            Some(storage) => storage.append_meta(MetaRecord::Payment {
+        match (self.0.get(), record) {
+            (Some(storage), Some(record)) => storage.append_meta(MetaRecord::Payment {
                 order_id: order_id.to_owned(),
-                record: record.cloned(),
+                record: Some(record.clone()),
             }),
-            None => Commit::done(),
+            (Some(storage), None) => {
+                storage.forget_payment(order_id);
+                Commit::done()
+            }
+            (None, _) => Commit::done(),
         }
     }
 }

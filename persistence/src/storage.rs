@@ -182,6 +182,11 @@ struct Inner {
     /// The last node-wide sequence number handed out; held while a node-wide record is applied and queued, so
     /// records reach sled and the log in sequence order.
     meta_seq: Mutex<u64>,
+    /// Orders' payment records journaled and not yet in sled, by order id, the last one each (`None`: removed).
+    /// They are several per order, so sled gets them behind, in one batch each time the snapshot writer makes the
+    /// node-wide records durable there ([`apply_payments_behind`]), off the order's path; until then the journal
+    /// holds them (recovery applies them from it).
+    payments_behind: Mutex<HashMap<String, Option<PaymentRecord>>>,
     /// The last ledger sequence number handed out; held while a record is queued, so that records reach the
     /// journal and the checkpoint in sequence order.
     ledger_seq: Mutex<u64>,
@@ -349,6 +354,7 @@ impl Storage {
             trees,
             log,
             meta_seq: Mutex::new(meta_seq),
+            payments_behind: Mutex::default(),
             ledger_seq: Mutex::new(ledger_seq),
             ledger_checkpoint,
             covered: Mutex::new(covered),
@@ -378,19 +384,38 @@ impl Storage {
         Ok((storage, recovered))
     }
 
-    /// Records a node-wide change; the commit completes once it is durable. sled gets it at once, in order.
+    /// Records a node-wide change; the commit completes once it is durable. sled gets it at once, in order (an
+    /// order's payment record behind, see `Inner::payments_behind`).
     pub fn append_meta(&self, record: MetaRecord) -> Commit {
         let mut seq = self
             .inner
             .meta_seq
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Err(error) = apply_meta(&self.inner.trees, *seq + 1, &record) {
+        if let MetaRecord::Payment { order_id, record } = &record {
+            self.inner
+                .payments_behind
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(order_id.clone(), record.clone());
+        } else if let Err(error) = apply_meta(&self.inner.trees, *seq + 1, &record) {
             return Commit::failed(format!("sled: {error}"));
         }
         *seq += 1;
         let bytes = encode_record(Entry::Meta { seq: *seq, record });
         Commit::pending(self.inner.log.append(META_STREAM.into(), *seq, bytes))
+    }
+
+    /// Ends an order's payment record without a journal record of its own: sled drops it with the next batch of
+    /// payment records (`Inner::payments_behind`). Should a crash bring back a record from the journal before its
+    /// segment is cut, the restart only finds it final again (a capture or a void the provider answers as done),
+    /// so the end of every order's payment costs no write of its own.
+    pub fn forget_payment(&self, order_id: &str) {
+        self.inner
+            .payments_behind
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(order_id.to_owned(), None);
     }
 
     /// Records the payment simulator's charge under `key` in the journal, behind everything appended before (a
@@ -596,6 +621,28 @@ impl Journal for Storage {
             Err(TrySendError::Disconnected(_)) => Commit::failed("snapshot writer stopped".into()),
         }
     }
+}
+
+/// Applies payment records taken from `Inner::payments_behind` to sled, in one batch.
+fn apply_payments_behind(
+    trees: &Trees,
+    payments: HashMap<String, Option<PaymentRecord>>,
+) -> Result<(), sled::Error> {
+    if payments.is_empty() {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    for (order_id, record) in payments {
+        match record {
+            Some(record) => batch.insert(
+                order_id.as_bytes(),
+                postcard::to_allocvec(&StoredPayment::V1(record))
+                    .expect("payment records always encode"),
+            ),
+            None => batch.remove(order_id.as_bytes()),
+        }
+    }
+    trees.payments.apply_batch(batch)
 }
 
 /// An order's payment record as sled keeps it; the variant is the format version.
@@ -886,11 +933,22 @@ fn store_snapshots<'a>(
             oldest_kept.push((stream, oldest_seq));
         }
     }
-    // Every node-wide record up to this number is in sled now; the flush makes them durable there.
-    let meta_seq = *inner
-        .meta_seq
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    // Every node-wide record up to this number is in sled now (the payment records once applied below, taken
+    // under the same lock); the flush makes them durable there.
+    let (meta_seq, payments) = {
+        let seq = inner
+            .meta_seq
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let payments = std::mem::take(
+            &mut *inner
+                .payments_behind
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        (*seq, payments)
+    };
+    apply_payments_behind(&inner.trees, payments).map_err(sled_error)?;
     inner
         .trees
         .meta

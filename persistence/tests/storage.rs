@@ -415,3 +415,65 @@ fn ledger_records_the_checkpoint_lacks_come_back_from_the_journal() {
     checkpoint.close();
     assert_eq!((charges, records), (expected, 3));
 }
+
+fn payment(intent: Option<&str>) -> engine::payment::PaymentRecord {
+    engine::payment::PaymentRecord {
+        payment_method: "pm_1".into(),
+        amount_cents: 1500,
+        intent_id: intent.map(str::to_owned),
+    }
+}
+
+#[test]
+fn payment_records_come_back_until_a_batch_to_sled_has_forgotten_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let record = |storage: &Storage, order: &str, intent: Option<&str>| {
+        let commit = storage.append_meta(MetaRecord::Payment {
+            order_id: order.into(),
+            record: Some(payment(intent)),
+        });
+        runtime.block_on(commit.wait()).expect("durable");
+    };
+    {
+        let (storage, _) = Storage::open(dir.path(), options(10)).expect("open");
+        record(&storage, "o_1", None);
+        record(&storage, "o_1", Some("pi_1"));
+        record(&storage, "o_2", None);
+        // Its end is not journaled: sled drops it with the next batch.
+        storage.forget_payment("o_2");
+        storage.close();
+    }
+    {
+        // No batch went to sled: the journal brings back both, the last step of each.
+        let (storage, recovered) = Storage::open(dir.path(), options(10)).expect("reopen");
+        let mut payments = recovered.payments.clone();
+        payments.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            payments,
+            vec![
+                ("o_1".to_owned(), payment(Some("pi_1"))),
+                ("o_2".to_owned(), payment(None))
+            ]
+        );
+        storage.forget_payment("o_2");
+        // The snapshot writer's batch (with no snapshot to store) applies what is behind and makes it durable.
+        storage.write_snapshots_now(Vec::new()).expect("a batch");
+        storage.close();
+    }
+    let (storage, recovered) = Storage::open(dir.path(), options(10)).expect("reopen");
+    assert_eq!(
+        recovered
+            .payments
+            .iter()
+            .map(|(order, _)| order.as_str())
+            .collect::<Vec<_>>(),
+        // o_2 was forgotten in sled, and the journal behind the batch was cut with its records. (Had the
+        // segment survived, recovery would apply o_2's record again: a restart may find a finished payment once
+        // more, never lose an unfinished one.)
+        vec!["o_1"]
+    );
+    storage.close();
+}
