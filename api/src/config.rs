@@ -107,8 +107,9 @@ pub struct ProviderArgs {
     /// Share of authorizations declined at random, 0 to 1 (cards ending in 0002 are always declined).
     #[arg(long, env = "BOXOFFICE_PROVIDER_DECLINE_RATE", default_value_t = 0.0)]
     pub decline_rate: f64,
-    /// Share of calls that fail, 0 to 1: a third each answer 500 before anything happens, answer 500 after the
-    /// change committed, or hang for --hang-ms after it committed.
+    /// Share of calls that fail, 0 to 1: a quarter each answer 500 before anything happens, answer 500 after the
+    /// change committed, hang for --hang-ms after it committed, or have their connection cut in the middle of the
+    /// answer after it committed; a quarter of this share of new connections is refused (reset at once).
     #[arg(long, env = "BOXOFFICE_PROVIDER_FAULT_RATE", default_value_t = 0.0)]
     pub fault_rate: f64,
     /// How long a hanging call waits before it answers, in milliseconds.

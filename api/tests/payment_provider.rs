@@ -389,7 +389,7 @@ async fn after_seeded_faults_every_key_stands_for_exactly_one_intent() {
         &["--fault-rate", "1", "--seed", "7", "--hang-ms", "200"],
     );
     let mut failed = Vec::new();
-    let mut answered = 0;
+    let (mut answered, mut broken) = (0, 0);
     for call in 0..CALLS {
         let key = format!("key-{call}");
         let reply = provider
@@ -402,12 +402,17 @@ async fn after_seeded_faults_every_key_stands_for_exactly_one_intent() {
         match reply.status {
             StatusCode::OK => answered += 1,
             StatusCode::INTERNAL_SERVER_ERROR => failed.push(key),
+            // A connection refused, or cut in the middle of the answer: nothing known either.
+            StatusCode::BAD_GATEWAY => {
+                broken += 1;
+                failed.push(key);
+            }
             other => panic!("unexpected {other}: {}", reply.body),
         }
     }
     assert!(
-        answered > 0 && !failed.is_empty(),
-        "hangs and errors both drawn"
+        answered > 0 && broken > 0 && failed.len() > broken,
+        "hangs, errors and broken connections all drawn: {answered} answered, {broken} broken, {failed:?}"
     );
     provider.kill();
 
@@ -424,7 +429,12 @@ async fn after_seeded_faults_every_key_stands_for_exactly_one_intent() {
             )
             .await;
         if reply.replayed {
-            assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+            // A 500 stored after the change committed, or the 200 of a call whose answer was cut.
+            assert!(
+                [StatusCode::INTERNAL_SERVER_ERROR, StatusCode::OK].contains(&reply.status),
+                "{}",
+                reply.status
+            );
             replayed += 1;
         } else {
             reply.expect(200);

@@ -18,8 +18,9 @@
 //! - A token-bucket rate limit (`--rate-limit` requests per second): `429 rate_limit` with `Retry-After`.
 //! - Seeded fault injection (`--seed`): latency (`--latency-ms`, log-normal with `--latency-sigma`), declines
 //!   (`--decline-rate`, and every card ending in `0002`), and with `--fault-rate` one of: a 500 before anything
-//!   happened, a 500 after the change committed (stored and replayed as Stripe does), or a hang of `--hang-ms`
-//!   after the change committed before the answer.
+//!   happened, a 500 after the change committed (stored and replayed as Stripe does), a hang of `--hang-ms`
+//!   after the change committed before the answer, or the connection cut in the middle of the answer after the
+//!   change committed; a quarter of that share of new connections is refused (reset before a request is read).
 //! - With `--webhook-url`, every change of an intent is an event delivered at least once, signed
 //!   ([`webhooks`]); `GET /v1/events` lists those not delivered yet.
 //! - State survives a restart ([`store`]).
@@ -76,6 +77,8 @@ enum Fault {
     ErrorBefore,
     ErrorAfter,
     HangAfter,
+    /// The change committed, then the connection is cut in the middle of the answer.
+    ResetAfter,
 }
 
 struct Provider {
@@ -198,6 +201,10 @@ pub async fn run(args: ProviderArgs) -> Result<(), String> {
     }
     let app = router(provider.clone());
     println!("boxoffice payment-provider listening on http://{address}");
+    let listener = FaultyListener {
+        inner: listener,
+        provider: provider.clone(),
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(crate::server::shutdown_signal())
         .await
@@ -301,10 +308,11 @@ impl Provider {
             latency_ms *= (args.latency_sigma * normal).exp();
         }
         let fault = if args.fault_rate > 0.0 && rng.random::<f64>() < args.fault_rate {
-            match rng.random_range(0..3u8) {
+            match rng.random_range(0..4u8) {
                 0 => Fault::ErrorBefore,
                 1 => Fault::ErrorAfter,
-                _ => Fault::HangAfter,
+                2 => Fault::HangAfter,
+                _ => Fault::ResetAfter,
             }
         } else {
             Fault::None
@@ -313,6 +321,17 @@ impl Provider {
             Duration::from_secs_f64((latency_ms / 1000.0).min(600.0)),
             fault,
         )
+    }
+
+    /// Whether a new connection is refused (a quarter of `--fault-rate`).
+    fn refuses_connection(&self) -> bool {
+        self.args.fault_rate > 0.0
+            && self
+                .rng
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .random::<f64>()
+                < self.args.fault_rate / 4.0
     }
 
     fn declines(&self) -> bool {
@@ -485,10 +504,67 @@ impl Provider {
         }
         // Committed and not answered: what a client meets as a reset.
         engine::crash::point(&format!("provider.{}", route_name(path)));
-        if fault == Fault::HangAfter {
-            tokio::time::sleep(Duration::from_millis(self.args.hang_ms)).await;
+        match fault {
+            Fault::HangAfter => tokio::time::sleep(Duration::from_millis(self.args.hang_ms)).await,
+            Fault::ResetAfter => return Ok(cut_short(status)),
+            _ => {}
         }
         Ok((status, axum::Json(answer)).into_response())
+    }
+}
+
+/// An answer whose head is sent and whose body fails: the server drops the connection in the middle of it, as
+/// a reset would, and the client learns nothing of the outcome.
+fn cut_short(status: StatusCode) -> Response {
+    let failing = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "an injected reset",
+        ))
+    });
+    let mut response = Response::new(axum::body::Body::from_stream(failing));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Accepts connections, and with `--fault-rate` refuses a quarter of that share of them: closed at once with a
+/// reset, before a request is read.
+struct FaultyListener {
+    inner: tokio::net::TcpListener,
+    provider: Arc<Provider>,
+}
+
+impl axum::serve::Listener for FaultyListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, address)) => {
+                    if self.provider.refuses_connection() {
+                        // SO_LINGER 0: the close sends a reset instead of a FIN.
+                        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                        drop(stream);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    return (stream, address);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
     }
 }
 

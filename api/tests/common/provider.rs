@@ -96,7 +96,10 @@ impl Provider {
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
-        Reply::from(request.send().await.expect("an answer")).await
+        match request.send().await {
+            Ok(response) => Reply::from(response).await,
+            Err(_) => Reply::broken(),
+        }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -104,7 +107,10 @@ impl Provider {
             .client
             .get(format!("{}{path}", self.base))
             .bearer_auth(API_KEY);
-        Reply::from(request.send().await.expect("an answer")).await
+        match request.send().await {
+            Ok(response) => Reply::from(response).await,
+            Err(_) => Reply::broken(),
+        }
     }
 
     pub async fn card(&self, number: &str) -> String {
@@ -154,6 +160,7 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The answer read, or [`Reply::broken`] when the connection broke before it was whole.
     pub async fn from(response: reqwest::Response) -> Reply {
         let status = response.status();
         let header = |name: &str| {
@@ -165,12 +172,26 @@ impl Reply {
         };
         let replayed = header("idempotent-replayed").is_some();
         let retry_after = header("retry-after");
-        let body = response.json().await.unwrap_or(Value::Null);
+        let Ok(bytes) = response.bytes().await else {
+            return Reply::broken();
+        };
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Reply {
             status,
             replayed,
             retry_after,
             body,
+        }
+    }
+
+    /// What a client meets when the connection is refused, reset or cut in the middle of the answer (the
+    /// provider's injected faults): no answer, shown as `502`.
+    pub fn broken() -> Reply {
+        Reply {
+            status: StatusCode::BAD_GATEWAY,
+            replayed: false,
+            retry_after: None,
+            body: Value::Null,
         }
     }
 
@@ -200,11 +221,13 @@ pub fn encode(text: &str) -> String {
 }
 
 impl Provider {
-    /// `GET path`, asked again while the provider's injected faults answer 500; the body of its 200.
+    /// `GET path`, asked again while the provider's injected faults answer 500 or break the connection; the body
+    /// of its 200.
     pub async fn get_through_faults(&self, path: &str) -> Value {
         loop {
             let reply = self.get(path).await;
-            if reply.status != StatusCode::INTERNAL_SERVER_ERROR {
+            if ![StatusCode::INTERNAL_SERVER_ERROR, StatusCode::BAD_GATEWAY].contains(&reply.status)
+            {
                 return reply.expect(200);
             }
         }
