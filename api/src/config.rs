@@ -122,6 +122,10 @@ pub struct ProviderArgs {
     /// Retry-After.
     #[arg(long, env = "BOXOFFICE_PROVIDER_RATE_LIMIT", default_value_t = 1000)]
     pub rate_limit: u32,
+    /// How long after its creation an intent shows in `GET /v1/payment_intents/search`, in milliseconds (Stripe's
+    /// search may lag up to a minute behind); reads by id and lists are never behind.
+    #[arg(long, env = "BOXOFFICE_PROVIDER_SEARCH_LAG_MS", default_value_t = 0)]
+    pub search_lag_ms: u64,
     /// Where to deliver webhook events (`http://HOST:PORT/payments/webhook` of a node), each signed with
     /// BOXOFFICE_WEBHOOK_SECRET in Stripe-Signature; none: no events. --fault-rate drops, delays and duplicates
     /// deliveries too.

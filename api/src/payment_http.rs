@@ -354,11 +354,18 @@ impl PaymentProvider for HttpProvider {
         })
     }
 
-    fn void(&self, idempotency_key: &str) -> BoxFuture<'static, Result<(), PaymentError>> {
+    fn void(
+        &self,
+        idempotency_key: &str,
+        intent_id: Option<&str>,
+    ) -> BoxFuture<'static, Result<(), PaymentError>> {
         let key = idempotency_key.to_owned();
+        let known = intent_id.map(str::to_owned);
         let provider = self.clone_handle();
         let unsent = self.unsettled.lock().expect("unsettled lock").body(&key);
         Box::pin(async move {
+            // Intents named by an answer rather than found by the search, which may lag at Stripe.
+            let mut named: Vec<Value> = Vec::new();
             if let Some(fields) = unsent {
                 // The same request under the same key: settled now, or `Err` (409 while it is still being handled,
                 // a 5xx, a timeout) and the void is tried again.
@@ -369,6 +376,7 @@ impl PaymentProvider for HttpProvider {
                     Some((fields, key.clone())),
                 );
                 match resent.await {
+                    Ok((200, intent)) => named.push(intent),
                     Ok(_) => {}
                     // A 500 the provider stored under the key (its change committed) is replayed forever: the
                     // search below finds the intent.
@@ -376,7 +384,33 @@ impl PaymentProvider for HttpProvider {
                     Err(error) => return Err(error),
                 }
             }
-            for intent in provider.intents_of(&key).await? {
+            let mut intents = provider.intents_of(&key).await?;
+            if let Some(id) = known.filter(|id| !named.iter().any(|intent| intent["id"] == **id)) {
+                let read = provider.call(
+                    "read",
+                    reqwest::Method::GET,
+                    &format!("/v1/payment_intents/{}", encode(&id)),
+                    None,
+                );
+                match read.await? {
+                    (200, intent) => named.push(intent),
+                    (404, _) => {}
+                    (status, body) => {
+                        return Err(PaymentError::Provider(format!(
+                            "reading {id} answered {status} {}",
+                            error_code(&body)
+                        )));
+                    }
+                }
+            }
+            for intent in named {
+                // Only the order's own: an intent named for it must say it belongs to it.
+                let ours = intent["metadata"]["order_id"].as_str() == Some(key.as_str());
+                if ours && !intents.iter().any(|found| found["id"] == intent["id"]) {
+                    intents.push(intent);
+                }
+            }
+            for intent in intents {
                 let id = intent["id"].as_str().unwrap_or_default().to_owned();
                 let undo = match intent["status"].as_str() {
                     Some("requires_capture" | "requires_payment_method") => provider.call(

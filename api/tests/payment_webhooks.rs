@@ -351,3 +351,77 @@ async fn faulty_deliveries_arrive_and_a_late_authorization_of_a_released_order_i
     assert!(accepted >= 4 * 2 + 1 + 2, "{accepted} events accepted");
     drop(provider);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_authorization_the_search_does_not_show_yet_is_voided_by_its_events_intent() {
+    let provider_address = format!("127.0.0.1:{}", free_port());
+    let node = node_with_secret(
+        common::private_dir(),
+        &["--payment", &format!("http://{provider_address}")],
+    );
+    let provider_dir = tempfile::tempdir().expect("tempdir");
+    let webhook_url = format!("{}/payments/webhook", node.base);
+    // The search shows an intent only ten minutes after it is created, as Stripe's may lag: only the event's
+    // intent id, read directly, can find it within this test.
+    let provider = Provider::launch(
+        &provider_address,
+        provider_dir.path(),
+        &["--webhook-url", &webhook_url, "--search-lag-ms", "600000"],
+        &[("BOXOFFICE_WEBHOOK_SECRET", SECRET), ("RUST_LOG", "info")],
+        Stdio::inherit(),
+    );
+    let concert = node.create_general(10, 1, 1_000).await;
+    let (_, declining) = node.register("declined", "4000000000000002").await;
+    let reply = node
+        .post(
+            "/orders",
+            Some(&declining),
+            json!({"concert_id": concert, "quantity": 1}),
+        )
+        .await;
+    reply.expect_error(402, "payment_declined");
+    let declined = provider.all_intents().await;
+    let released_id = declined[0]["metadata"]["order_id"]
+        .as_str()
+        .expect("the declined order's id")
+        .to_owned();
+    let method = provider.card(CARD).await;
+    let late = provider
+        .post(
+            "/v1/payment_intents",
+            Some("late"),
+            &[
+                ("amount", "1000"),
+                ("currency", "eur"),
+                ("payment_method", &method),
+                ("confirm", "true"),
+                ("capture_method", "manual"),
+                ("metadata[order_id]", &released_id),
+            ],
+        )
+        .await
+        .expect(200);
+    assert_eq!(late["status"], "requires_capture");
+    assert_eq!(
+        provider.intents_of(&released_id).await,
+        Vec::<serde_json::Value>::new()
+    );
+    let late_id = late["id"].as_str().expect("an id").to_owned();
+    let started = Instant::now();
+    loop {
+        let intent = provider
+            .get(&format!("/v1/payment_intents/{}", encode(&late_id)))
+            .await
+            .expect(200);
+        if intent["status"] == "canceled" {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT_MAX,
+            "the late authorization was never voided: {intent}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (remaining, held, sold, _) = node.availability(&concert).await;
+    assert_eq!((remaining, held, sold), (10, 0, 0));
+}

@@ -128,8 +128,13 @@ pub trait PaymentProvider: Send + Sync + 'static {
         idempotency_key: &str,
         intent_id: &str,
     ) -> BoxFuture<'static, Result<CaptureOutcome, PaymentError>>;
-    /// Cancels the authorization made under `idempotency_key`, or refunds its capture, if any. Idempotent.
-    fn void(&self, idempotency_key: &str) -> BoxFuture<'static, Result<(), PaymentError>>;
+    /// Cancels the authorization made under `idempotency_key`, or refunds its capture, if any; `intent_id` when
+    /// the caller knows it (a provider's search may not show it yet). Idempotent.
+    fn void(
+        &self,
+        idempotency_key: &str,
+        intent_id: Option<&str>,
+    ) -> BoxFuture<'static, Result<(), PaymentError>>;
     /// What became of the payment made under `idempotency_key`: how an order whose outcome was not answered (a
     /// timeout, a reset, a 5xx, a crash) is resolved.
     fn status(
@@ -506,7 +511,11 @@ impl PaymentProvider for SimulatedProvider {
         })
     }
 
-    fn void(&self, idempotency_key: &str) -> BoxFuture<'static, Result<(), PaymentError>> {
+    fn void(
+        &self,
+        idempotency_key: &str,
+        _intent_id: Option<&str>,
+    ) -> BoxFuture<'static, Result<(), PaymentError>> {
         let commit = {
             let mut ledger = self.ledger.lock().expect("ledger lock");
             let charge = ledger
@@ -900,7 +909,7 @@ impl PaymentPool {
     /// Voids a payment, retrying a few times, further and further apart (a provider still handling the
     /// authorization answers the void only once it is done); whether it succeeded. The caller keeps the order's
     /// seats until one does.
-    pub async fn void(&self, key: &str) -> bool {
+    pub async fn void(&self, key: &str, intent_id: Option<&str>) -> bool {
         let mut pause = VOID_RETRY_PAUSE;
         for attempt in 0..VOID_ATTEMPTS_MAX {
             if attempt > 0 {
@@ -914,7 +923,7 @@ impl PaymentPool {
                 .expect("the payment semaphore is never closed");
             let attempt = async {
                 self.pace().await;
-                self.provider.void(key).await
+                self.provider.void(key, intent_id).await
             };
             match tokio::time::timeout(self.timeout, attempt).await {
                 Ok(Ok(())) => return true,
@@ -1005,7 +1014,7 @@ mod tests {
             .authorize(request("o_4", &good))
             .await
             .expect("authorized");
-        provider.void("o_4").await.expect("voided");
+        provider.void("o_4", None).await.expect("voided");
         assert_eq!(
             provider.capture("o_4", "o_4").await,
             Ok(CaptureOutcome::Canceled)
@@ -1117,7 +1126,7 @@ mod tests {
         ) -> BoxFuture<'static, Result<CaptureOutcome, PaymentError>> {
             Box::pin(std::future::ready(Ok(CaptureOutcome::Canceled)))
         }
-        fn void(&self, _: &str) -> BoxFuture<'static, Result<(), PaymentError>> {
+        fn void(&self, _: &str, _: Option<&str>) -> BoxFuture<'static, Result<(), PaymentError>> {
             Box::pin(std::future::ready(Ok(())))
         }
         fn status(&self, _: &str) -> BoxFuture<'static, Result<ChargeStatus, PaymentError>> {

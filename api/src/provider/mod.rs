@@ -1216,6 +1216,8 @@ async fn search_intents(
     let Some(order) = order else {
         return invalid("query must be metadata['order_id']:'ID'".into()).into_response();
     };
+    // With --search-lag-ms, an intent shows only that long after it was created, as Stripe's search may lag.
+    let shown_before = now_ms().saturating_sub(provider.args.search_lag_ms);
     let guard = provider.lock();
     let state = &guard.1;
     let data: Vec<Value> = state
@@ -1224,8 +1226,10 @@ async fn search_intents(
         .into_iter()
         .flatten()
         .rev()
+        .filter_map(|id| state.intents.get(id))
+        .filter(|intent| intent.created <= shown_before)
         .take(LIST_LIMIT_MAX)
-        .filter_map(|id| state.intents.get(id).map(intent_json))
+        .map(intent_json)
         .collect();
     axum::Json(json!({"object": "search_result", "data": data, "has_more": false})).into_response()
 }

@@ -70,8 +70,12 @@ pub async fn webhook(
         order,
         "payment webhook"
     );
+    let intent = event["data"]["object"]["id"]
+        .as_str()
+        .filter(|intent| intent.starts_with("pi_") && intent.len() <= EVENT_ID_LENGTH_MAX)
+        .map(str::to_owned);
     if let Some(order) = order {
-        state.desk.payment_event(OrderId::from(order));
+        state.desk.payment_event(OrderId::from(order), intent);
     }
     Ok(Json(json!({"received": true, "duplicate": false})))
 }

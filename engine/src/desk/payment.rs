@@ -210,7 +210,8 @@ impl Desk {
                     Err(error) => {
                         // No tickets: the authorization is cancelled before the seats go back on sale.
                         tracing::error!(order_id = %id, %error, "authorized but not confirmed: cancelling");
-                        self.void_until_done(&id, Some((announce, &order))).await;
+                        self.void_until_done(&id, Some(&intent_id), Some((announce, &order)))
+                            .await;
                         (ReleaseReason::Abandoned, error)
                     }
                 }
@@ -298,7 +299,9 @@ impl Desk {
                             tracing::warn!(order_id = %order.id, %reason, "payment still unknown");
                         }
                     },
-                    None if self.payments.void(&order.id.0).await => return Resolution::Voided,
+                    None if self.payments.void(&order.id.0, None).await => {
+                        return Resolution::Voided;
+                    }
                     None => {}
                 },
                 Ok(ChargeStatus::Processing) => {}
@@ -318,11 +321,16 @@ impl Desk {
         }
     }
 
-    /// Voids the payment of `order_id` until the provider says it is done (the seats stay reserved meanwhile);
-    /// tells `waiting` the order is pending once the first attempts failed.
-    async fn void_until_done(&self, order_id: &OrderId, waiting: Option<(&Announce, &Order)>) {
+    /// Voids the payment of `order_id` (its intent `intent_id`, when known) until the provider says it is done
+    /// (the seats stay reserved meanwhile); tells `waiting` the order is pending once the first attempts failed.
+    async fn void_until_done(
+        &self,
+        order_id: &OrderId,
+        intent_id: Option<&str>,
+        waiting: Option<(&Announce, &Order)>,
+    ) {
         let mut pause = RESOLVE_PAUSE;
-        while !self.payments.void(&order_id.0).await {
+        while !self.payments.void(&order_id.0, intent_id).await {
             if let Some((announce, order)) = waiting {
                 announce.pending(order);
             }
@@ -448,10 +456,11 @@ impl Desk {
                 .is_some_and(|order| order.status == OrderStatus::Confirmed);
             match (record.intent_id, sold) {
                 (Some(intent_id), true) => self.spawn_capture(order_id, intent_id, None),
-                (Some(_), false) => {
+                (Some(intent_id), false) => {
                     let desk = self.clone();
                     tokio::spawn(async move {
-                        desk.void_until_done(&order_id, None).await;
+                        desk.void_until_done(&order_id, Some(&intent_id), None)
+                            .await;
                         let _ = desk.journal_payment(&order_id, None);
                     });
                 }
@@ -462,13 +471,14 @@ impl Desk {
         }
     }
 
-    /// A webhook said the payment of `order_id` changed. The event is not trusted for what it says: an order being
-    /// resolved reads its payment back now; a released order has its payment read back and voided if the provider
-    /// holds an authorization or a capture for it (one that committed after the order gave up, say). Nothing else
+    /// A webhook said the payment of `order_id` (its intent `intent_id`) changed. The event is not trusted for what
+    /// it says: an order being resolved reads its payment back now; a released order has its payment read back and
+    /// voided if the provider holds an authorization or a capture for it (one that committed after the order gave
+    /// up, say), the event's intent read by its id in case the search does not show it yet. Nothing else
     /// changes: a confirmed order's capture is already under way or done, an order in its flow is handled there,
     /// and an order this node does not know is not its to touch. At most [`WEBHOOK_CHECKS_MAX`] checks at once;
     /// beyond, the event is only logged.
-    pub fn payment_event(self: &Arc<Self>, order_id: OrderId) {
+    pub fn payment_event(self: &Arc<Self>, order_id: OrderId, intent_id: Option<String>) {
         if let Some((_, wake)) = self
             .unresolved
             .lock()
@@ -492,11 +502,20 @@ impl Desk {
         };
         let desk = self.clone();
         tokio::spawn(async move {
-            if let Ok(ChargeStatus::Authorized { .. } | ChargeStatus::Captured { .. }) =
-                desk.payments.status(&order_id.0).await
-            {
-                tracing::warn!(order_id = %order_id, "the provider holds a payment for a released order: voiding it");
-                desk.void_until_done(&order_id, None).await;
+            match desk.payments.status(&order_id.0).await {
+                Ok(
+                    ChargeStatus::Authorized { intent_id } | ChargeStatus::Captured { intent_id },
+                ) => {
+                    tracing::warn!(order_id = %order_id, "the provider holds a payment for a released order: voiding it");
+                    desk.void_until_done(&order_id, Some(&intent_id), None)
+                        .await;
+                }
+                // The search may not show the event's intent yet: the void reads it by its id.
+                _ if intent_id.is_some() => {
+                    desk.void_until_done(&order_id, intent_id.as_deref(), None)
+                        .await;
+                }
+                _ => {}
             }
             drop(check);
         });
