@@ -64,7 +64,7 @@ impl Commit {
         Self(Some(receiver))
     }
 
-    /// The error of a commit that failed before anything was queued (the record was refused at once), without
+    /// The error of a commit that has failed already (its record refused at once, or its write failed), without
     /// waiting for one that is still pending. A later [`Commit::wait`] still answers what it would have.
     pub fn failed_already(&mut self) -> Option<JournalError> {
         match self.0.as_mut()?.try_recv() {

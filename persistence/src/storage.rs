@@ -246,6 +246,9 @@ impl Storage {
             meta: db.open_tree("meta")?,
         };
         let mut meta_seq = read_u64(&trees.meta, META_SEQ_KEY)?;
+        // Node-wide records up to this one are in sled already; a payment record among them may since have been
+        // forgotten there (its end is not journaled), so it is not applied again.
+        let in_sled_up_to = meta_seq;
         let (ledger_checkpoint, mut ledger, checkpoint_seq) =
             LedgerCheckpoint::open(&dir.join(LEDGER_DIR), options.sync)?;
         // The journal's ledger records beyond the checkpoint, in order.
@@ -271,7 +274,8 @@ impl Storage {
                 Ok((stream, record.seq))
             }
             Entry::Meta { seq, record } => {
-                if let Err(error) = apply_meta(&trees, seq, &record) {
+                let applied = seq <= in_sled_up_to && matches!(record, MetaRecord::Payment { .. });
+                if !applied && let Err(error) = apply_meta(&trees, seq, &record) {
                     sled_failure.get_or_insert(error);
                 }
                 meta_seq = meta_seq.max(seq);
@@ -393,11 +397,17 @@ impl Storage {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let MetaRecord::Payment { order_id, record } = &record {
-            self.inner
+            let mut behind = self
+                .inner
                 .payments_behind
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(order_id.clone(), record.clone());
+                .unwrap_or_else(PoisonError::into_inner);
+            behind.insert(order_id.clone(), record.clone());
+            if behind.len() >= PAYMENTS_BEHIND_MAX
+                && let Err(error) = apply_payments_behind(&self.inner.trees, &mut behind)
+            {
+                tracing::warn!(%error, "payment records not applied to sled yet; the journal keeps them");
+            }
         } else if let Err(error) = apply_meta(&self.inner.trees, *seq + 1, &record) {
             return Commit::failed(format!("sled: {error}"));
         }
@@ -411,11 +421,23 @@ impl Storage {
     /// segment is cut, the restart only finds it final again (a capture or a void the provider answers as done),
     /// so the end of every order's payment costs no write of its own.
     pub fn forget_payment(&self, order_id: &str) {
-        self.inner
+        // Under the node-wide records' lock, as every batch to sled is, so batches reach it in order.
+        let _seq = self
+            .inner
+            .meta_seq
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut behind = self
+            .inner
             .payments_behind
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(order_id.to_owned(), None);
+            .unwrap_or_else(PoisonError::into_inner);
+        behind.insert(order_id.to_owned(), None);
+        if behind.len() >= PAYMENTS_BEHIND_MAX
+            && let Err(error) = apply_payments_behind(&self.inner.trees, &mut behind)
+        {
+            tracing::warn!(%error, "payment records not applied to sled yet; the journal keeps them");
+        }
     }
 
     /// Records the payment simulator's charge under `key` in the journal, behind everything appended before (a
@@ -578,6 +600,33 @@ impl Storage {
         }
         self.inner.log.close();
         self.inner.ledger_checkpoint.close();
+        // The payment records behind go to sled, and the node-wide records' position with them, so that the
+        // next start does not apply them again from the journal (forgotten ones would come back).
+        {
+            let seq = self
+                .inner
+                .meta_seq
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let applied = apply_payments_behind(
+                &self.inner.trees,
+                &mut self
+                    .inner
+                    .payments_behind
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            )
+            .and_then(|()| {
+                self.inner
+                    .trees
+                    .meta
+                    .insert(META_SEQ_KEY, &seq.to_le_bytes())
+                    .map(drop)
+            });
+            if let Err(error) = applied {
+                tracing::error!(%error, "payment records not applied to sled at close; the journal keeps them");
+            }
+        }
         if let Err(error) = self.inner.db.flush() {
             tracing::error!(%error, "sled flush at close failed");
         }
@@ -623,26 +672,33 @@ impl Journal for Storage {
     }
 }
 
-/// Applies payment records taken from `Inner::payments_behind` to sled, in one batch.
+/// Payment records kept behind at most before they go to sled without waiting for the snapshot writer (a node
+/// that snapshots rarely, or owns no shard).
+const PAYMENTS_BEHIND_MAX: usize = 4_096;
+
+/// Applies `Inner::payments_behind` to sled in one batch, emptying it once sled took it (a refused batch stays
+/// behind, for the next). Called under the node-wide records' lock, so batches reach sled in order.
 fn apply_payments_behind(
     trees: &Trees,
-    payments: HashMap<String, Option<PaymentRecord>>,
+    behind: &mut HashMap<String, Option<PaymentRecord>>,
 ) -> Result<(), sled::Error> {
-    if payments.is_empty() {
+    if behind.is_empty() {
         return Ok(());
     }
     let mut batch = sled::Batch::default();
-    for (order_id, record) in payments {
+    for (order_id, record) in behind.iter() {
         match record {
             Some(record) => batch.insert(
                 order_id.as_bytes(),
-                postcard::to_allocvec(&StoredPayment::V1(record))
+                postcard::to_allocvec(&StoredPayment::V1(record.clone()))
                     .expect("payment records always encode"),
             ),
             None => batch.remove(order_id.as_bytes()),
         }
     }
-    trees.payments.apply_batch(batch)
+    trees.payments.apply_batch(batch)?;
+    behind.clear();
+    Ok(())
 }
 
 /// An order's payment record as sled keeps it; the variant is the format version.
@@ -935,20 +991,21 @@ fn store_snapshots<'a>(
     }
     // Every node-wide record up to this number is in sled now (the payment records once applied below, taken
     // under the same lock); the flush makes them durable there.
-    let (meta_seq, payments) = {
+    let meta_seq = {
         let seq = inner
             .meta_seq
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let payments = std::mem::take(
-            &mut *inner
+        apply_payments_behind(
+            &inner.trees,
+            &mut inner
                 .payments_behind
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
-        );
-        (*seq, payments)
+        )
+        .map_err(sled_error)?;
+        *seq
     };
-    apply_payments_behind(&inner.trees, payments).map_err(sled_error)?;
     inner
         .trees
         .meta

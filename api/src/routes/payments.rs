@@ -75,7 +75,13 @@ pub async fn webhook(
         .filter(|intent| intent.starts_with("pi_") && intent.len() <= EVENT_ID_LENGTH_MAX)
         .map(str::to_owned);
     if let Some(order) = order {
-        state.desk.payment_event(OrderId::from(order), intent);
+        let holds_money = matches!(
+            event["type"].as_str(),
+            Some("payment_intent.amount_capturable_updated" | "payment_intent.succeeded")
+        );
+        state
+            .desk
+            .payment_event(OrderId::from(order), intent, holds_money);
     }
     Ok(Json(json!({"received": true, "duplicate": false})))
 }

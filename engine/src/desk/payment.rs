@@ -36,6 +36,9 @@ pub const PENDING_ANSWER_AFTER: Duration = Duration::from_secs(3);
 /// [`RESOLVE_PAUSE_MAX`].
 const RESOLVE_PAUSE: Duration = Duration::from_millis(200);
 const RESOLVE_PAUSE_MAX: Duration = Duration::from_secs(30);
+/// Times a sold order's payment is read back and found absent before it is taken for absent (about two minutes
+/// with the pauses between: a provider's search may lag).
+const ABSENT_READS_MAX: u32 = 10;
 /// Released orders whose payment a webhook has the desk read back at once, at most.
 pub const WEBHOOK_CHECKS_MAX: usize = 64;
 
@@ -393,9 +396,16 @@ impl Desk {
         let id = order.id.clone();
         if partly_sold {
             let order = self.confirm(order, concert, parts).await?;
-            match record.and_then(|record| record.intent_id) {
-                Some(intent_id) => self.spawn_capture(id, intent_id, None),
-                None => self.capture_if_authorized(id),
+            match record {
+                Some(PaymentRecord {
+                    intent_id: Some(intent_id),
+                    ..
+                }) => self.spawn_capture(id, intent_id, None),
+                // Free: nothing was asked of the provider.
+                Some(record) if record.amount_cents == 0 => {
+                    let _ = self.journal_payment(&id, None);
+                }
+                _ => self.capture_if_authorized(id),
             }
             return Ok(order);
         }
@@ -423,12 +433,15 @@ impl Desk {
         let desk = self.clone();
         tokio::spawn(async move {
             let mut pause = RESOLVE_PAUSE;
+            let mut absent = 0;
             loop {
                 match desk.payments.status(&order_id.0).await {
                     Ok(ChargeStatus::Authorized { intent_id }) => {
                         return desk.spawn_capture(order_id, intent_id, None);
                     }
                     Ok(ChargeStatus::Processing) | Err(_) => {}
+                    // A provider's search may not show a new intent yet: asked again a while first.
+                    Ok(ChargeStatus::Absent) if absent < ABSENT_READS_MAX => absent += 1,
                     Ok(status) => {
                         if !matches!(status, ChargeStatus::Captured { .. }) {
                             tracing::error!(order_id = %order_id, ?status, "sold before a restart, but its payment is not authorized: needs reconciliation");
@@ -471,14 +484,19 @@ impl Desk {
         }
     }
 
-    /// A webhook said the payment of `order_id` (its intent `intent_id`) changed. The event is not trusted for what
-    /// it says: an order being resolved reads its payment back now; a released order has its payment read back and
+    /// A webhook said the payment of `order_id` (its intent `intent_id`) changed; `holds_money` when the event
+    /// says the intent is authorized or captured. The event is not trusted for what it says: an order being resolved reads its payment back now; a released order has its payment read back and
     /// voided if the provider holds an authorization or a capture for it (one that committed after the order gave
     /// up, say), the event's intent read by its id in case the search does not show it yet. Nothing else
     /// changes: a confirmed order's capture is already under way or done, an order in its flow is handled there,
     /// and an order this node does not know is not its to touch. At most [`WEBHOOK_CHECKS_MAX`] checks at once;
     /// beyond, the event is only logged.
-    pub fn payment_event(self: &Arc<Self>, order_id: OrderId, intent_id: Option<String>) {
+    pub fn payment_event(
+        self: &Arc<Self>,
+        order_id: OrderId,
+        intent_id: Option<String>,
+        holds_money: bool,
+    ) {
         if let Some((_, wake)) = self
             .unresolved
             .lock()
@@ -493,7 +511,8 @@ impl Desk {
             .orders
             .get(&order_id)
             .is_some_and(|order| order.status == OrderStatus::Declined);
-        if !released {
+        // Only an event of money held (authorized, captured) can need a void; a cancel or a decline cannot.
+        if !released || !holds_money {
             return;
         }
         let Ok(check) = self.webhook_checks.clone().try_acquire_owned() else {
@@ -511,11 +530,14 @@ impl Desk {
                         .await;
                 }
                 // The search may not show the event's intent yet: the void reads it by its id.
-                _ if intent_id.is_some() => {
+                Ok(_) if intent_id.is_some() => {
                     desk.void_until_done(&order_id, intent_id.as_deref(), None)
                         .await;
                 }
-                _ => {}
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(order_id = %order_id, ?error, "a webhook's order could not be read back");
+                }
             }
             drop(check);
         });
