@@ -198,6 +198,16 @@ impl HttpProvider {
         })
     }
 
+    /// `GET /v1/payment_intents/{id}`.
+    fn read_intent(&self, id: &str) -> BoxFuture<'static, Result<(u16, Value), PaymentError>> {
+        self.call(
+            "read",
+            reqwest::Method::GET,
+            &format!("/v1/payment_intents/{}", encode(id)),
+            None,
+        )
+    }
+
     /// The intents the provider holds for the order `key`, newest first.
     fn intents_of(&self, key: &str) -> BoxFuture<'static, Result<Vec<Value>, PaymentError>> {
         let query = format!("metadata['order_id']:'{key}'");
@@ -306,12 +316,7 @@ impl PaymentProvider for HttpProvider {
             &format!("/v1/payment_intents/{}/capture", encode(intent_id)),
             Some((Vec::new(), format!("capture-{idempotency_key}"))),
         );
-        let read = self.call(
-            "read",
-            reqwest::Method::GET,
-            &format!("/v1/payment_intents/{}", encode(intent_id)),
-            None,
-        );
+        let read = self.read_intent(intent_id);
         Box::pin(async move {
             let intent = match call.await {
                 Ok((200, intent)) => intent,
@@ -386,12 +391,7 @@ impl PaymentProvider for HttpProvider {
             }
             let mut intents = provider.intents_of(&key).await?;
             if let Some(id) = known.filter(|id| !named.iter().any(|intent| intent["id"] == **id)) {
-                let read = provider.call(
-                    "read",
-                    reqwest::Method::GET,
-                    &format!("/v1/payment_intents/{}", encode(&id)),
-                    None,
-                );
+                let read = provider.read_intent(&id);
                 match read.await? {
                     (200, intent) => named.push(intent),
                     (404, _) => {}
@@ -434,12 +434,7 @@ impl PaymentProvider for HttpProvider {
                     // No sure answer (a 500 stored under the key once the change committed is replayed to every
                     // retry): the intent itself says whether it is undone.
                     Err(error) => {
-                        let read = provider.call(
-                            "read",
-                            reqwest::Method::GET,
-                            &format!("/v1/payment_intents/{}", encode(&id)),
-                            None,
-                        );
+                        let read = provider.read_intent(&id);
                         match read.await? {
                             (200, intent) if undone(&intent) => {}
                             _ => return Err(error),
