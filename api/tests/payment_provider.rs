@@ -9,18 +9,7 @@ use serde_json::{Value, json};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::provider::{API_KEY, CARD, CVC, DECLINING, Provider, Reply};
-
-fn intent_form<'a>(method: &'a str, amount: &'a str, order: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("amount", amount),
-        ("currency", "eur"),
-        ("payment_method", method),
-        ("confirm", "true"),
-        ("capture_method", "manual"),
-        ("metadata[order_id]", order),
-    ]
-}
+use common::provider::{API_KEY, CARD, CVC, DECLINING, Provider, Reply, intent_form};
 
 #[tokio::test]
 async fn a_vaulted_card_is_authorized_captured_refunded_and_listed() {

@@ -6,7 +6,7 @@
 mod common;
 
 use common::Server;
-use common::provider::{API_KEY, CARD, Provider, encode};
+use common::provider::{API_KEY, CARD, Provider, encode, intent_form};
 use serde_json::json;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -271,14 +271,7 @@ async fn faulty_deliveries_arrive_and_a_late_authorization_of_a_released_order_i
             .post(
                 "/v1/payment_intents",
                 Some(&late_key),
-                &[
-                    ("amount", "1000"),
-                    ("currency", "eur"),
-                    ("payment_method", &method),
-                    ("confirm", "true"),
-                    ("capture_method", "manual"),
-                    ("metadata[order_id]", &released_id),
-                ],
+                &intent_form(&method, "1000", &released_id),
             )
             .await;
         if reply.status.as_u16() == 200 {
@@ -390,14 +383,7 @@ async fn a_late_authorization_the_search_does_not_show_yet_is_voided_by_its_even
         .post(
             "/v1/payment_intents",
             Some("late"),
-            &[
-                ("amount", "1000"),
-                ("currency", "eur"),
-                ("payment_method", &method),
-                ("confirm", "true"),
-                ("capture_method", "manual"),
-                ("metadata[order_id]", &released_id),
-            ],
+            &intent_form(&method, "1000", &released_id),
         )
         .await
         .expect(200);

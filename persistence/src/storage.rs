@@ -403,10 +403,8 @@ impl Storage {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             behind.insert(order_id.clone(), record.clone());
-            if behind.len() >= PAYMENTS_BEHIND_MAX
-                && let Err(error) = apply_payments_behind(&self.inner.trees, &mut behind)
-            {
-                tracing::warn!(%error, "payment records not applied to sled yet; the journal keeps them");
+            if behind.len() >= PAYMENTS_BEHIND_MAX {
+                apply_payments_behind_now(&self.inner.trees, &mut behind);
             }
         } else if let Err(error) = apply_meta(&self.inner.trees, *seq + 1, &record) {
             return Commit::failed(format!("sled: {error}"));
@@ -421,22 +419,30 @@ impl Storage {
     /// segment is cut, the restart only finds it final again (a capture or a void the provider answers as done),
     /// so the end of every order's payment costs no write of its own.
     pub fn forget_payment(&self, order_id: &str) {
-        // Under the node-wide records' lock, as every batch to sled is, so batches reach it in order.
-        let _seq = self
-            .inner
-            .meta_seq
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut behind = self
-            .inner
-            .payments_behind
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        behind.insert(order_id.to_owned(), None);
-        if behind.len() >= PAYMENTS_BEHIND_MAX
-            && let Err(error) = apply_payments_behind(&self.inner.trees, &mut behind)
-        {
-            tracing::warn!(%error, "payment records not applied to sled yet; the journal keeps them");
+        let due = {
+            let mut behind = self
+                .inner
+                .payments_behind
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            behind.insert(order_id.to_owned(), None);
+            behind.len() >= PAYMENTS_BEHIND_MAX
+        };
+        if due {
+            // Under the node-wide records' lock, as every batch to sled is, so batches reach it in order.
+            let _seq = self
+                .inner
+                .meta_seq
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            apply_payments_behind_now(
+                &self.inner.trees,
+                &mut self
+                    .inner
+                    .payments_behind
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
         }
     }
 
@@ -675,6 +681,14 @@ impl Journal for Storage {
 /// Payment records kept behind at most before they go to sled without waiting for the snapshot writer (a node
 /// that snapshots rarely, or owns no shard).
 const PAYMENTS_BEHIND_MAX: usize = 4_096;
+
+/// [`apply_payments_behind`] for a map that filled up, off the snapshot writer: a refused batch is logged and
+/// stays behind (the journal keeps its records).
+fn apply_payments_behind_now(trees: &Trees, behind: &mut HashMap<String, Option<PaymentRecord>>) {
+    if let Err(error) = apply_payments_behind(trees, behind) {
+        tracing::warn!(%error, "payment records not applied to sled yet; the journal keeps them");
+    }
+}
 
 /// Applies `Inner::payments_behind` to sled in one batch, emptying it once sled took it (a refused batch stays
 /// behind, for the next). Called under the node-wide records' lock, so batches reach sled in order.

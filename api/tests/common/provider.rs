@@ -266,3 +266,19 @@ pub fn wait_for_exit(child: &mut Child, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The form of a confirmed, manually captured intent of `amount` for the order `order`.
+pub fn intent_form<'a>(
+    method: &'a str,
+    amount: &'a str,
+    order: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("amount", amount),
+        ("currency", "eur"),
+        ("payment_method", method),
+        ("confirm", "true"),
+        ("capture_method", "manual"),
+        ("metadata[order_id]", order),
+    ]
+}
