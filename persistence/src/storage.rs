@@ -199,6 +199,31 @@ struct Inner {
     copying: Mutex<()>,
 }
 
+/// How long `open` waits for sled's lock on the data dir. sled's background threads let go of it a moment after
+/// the last handle is dropped, so a storage closed and opened again in one process (a test, a bench) can find it
+/// still taken; another running node holds it for good, and is reported once this has passed.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+fn open_sled(dir: &Path) -> Result<sled::Db, StorageError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(dir.join("db")).open() {
+            Ok(db) => return Ok(db),
+            // sled wraps the failed `flock` in an error of kind `Other` that says so.
+            Err(sled::Error::Io(io))
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("could not acquire lock") =>
+            {
+                if Instant::now() >= deadline {
+                    return Err(StorageError::InUse(dir.to_path_buf()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(other) => return Err(StorageError::Sled(other)),
+        }
+    }
+}
+
 struct SnapshotJob {
     snapshot: ShardSnapshot,
     done: oneshot::Sender<Result<(), JournalError>>,
@@ -221,20 +246,7 @@ impl Storage {
         assert!(options.snapshot_every_events > 0, "snapshots are periodic");
         let started = Instant::now();
         std::fs::create_dir_all(dir)?;
-        let db_dir = dir.join("db");
-        let db = sled::Config::new()
-            .path(&db_dir)
-            .open()
-            .map_err(|error| match error {
-                // sled wraps the failed `flock` in an error of kind `Other` that says so.
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("could not acquire lock") =>
-                {
-                    StorageError::InUse(dir.to_path_buf())
-                }
-                other => StorageError::Sled(other),
-            })?;
+        let db = open_sled(dir)?;
         let trees = Trees {
             concerts: db.open_tree("concerts")?,
             placements: db.open_tree("placements")?,
@@ -353,7 +365,7 @@ impl Storage {
         let covered = oldest_snapshot_per_stream(&trees.snapshots)?;
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
-            db_dir,
+            db_dir: dir.join("db"),
             db,
             trees,
             log,
