@@ -89,7 +89,17 @@ async fn every_series_the_grafana_dashboard_queries_exists_on_a_node_that_sold()
             serde_json::json!({"concert_id": concert, "quantity": 1}),
         )
         .await;
-    let text = server.metrics_text().await;
+    // The order's capture runs after its answer, and the order keeps its payment slot until it is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = server.metrics_text().await;
+        if text.contains("\nboxoffice_payment_pool_admitted 0\n")
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let exported: std::collections::BTreeSet<&str> = text
         .lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())
@@ -112,7 +122,7 @@ async fn every_series_the_grafana_dashboard_queries_exists_on_a_node_that_sold()
         );
     }
     assert!(text.contains("boxoffice_build_info{version=\""), "{text}");
-    // The order is done with its payment slot, and the hold never took one.
+    // The order is done with its payment slot once captured, and the hold never took one.
     assert!(
         text.contains("\nboxoffice_payment_pool_admitted 0\n"),
         "{text}"
