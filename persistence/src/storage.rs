@@ -26,7 +26,7 @@ use engine::journal::{Commit, Journal, JournalError, JournalRecord, ShardSnapsho
 use engine::payment::{PaymentRecord, SimulatedCharge};
 use engine::remote::NodeId;
 use engine::shard_state::{ShardEvent, ShardState};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -186,7 +186,7 @@ struct Inner {
     /// They are several per order, so sled gets them behind, in one batch each time the snapshot writer makes the
     /// node-wide records durable there ([`apply_payments_behind`]), off the order's path; until then the journal
     /// holds them (recovery applies them from it).
-    payments_behind: Mutex<HashMap<String, Option<PaymentRecord>>>,
+    payments_behind: Mutex<PaymentsBehind>,
     /// The last ledger sequence number handed out; held while a record is queued, so that records reach the
     /// journal and the checkpoint in sequence order.
     ledger_seq: Mutex<u64>,
@@ -370,7 +370,13 @@ impl Storage {
             trees,
             log,
             meta_seq: Mutex::new(meta_seq),
-            payments_behind: Mutex::default(),
+            payments_behind: Mutex::new(PaymentsBehind {
+                changes: HashMap::new(),
+                in_sled: payments
+                    .iter()
+                    .map(|(order_id, _)| order_id.clone())
+                    .collect(),
+            }),
             ledger_seq: Mutex::new(ledger_seq),
             ledger_checkpoint,
             covered: Mutex::new(covered),
@@ -414,8 +420,8 @@ impl Storage {
                 .payments_behind
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            behind.insert(order_id.clone(), record.clone());
-            if behind.len() >= PAYMENTS_BEHIND_MAX {
+            behind.record(order_id, record.clone());
+            if behind.is_due() {
                 apply_payments_behind_now(&self.inner.trees, &mut behind);
             }
         } else if let Err(error) = apply_meta(&self.inner.trees, *seq + 1, &record) {
@@ -437,8 +443,8 @@ impl Storage {
                 .payments_behind
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            behind.insert(order_id.to_owned(), None);
-            behind.len() >= PAYMENTS_BEHIND_MAX
+            behind.record(order_id, None);
+            behind.is_due()
         };
         if due {
             // Under the node-wide records' lock, as every batch to sled is, so batches reach it in order.
@@ -696,7 +702,7 @@ const PAYMENTS_BEHIND_MAX: usize = 4_096;
 
 /// [`apply_payments_behind`] for a map that filled up, off the snapshot writer: a refused batch is logged and
 /// stays behind (the journal keeps its records).
-fn apply_payments_behind_now(trees: &Trees, behind: &mut HashMap<String, Option<PaymentRecord>>) {
+fn apply_payments_behind_now(trees: &Trees, behind: &mut PaymentsBehind) {
     if let Err(error) = apply_payments_behind(trees, behind) {
         tracing::warn!(%error, "payment records not applied to sled yet; the journal keeps them");
     }
@@ -704,15 +710,12 @@ fn apply_payments_behind_now(trees: &Trees, behind: &mut HashMap<String, Option<
 
 /// Applies `Inner::payments_behind` to sled in one batch, emptying it once sled took it (a refused batch stays
 /// behind, for the next). Called under the node-wide records' lock, so batches reach sled in order.
-fn apply_payments_behind(
-    trees: &Trees,
-    behind: &mut HashMap<String, Option<PaymentRecord>>,
-) -> Result<(), sled::Error> {
-    if behind.is_empty() {
+fn apply_payments_behind(trees: &Trees, behind: &mut PaymentsBehind) -> Result<(), sled::Error> {
+    if behind.changes.is_empty() {
         return Ok(());
     }
     let mut batch = sled::Batch::default();
-    for (order_id, record) in behind.iter() {
+    for (order_id, record) in &behind.changes {
         match record {
             Some(record) => batch.insert(
                 order_id.as_bytes(),
@@ -723,8 +726,36 @@ fn apply_payments_behind(
         }
     }
     trees.payments.apply_batch(batch)?;
-    behind.clear();
+    for (order_id, record) in behind.changes.drain() {
+        match record {
+            Some(_) => behind.in_sled.insert(order_id),
+            None => behind.in_sled.remove(&order_id),
+        };
+    }
     Ok(())
+}
+
+/// Orders' payment records on their way to sled (`Inner::payments_behind`).
+struct PaymentsBehind {
+    /// The last record of each order journaled since the last batch (`None`: removed).
+    changes: HashMap<String, Option<PaymentRecord>>,
+    /// The orders whose record sled holds. A removal goes to sled only for these, so an order whose payment began
+    /// and ended between two batches (most of them) costs sled nothing.
+    in_sled: HashSet<String>,
+}
+
+impl PaymentsBehind {
+    fn record(&mut self, order_id: &str, record: Option<PaymentRecord>) {
+        if record.is_none() && !self.in_sled.contains(order_id) {
+            self.changes.remove(order_id);
+        } else {
+            self.changes.insert(order_id.to_owned(), record);
+        }
+    }
+
+    fn is_due(&self) -> bool {
+        self.changes.len() >= PAYMENTS_BEHIND_MAX
+    }
 }
 
 /// An order's payment record as sled keeps it; the variant is the format version.
