@@ -449,6 +449,10 @@ fn payment_records_reach_sled_in_batches_and_a_forgotten_one_stays_forgotten() {
             vec![("o_1".to_owned(), Some("pi_1".to_owned()))]
         );
         record(&storage, "o_3", None);
+        record(&storage, "o_4", None);
+        // o_4 reaches sled in this batch, so its end later must reach it too.
+        storage.write_snapshots_now(Vec::new()).expect("a batch");
+        storage.forget_payment("o_4");
         storage.forget_payment("o_1");
         // The snapshot writer's batch (with no snapshot to store) applies what is behind and makes it durable.
         storage.write_snapshots_now(Vec::new()).expect("a batch");
