@@ -90,16 +90,10 @@ async fn every_series_the_grafana_dashboard_queries_exists_on_a_node_that_sold()
         )
         .await;
     // The order's capture runs after its answer, and the order keeps its payment slot until it is done.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let text = loop {
-        let text = server.metrics_text().await;
-        if text.contains("\nboxoffice_payment_pool_admitted 0\n")
-            || std::time::Instant::now() > deadline
-        {
-            break text;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    server
+        .wait_for_metric("boxoffice_payment_pool_admitted", 0.0)
+        .await;
+    let text = server.metrics_text().await;
     let exported: std::collections::BTreeSet<&str> = text
         .lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())

@@ -68,21 +68,6 @@ async fn post_via(
     })
 }
 
-async fn wait_for_metric(server: &Server, name: &str, value: f64) {
-    let deadline = Instant::now() + SETTLE_WAIT_MAX;
-    loop {
-        let current = server.metric(name).await;
-        if current == value {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} stayed {current}, not {value}"
-        );
-        tokio::time::sleep(SETTLE_POLL).await;
-    }
-}
-
 fn as_str<'a>(value: &'a Value, field: &str) -> &'a str {
     value[field]
         .as_str()
@@ -230,7 +215,7 @@ async fn a_slow_provider_does_not_stall_the_shards() {
         server.availability(&concert_a).await,
         (1_000 - FIRED as u64 - 1, 1, FIRED as u64, 1_000)
     );
-    wait_for_metric(&server, PAYMENTS_IN_FLIGHT, 0.0).await;
+    server.wait_for_metric(PAYMENTS_IN_FLIGHT, 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -331,7 +316,7 @@ async fn a_saturated_pool_answers_overloaded_and_never_hangs() {
         server.availability(&concert).await,
         (200 - sold, 0, sold, 200)
     );
-    wait_for_metric(&server, PAYMENTS_IN_FLIGHT, 0.0).await;
+    server.wait_for_metric(PAYMENTS_IN_FLIGHT, 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -410,8 +395,10 @@ async fn a_payment_past_its_deadline_keeps_its_seats_and_is_resolved_not_voided(
         )
         .await;
     assert_eq!((replay.status.as_u16(), &replay.body), (201, &order));
-    wait_for_metric(&server, "boxoffice_payment_captures_pending", 0.0).await;
-    wait_for_metric(&server, PAYMENTS_IN_FLIGHT, 0.0).await;
+    server
+        .wait_for_metric("boxoffice_payment_captures_pending", 0.0)
+        .await;
+    server.wait_for_metric(PAYMENTS_IN_FLIGHT, 0.0).await;
     let data_dir = server.stop();
     let report = common::inspect(data_dir.path());
     assert_eq!(report["violations"], json!([]), "{report}");
@@ -560,7 +547,7 @@ async fn an_order_outlives_its_client_and_a_retry_finds_it() {
     assert_eq!(as_str(&bobs, "user_id"), bob_id);
     assert_ne!(as_str(&bobs, "id"), order_id);
     assert_eq!(server.availability(&concert).await, (14, 0, 6, 20));
-    wait_for_metric(&server, PAYMENTS_IN_FLIGHT, 0.0).await;
+    server.wait_for_metric(PAYMENTS_IN_FLIGHT, 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

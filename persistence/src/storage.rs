@@ -204,10 +204,11 @@ struct Inner {
 /// still taken; another running node holds it for good, and is reported once this has passed.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
-fn open_sled(dir: &Path) -> Result<sled::Db, StorageError> {
+/// Opens sled's database in `db_dir`, inside the data dir `dir` (which an `InUse` error names).
+fn open_sled(dir: &Path, db_dir: &Path) -> Result<sled::Db, StorageError> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        match sled::Config::new().path(dir.join("db")).open() {
+        match sled::Config::new().path(db_dir).open() {
             Ok(db) => return Ok(db),
             // sled wraps the failed `flock` in an error of kind `Other` that says so.
             Err(sled::Error::Io(io))
@@ -246,7 +247,8 @@ impl Storage {
         assert!(options.snapshot_every_events > 0, "snapshots are periodic");
         let started = Instant::now();
         std::fs::create_dir_all(dir)?;
-        let db = open_sled(dir)?;
+        let db_dir = dir.join("db");
+        let db = open_sled(dir, &db_dir)?;
         let trees = Trees {
             concerts: db.open_tree("concerts")?,
             placements: db.open_tree("placements")?,
@@ -365,7 +367,7 @@ impl Storage {
         let covered = oldest_snapshot_per_stream(&trees.snapshots)?;
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
-            db_dir: dir.join("db"),
+            db_dir,
             db,
             trees,
             log,

@@ -326,6 +326,23 @@ impl Server {
             .unwrap_or(0.0)
     }
 
+    /// Waits until the metric `name` reads `value` (work the node does after an answer, such as a capture), for
+    /// at most a minute.
+    pub async fn wait_for_metric(&self, name: &str, value: f64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let current = self.metric(name).await;
+            if current == value {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} stayed {current}, not {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The whole `GET /metrics` text.
     pub async fn metrics_text(&self) -> String {
         let response = self
