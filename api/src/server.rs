@@ -22,7 +22,7 @@ use engine::desk::{Desk, DeskConfig};
 use engine::ids::{ConcertId, OrderId, random_hex};
 use engine::payment::{PaymentPool, PaymentPoolConfig, SimulatedProvider};
 use engine::remote::NodeId;
-use engine::router::Router;
+use engine::router::{Router, shard_arbiter};
 use metrics_exporter_prometheus::PrometheusHandle;
 use persistence::storage::{Storage, StorageOptions};
 use persistence::wire::MetaRecord;
@@ -89,7 +89,10 @@ impl Node {
         let arbiter_count = args.arbiters.map(|n| n as usize).unwrap_or_else(|| {
             default_arbiters(std::thread::available_parallelism().map_or(1, |n| n.get()))
         });
-        let arbiters: Vec<Arbiter> = (0..arbiter_count).map(|_| Arbiter::new()).collect();
+        let arbiters: Vec<Arbiter> = (0..arbiter_count)
+            .map(|_| shard_arbiter())
+            .collect::<Result<_, _>>()
+            .map_err(|error| format!("cannot start a shard arbiter: {error}"))?;
         let handles = arbiters.iter().map(Arbiter::handle).collect();
         let router = Arc::new(match (&cluster, node) {
             (Some(cluster), Some(node)) => Router::clustered(

@@ -14,7 +14,6 @@
 //! The concert is seated with one shard on its own arbiter; [`IN_FLIGHT`] reservations of one seat are sent at a
 //! time, then released together.
 
-use actix::prelude::*;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use engine::clock::SystemClock;
 use engine::concert::{ConcertSpec, Layout, Section};
@@ -88,7 +87,7 @@ async fn churn(concert: &ConcertHandle, owner: &UserId, changes: u64) -> Duratio
 
 fn feed(c: &mut Criterion) {
     let system = actix_rt::System::new();
-    let arbiter = system.block_on(async { Arbiter::new() });
+    let arbiter = system.block_on(async { engine::router::shard_arbiter().expect("arbiter") });
     let router = Router::new(
         vec![arbiter.handle()],
         Arc::new(VolatileJournal),

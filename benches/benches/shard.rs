@@ -187,7 +187,7 @@ async fn reserve_through_actor(shard: &Addr<ShardActor>, count: u64) -> Duration
 
 fn shard_actor(c: &mut Criterion) {
     let system = actix_rt::System::new();
-    let arbiter = system.block_on(async { Arbiter::new() });
+    let arbiter = system.block_on(async { engine::router::shard_arbiter().expect("arbiter") });
     let mut group = c.benchmark_group("shard_actor");
     group.throughput(Throughput::Elements(1));
     let mut bench = |name: BenchmarkId, live_holds: u64| {
@@ -218,8 +218,11 @@ fn shard_actor(c: &mut Criterion) {
 
 fn router(c: &mut Criterion) {
     let system = actix_rt::System::new();
-    let arbiters: Vec<Arbiter> =
-        system.block_on(async { (0..ARBITERS).map(|_| Arbiter::new()).collect() });
+    let arbiters: Vec<Arbiter> = system.block_on(async {
+        (0..ARBITERS)
+            .map(|_| engine::router::shard_arbiter().expect("arbiter"))
+            .collect()
+    });
     let buyers: Vec<UserId> = (0..BUYERS).map(|_| UserId::random()).collect();
     let request = ClaimRequest::Quantity(1);
     let mut group = c.benchmark_group("router");

@@ -501,6 +501,19 @@ pub struct ConcertHandle {
     repairs: Arc<Repairs>,
 }
 
+/// Starts an arbiter for shard actors: a thread running a current-thread runtime with timers and no I/O driver.
+/// Shard actors use no sockets or files (the journal is a channel to its own thread), and a runtime without an
+/// I/O driver is woken by an atomic swap when it is busy and a futex when it sleeps, where actix's default
+/// runtime writes to an eventfd on every message sent to it from another thread: that write was about a fifth of
+/// an order's own task (docs/performance.md). Must be called inside a running actix `System`.
+pub fn shard_arbiter() -> std::io::Result<Arbiter> {
+    Arbiter::try_with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+    })
+}
+
 pub struct Router {
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,

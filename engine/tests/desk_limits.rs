@@ -71,7 +71,9 @@ where
     Fut: Future<Output = ()>,
 {
     actix_rt::System::new().block_on(async move {
-        let arbiters: Vec<Arbiter> = (0..ARBITERS).map(|_| Arbiter::new()).collect();
+        let arbiters: Vec<Arbiter> = (0..ARBITERS)
+            .map(|_| engine::router::shard_arbiter().expect("arbiter"))
+            .collect();
         let env = Env {
             arbiters: arbiters.iter().map(Arbiter::handle).collect(),
             clock: ManualClock::new(START_MS),

@@ -36,7 +36,9 @@ where
     Fut: Future<Output = ()>,
 {
     actix_rt::System::new().block_on(async move {
-        let arbiters: Vec<Arbiter> = (0..ARBITERS).map(|_| Arbiter::new()).collect();
+        let arbiters: Vec<Arbiter> = (0..ARBITERS)
+            .map(|_| engine::router::shard_arbiter().expect("arbiter"))
+            .collect();
         let router = Router::new(
             arbiters.iter().map(Arbiter::handle).collect(),
             Arc::new(VolatileJournal),
