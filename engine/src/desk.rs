@@ -159,7 +159,34 @@ struct HoldRecord {
 
 struct IdempotencyEntry {
     fingerprint: u64,
-    outcome: OutcomeReceiver,
+    outcome: KeyOutcome,
+}
+
+/// What became of the request first made under an idempotency key, as a repeat of it is answered.
+enum KeyOutcome {
+    /// Not final yet: a repeat waits on the first request's answer.
+    Waiting(OutcomeReceiver),
+    /// The order, as the book holds it now. Kept as its id rather than as the answer itself: a copy of every sold
+    /// order and a channel per key were about a quarter of the memory a node kept per order.
+    Order(OrderId),
+    /// An error that does not free the key (a decline, say).
+    Failed(EngineError),
+}
+
+impl KeyOutcome {
+    /// What a request ended in, as its key keeps it.
+    fn of(outcome: &OrderOutcome) -> Self {
+        match outcome {
+            Ok(order) => KeyOutcome::Order(order.id.clone()),
+            Err(error) => KeyOutcome::Failed(error.clone()),
+        }
+    }
+}
+
+/// The earlier use of an idempotency key a repeated request is answered from.
+enum Earlier {
+    Waiting(OutcomeReceiver),
+    Final(OrderOutcome),
 }
 
 /// What one user has claimed, for the per-user limits.
@@ -349,6 +376,23 @@ impl Book {
                 .insert(ticket.token.clone(), (order.id.clone(), position));
         }
         self.orders.insert(order.id.clone(), order.clone());
+    }
+
+    /// The request first made under `user`'s `key` ended in `outcome`: a repeat is answered from it from now on.
+    /// An error that freed the key forgets it: nothing was charged and nothing stays reserved, so a retry with the
+    /// same key places the order anew rather than read this answer again, however often it is told to retry.
+    fn key_ended(&mut self, user: UserId, key: String, outcome: &OrderOutcome) {
+        let book_key = (user, key);
+        match outcome {
+            Err(error) if error.frees_idempotency_key() => {
+                self.idempotency.remove(&book_key);
+            }
+            _ => {
+                if let Some(entry) = self.idempotency.get_mut(&book_key) {
+                    entry.outcome = KeyOutcome::of(outcome);
+                }
+            }
+        }
     }
 
     fn forget_oldest_keys(&mut self, now_ms: u64) {
@@ -997,27 +1041,36 @@ impl Desk {
     }
 
     /// Records a first use of `key`, or returns the earlier use's outcome; a different request under it is refused.
-    #[allow(clippy::type_complexity)]
     fn claim_idempotency_key(
         &self,
         user: &UserId,
         key: &str,
         fingerprint: u64,
-    ) -> Result<Result<watch::Sender<Option<OrderOutcome>>, OutcomeReceiver>, EngineError> {
+    ) -> Result<Result<watch::Sender<Option<OrderOutcome>>, Earlier>, EngineError> {
         let mut book = self.book();
         let book_key = (user.clone(), key.to_owned());
         if let Some(entry) = book.idempotency.get(&book_key) {
             if entry.fingerprint != fingerprint {
                 return Err(EngineError::IdempotencyKeyReused);
             }
-            return Ok(Err(entry.outcome.clone()));
+            let earlier = match &entry.outcome {
+                KeyOutcome::Waiting(receiver) => Earlier::Waiting(receiver.clone()),
+                KeyOutcome::Order(order_id) => Earlier::Final(
+                    book.orders
+                        .get(order_id)
+                        .cloned()
+                        .ok_or(EngineError::Unavailable),
+                ),
+                KeyOutcome::Failed(error) => Earlier::Final(Err(error.clone())),
+            };
+            return Ok(Err(earlier));
         }
         let (sender, receiver) = watch::channel(None);
         book.idempotency.insert(
             book_key,
             IdempotencyEntry {
                 fingerprint,
-                outcome: receiver,
+                outcome: KeyOutcome::Waiting(receiver),
             },
         );
         let now_ms = self.clock.now_ms();
@@ -1053,7 +1106,8 @@ impl Desk {
                     let tag = IdempotencyTag { key, fingerprint };
                     (sender, receiver, Some(tag))
                 }
-                Err(earlier) => return wait_outcome(earlier).await,
+                Err(Earlier::Waiting(earlier)) => return wait_outcome(earlier).await,
+                Err(Earlier::Final(outcome)) => return outcome,
             },
         };
         let (desk, user) = (self.clone(), user.clone());
@@ -1061,12 +1115,8 @@ impl Desk {
         let work = work(tag, Announce::to(sender.clone()));
         tokio::spawn(async move {
             let outcome = work.await;
-            if let (Err(error), Some(key)) = (&outcome, key)
-                && error.frees_idempotency_key()
-            {
-                // Nothing was charged and nothing stays reserved: a retry with the same key places the order
-                // anew rather than read this answer again, however often it is told to retry.
-                desk.book().idempotency.remove(&(user, key));
+            if let Some(key) = key {
+                desk.book().key_ended(user, key, &outcome);
             }
             sender.send_replace(Some(outcome));
         });

@@ -19,8 +19,8 @@
 //! one order: approved, its remaining parts are sold too.
 
 use super::{
-    Announce, Book, Desk, Hold, HoldRecord, HoldState, IdempotencyEntry, Order, OrderOutcome,
-    OrderStatus, Ticket, parts_tickets, pending_order, sort_tickets,
+    Announce, Book, Desk, Hold, HoldRecord, HoldState, IdempotencyEntry, KeyOutcome, Order,
+    OrderOutcome, OrderStatus, Ticket, parts_tickets, pending_order, sort_tickets,
 };
 use crate::concert::ConcertSpec;
 use crate::error::EngineError;
@@ -194,12 +194,7 @@ fn hold_of(
 
 impl Book {
     /// Remembers that `user`'s request under `meta`'s key ended (or will end) as `outcome` says.
-    fn remember_key(
-        &mut self,
-        user: &UserId,
-        meta: &OrderMeta,
-        outcome: watch::Receiver<Option<OrderOutcome>>,
-    ) {
+    fn remember_key(&mut self, user: &UserId, meta: &OrderMeta, outcome: KeyOutcome) {
         let Some(tag) = &meta.idempotency else {
             return;
         };
@@ -243,8 +238,7 @@ impl Desk {
         for (order, meta) in gathered.sold.into_values() {
             book.upsert_order(&order);
             book.add_tickets(&order.user_id, &spec.id, order.tickets.len() as u32);
-            let (_, outcome) = watch::channel(Some(Ok(order.clone())));
-            book.remember_key(&order.user_id, &meta, outcome);
+            book.remember_key(&order.user_id, &meta, KeyOutcome::Order(order.id.clone()));
         }
         for (hold_id, (user_id, expires_at_ms, parts)) in gathered.holds {
             let hold = hold_of(spec, hold_id.clone(), user_id, expires_at_ms, &parts);
@@ -280,7 +274,7 @@ impl Desk {
                 &spec.id,
                 parts_tickets(&parts) + sold.len() as u32,
             );
-            book.remember_key(&user_id, &meta, receiver.clone());
+            book.remember_key(&user_id, &meta, KeyOutcome::Waiting(receiver.clone()));
             let hold_id = hold.map(|(hold_id, expires_at_ms)| {
                 let hold = hold_of(
                     spec,
@@ -358,11 +352,10 @@ impl Desk {
         {
             record.parts.clear();
         }
-        if let (Err(error), Some(key)) = (&outcome, key)
-            && error.frees_idempotency_key()
-        {
-            // Voided and released: a retry with the key places the order anew, before waiters hear of this.
-            self.book().idempotency.remove(&(user, key));
+        if let Some(key) = key {
+            // Voided and released, the key is forgotten: a retry with it places the order anew, before waiters
+            // hear of this.
+            self.book().key_ended(user, key, &outcome);
         }
         sender.send_replace(Some(outcome.clone()));
         outcome
