@@ -1,8 +1,9 @@
 //! The per-node router: which concerts exist, where their shards are, and how a request is spread over them.
 //!
 //! A concert's shards are placed on nodes when it is created (`placement[k]` is the node that owns shard `k`;
-//! one node alone owns them all). The shards this node owns are actors, started round-robin on its arbiters (one
-//! per core); the others are reached through [`PeerShards`] and answer once durable there.
+//! one node alone owns them all). The shards this node owns are actors, started round-robin on its arbiters
+//! ([`shard_arbiter`]; one per four cores by default); the others are reached through [`PeerShards`] and answer
+//! once durable there.
 //!
 //! General admission is served from one shard per order: the buyer's own shard first (this node's shards before
 //! other nodes'), then any shard whose last known count suffices. When none does, unsold count is moved into the

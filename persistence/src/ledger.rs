@@ -10,8 +10,8 @@
 //! [`PENDING_MAX`] at a time, or at a barrier or close, so that the writer thread is woken once per batch rather
 //! than once per charge (which cost about 5% of a node's CPU in a durable sale). The journal's ledger records are
 //! needed until the checkpoint has them: the snapshot writer waits for [`LedgerCheckpoint::barrier`] before it lets
-//! the journal be truncated past them, and recovery appends to the checkpoint whatever the journal has beyond it. Nothing here is ever
-//! truncated; the simulator is for demos, tests and benchmarks.
+//! the journal be truncated past them, and recovery appends to the checkpoint whatever the journal has beyond it.
+//! Nothing here is ever truncated; the simulator is for demos, tests and benchmarks.
 
 use crate::log::{self, LogConfig, LogWriter, StreamId, SyncPolicy};
 use engine::journal::JournalError;

@@ -353,8 +353,8 @@ impl Desk {
             record.parts.clear();
         }
         if let Some(key) = key {
-            // Voided and released, the key is forgotten: a retry with it places the order anew, before waiters
-            // hear of this.
+            // Before waiters hear of it: the key keeps the outcome, or is forgotten when the order was voided and
+            // released, so that a retry with it places the order anew.
             self.book().key_ended(user, key, &outcome);
         }
         sender.send_replace(Some(outcome.clone()));
