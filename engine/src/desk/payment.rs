@@ -39,6 +39,9 @@ const RESOLVE_PAUSE_MAX: Duration = Duration::from_secs(30);
 /// Times a sold order's payment is read back and found absent before it is taken for absent (about two minutes
 /// with the pauses between: a provider's search may lag).
 const ABSENT_READS_MAX: u32 = 10;
+/// Times a webhook's order is read back from a provider that fails to answer before the event is only logged
+/// (about two minutes with the pauses between).
+const WEBHOOK_READS_MAX: u32 = 10;
 /// Released orders whose payment a webhook has the desk read back at once, at most.
 pub const WEBHOOK_CHECKS_MAX: usize = 64;
 
@@ -490,7 +493,7 @@ impl Desk {
     /// up, say), the event's intent read by its id in case the search does not show it yet. Nothing else
     /// changes: a confirmed order's capture is already under way or done, an order in its flow is handled there,
     /// and an order this node does not know is not its to touch. At most [`WEBHOOK_CHECKS_MAX`] checks at once;
-    /// beyond, the event is only logged.
+    /// beyond, the event is only logged. A read-back that fails is tried again, up to [`WEBHOOK_READS_MAX`] times.
     pub fn payment_event(
         self: &Arc<Self>,
         order_id: OrderId,
@@ -521,23 +524,32 @@ impl Desk {
         };
         let desk = self.clone();
         tokio::spawn(async move {
-            match desk.payments.status(&order_id.0).await {
-                Ok(
-                    ChargeStatus::Authorized { intent_id } | ChargeStatus::Captured { intent_id },
-                ) => {
-                    tracing::warn!(order_id = %order_id, "the provider holds a payment for a released order: voiding it");
-                    desk.void_until_done(&order_id, Some(&intent_id), None)
-                        .await;
+            // The provider's answer to the event is not redelivered: a failed read is tried again, a few times.
+            let mut pause = RESOLVE_PAUSE;
+            for attempt in 1..=WEBHOOK_READS_MAX {
+                match desk.payments.status(&order_id.0).await {
+                    Ok(
+                        ChargeStatus::Authorized { intent_id }
+                        | ChargeStatus::Captured { intent_id },
+                    ) => {
+                        tracing::warn!(order_id = %order_id, "the provider holds a payment for a released order: voiding it");
+                        desk.void_until_done(&order_id, Some(&intent_id), None)
+                            .await;
+                    }
+                    // The search may not show the event's intent yet: the void reads it by its id.
+                    Ok(_) if intent_id.is_some() => {
+                        desk.void_until_done(&order_id, intent_id.as_deref(), None)
+                            .await;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(order_id = %order_id, ?error, attempt, "a webhook's order could not be read back");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(RESOLVE_PAUSE_MAX);
+                        continue;
+                    }
                 }
-                // The search may not show the event's intent yet: the void reads it by its id.
-                Ok(_) if intent_id.is_some() => {
-                    desk.void_until_done(&order_id, intent_id.as_deref(), None)
-                        .await;
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(order_id = %order_id, ?error, "a webhook's order could not be read back");
-                }
+                break;
             }
             drop(check);
         });
