@@ -216,6 +216,135 @@ fn rotation_spreads_records_over_segments_and_reads_them_back_in_order() {
     assert_eq!(read, written);
 }
 
+/// Copies every segment of `from` into `to` as the files are now: what a crash at this moment leaves on disk of
+/// what was synced (the page cache holds nothing more than the synced bytes once every append is answered).
+fn copy_segments(from: &Path, to: &Path) {
+    for segment in segment_files(from) {
+        fs::copy(&segment, to.join(segment.file_name().expect("a file name")))
+            .expect("segment copies");
+    }
+}
+
+#[test]
+fn zeros_ahead_of_the_records_are_cut_at_close_and_after_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig::new(dir.path());
+    let written = records(20, 100);
+    let (log, _, _) = open_and_read(&config).expect("log opens");
+    append_all(&log, &written);
+    let [segment] = &segment_files(dir.path())[..] else {
+        panic!("one session writes one segment")
+    };
+    let records_end = SEGMENT_HEADER_BYTES + written.iter().map(Record::frame_bytes).sum::<u64>();
+    let ahead = file_bytes(segment) - records_end;
+    assert!(
+        (ZERO_AHEAD_BYTES..=2 * ZERO_AHEAD_BYTES).contains(&ahead),
+        "the writer keeps zeros ahead of its records: {ahead} bytes"
+    );
+    // A crash now: the copy keeps the zeros.
+    let crashed = tempfile::tempdir().expect("tempdir");
+    copy_segments(dir.path(), crashed.path());
+    log.close();
+    assert_eq!(file_bytes(segment), records_end, "close cuts the zeros");
+    let (report, read) = read_back(&config);
+    assert_eq!((report.torn_tail, read), (None, written.clone()));
+
+    let crashed_config = LogConfig::new(crashed.path());
+    let (log, report, read) = open_and_read(&crashed_config).expect("zeros are not an error");
+    assert_eq!(
+        report.torn_tail, None,
+        "zeros after the records are not a torn tail"
+    );
+    assert_eq!(read, written);
+    let copied = crashed
+        .path()
+        .join(segment.file_name().expect("a file name"));
+    assert_eq!(file_bytes(&copied), records_end, "opening cuts the zeros");
+    let more = [Record::new("meta", 100, 20)];
+    append_all(&log, &more);
+    log.close();
+    let (report, read) = read_back(&crashed_config);
+    assert_eq!(report.torn_tail, None);
+    assert_eq!(read, [&written[..], &more[..]].concat());
+}
+
+#[test]
+fn zeros_ahead_are_refilled_as_records_overwrite_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig::new(dir.path());
+    let written = records(30, 100_000);
+    let (log, _, _) = open_and_read(&config).expect("log opens");
+    for batch in written.chunks(3) {
+        append_all(&log, batch);
+    }
+    let [segment] = &segment_files(dir.path())[..] else {
+        panic!("3 MB of records fit one segment")
+    };
+    let records_end = SEGMENT_HEADER_BYTES + written.iter().map(Record::frame_bytes).sum::<u64>();
+    assert!(
+        records_end > 2 * ZERO_AHEAD_BYTES,
+        "the records go past the first zeros"
+    );
+    let ahead = file_bytes(segment) - records_end;
+    assert!(
+        (ZERO_AHEAD_BYTES..=2 * ZERO_AHEAD_BYTES).contains(&ahead),
+        "{ahead} bytes of zeros ahead"
+    );
+    log.close();
+    let (_, read) = read_back(&config);
+    assert_eq!(read, written);
+}
+
+#[test]
+fn zeros_ahead_stop_at_the_segment_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes_max: 4_096,
+        ..LogConfig::new(dir.path())
+    };
+    let (log, _, _) = open_and_read(&config).expect("log opens");
+    append_all(&log, &records(3, 100));
+    let [segment] = &segment_files(dir.path())[..] else {
+        panic!("three small records fit one segment")
+    };
+    assert_eq!(file_bytes(segment), 4_096);
+    log.close();
+}
+
+/// What a batch written in part before a crash can leave: the zeros ahead where its first block was, and a later
+/// block of it on disk.
+fn zeros_then_garbage(bytes: &mut Vec<u8>) {
+    bytes.extend_from_slice(&[0; 5_000]);
+    bytes.extend_from_slice(b"\x07\x00\x00\x00garbage");
+    bytes.extend_from_slice(&[0; 100]);
+}
+
+#[test]
+fn bytes_after_the_zeros_are_a_torn_tail_in_the_last_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig::new(dir.path());
+    let written = records(5, 50);
+    write_session(&config, &written, written.len());
+    let [segment] = &segment_files(dir.path())[..] else {
+        panic!("one session writes one segment")
+    };
+    let end = file_bytes(segment);
+    damage_file(segment, zeros_then_garbage);
+    let damaged_bytes = file_bytes(segment);
+
+    let (log, report, read) = open_and_read(&config).expect("a torn tail is not an error");
+    assert_eq!(read, written);
+    let torn_tail = report.torn_tail.expect("the tail is cut");
+    assert_eq!(
+        (&torn_tail.segment, torn_tail.offset, torn_tail.bytes_cut),
+        (segment, end, damaged_bytes - end),
+        "{}",
+        torn_tail.reason
+    );
+    assert_eq!(file_bytes(segment), end);
+    log.close();
+}
+
 /// Damage done to the last segment before reopening it.
 #[derive(Clone, Copy, Debug)]
 enum Damage {
@@ -345,6 +474,11 @@ fn damage_before_the_last_segment_is_corruption() {
         first_record,
     );
     check_corruption("wrong version", |bytes| bytes[4] = 2, 0);
+    check_corruption(
+        "bytes after zeros",
+        zeros_then_garbage,
+        SEGMENT_HEADER_BYTES + records(4, 20)[1].frame_bytes(),
+    );
 }
 
 #[test]
@@ -456,6 +590,7 @@ fn a_failed_write_fails_its_batch_and_every_later_append() {
         file: File::open(&path).expect("file opens"),
         path,
         bytes: SEGMENT_HEADER_BYTES,
+        zeroed: SEGMENT_HEADER_BYTES,
         seqs_max: HashMap::new(),
     };
     let log = LogWriter::start(&config, Vec::new(), active).expect("writer starts");
@@ -511,6 +646,7 @@ fn a_barrier_completes_after_every_record_before_it_and_fails_with_them() {
         file: File::open(&path).expect("file opens"),
         path,
         bytes: SEGMENT_HEADER_BYTES,
+        zeroed: SEGMENT_HEADER_BYTES,
         seqs_max: HashMap::new(),
     };
     let log = LogWriter::start(&config, Vec::new(), active).expect("writer starts");
