@@ -525,7 +525,7 @@ impl ActiveSegment {
     /// [`open`] reads as the end of the records and cuts.
     fn zero_ahead(&mut self, segment_bytes_max: u64) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         self.zeroed = self.zeroed.max(self.bytes);
         let target = (self.bytes + 2 * ZERO_AHEAD_BYTES).min(segment_bytes_max);
         if self.zeroed - self.bytes >= ZERO_AHEAD_BYTES || self.zeroed >= target {
