@@ -189,7 +189,8 @@ pub fn open(
         if let Some(bad) = scan.bad {
             let last = position + 1 == indexes.len();
             // A bad header with bytes after it means records we cannot read, even in the last segment.
-            let records_lost = bad.offset == 0 && scan.file_bytes > SEGMENT_HEADER_BYTES;
+            let records_lost =
+                bad.offset == 0 && scan.file_bytes > SEGMENT_HEADER_BYTES && !scan.zeros_after;
             if !last || records_lost {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -222,6 +223,12 @@ pub fn open(
         if scan.zeros_after && position + 1 == indexes.len() {
             // Left by a crash of a writer that had zeros ahead of its records: the records end there.
             cut_tail(&config.dir, &path, scan.bytes_valid)?;
+            tracing::info!(
+                segment = %path.display(),
+                offset = scan.bytes_valid,
+                bytes_cut = scan.file_bytes - scan.bytes_valid,
+                "zeros written ahead of the journal's records cut"
+            );
         }
         report.segments += 1;
         report.bytes += scan.bytes_valid;
@@ -496,8 +503,9 @@ struct ActiveSegment {
 }
 
 impl ActiveSegment {
-    /// Creates segment `index` with its header and the first zeros ahead, and makes them and the file's existence
-    /// durable, so that a crash never leaves a segment that `open` would take for a corrupt older one.
+    /// Creates segment `index` with its header, makes both the header and the file's existence durable, so that a
+    /// crash never leaves a segment that `open` would take for a corrupt older one, then writes the first zeros
+    /// ahead.
     fn create(dir: &Path, index: u64, segment_bytes_max: u64) -> io::Result<Self> {
         let path = segment_path(dir, index);
         let mut file = OpenOptions::new()
@@ -505,6 +513,8 @@ impl ActiveSegment {
             .create_new(true)
             .open(&path)?;
         file.write_all(&segment_header())?;
+        file.sync_data()?;
+        sync_dir(dir)?;
         let mut segment = Self {
             index,
             path,
@@ -513,9 +523,9 @@ impl ActiveSegment {
             zeroed: SEGMENT_HEADER_BYTES,
             seqs_max: HashMap::new(),
         };
+        // Behind the durable header, so that a crash never leaves zeros where the header should be; the first
+        // batch's sync makes them durable.
         segment.zero_ahead(segment_bytes_max)?;
-        segment.file.sync_data()?;
-        sync_dir(dir)?;
         Ok(segment)
     }
 
@@ -883,6 +893,8 @@ fn scan_segment(
         return Ok(scan);
     }
     if header != segment_header() {
+        // Zeros throughout: a segment whose header never reached the disk, with no record after it.
+        scan.zeros_after = header.iter().all(|&byte| byte == 0) && only_zeros(&mut reader)?;
         scan.bad = Some(BadRecord {
             offset: 0,
             reason: format!(

@@ -311,6 +311,36 @@ fn zeros_ahead_stop_at_the_segment_size() {
     log.close();
 }
 
+#[test]
+fn a_newest_segment_of_zeros_left_by_a_crash_while_creating_it_is_not_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig::new(dir.path());
+    let written = records(3, 20);
+    write_session(&config, &written, written.len());
+    let next = segment_path(dir.path(), 1);
+
+    // Its header and the first zeros ahead reached the disk, no record did.
+    let mut header_and_zeros = segment_header().to_vec();
+    header_and_zeros.resize(4_096, 0);
+    fs::write(&next, &header_and_zeros).expect("file writes");
+    let (log, report, read) = open_and_read(&config).expect("zeros are not an error");
+    assert_eq!((report.torn_tail, read), (None, written.clone()));
+    assert_eq!(file_bytes(&next), SEGMENT_HEADER_BYTES, "the zeros are cut");
+    log.close();
+
+    // Only its length reached the disk: zeros where the header should be.
+    let zeros = segment_path(dir.path(), 3);
+    fs::write(&zeros, [0; 4_096]).expect("file writes");
+    let (log, report, read) = open_and_read(&config).expect("a segment of zeros holds no record");
+    assert_eq!(read, written);
+    let torn_tail = report.torn_tail.expect("the zeros are cut");
+    assert_eq!((&torn_tail.segment, torn_tail.offset), (&zeros, 0));
+    assert!(!zeros.exists());
+    log.close();
+    let (report, read) = read_back(&config);
+    assert_eq!((report.torn_tail, read), (None, written));
+}
+
 /// What a batch written in part before a crash can leave: the zeros ahead where its first block was, and a later
 /// block of it on disk.
 fn zeros_then_garbage(bytes: &mut Vec<u8>) {
