@@ -68,11 +68,12 @@ pub type StreamId = Arc<str>;
 pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
 /// Records queued for the writer; when the queue is full, [`LogWriter::append`] blocks (disk backpressure).
 pub const QUEUE_MAX: usize = 65_536;
-/// The writer keeps at least this many bytes of zeros written and synced ahead of its records in the active
-/// segment (up to [`LogConfig::segment_bytes_max`]), refilling to twice as many. A batch then lands in blocks the
-/// file already has, so its `fdatasync` writes the data and flushes, and skips the inode and allocation updates
-/// a growing file needs: on the reference machine's ext4 it took half the CPU and half the time of a sync that
-/// extends the file (8 KB batches: 77-99 µs against 155-170 µs of CPU, 188-232 µs against 365-400 µs).
+/// The writer keeps at least this many bytes of zeros written ahead of its records in the active segment (up to
+/// [`LogConfig::segment_bytes_max`]), refilling to twice as many; a batch's sync makes the zeros written with it
+/// durable. A batch then lands in blocks the file already has, so its `fdatasync` writes the data and flushes, and
+/// skips the inode and allocation updates a growing file needs: on the reference machine's ext4 about 40% less
+/// CPU and time per sync (3 KB batches: 83-85 µs against 142-143 µs of CPU, 198-209 µs against 337-342 µs;
+/// `scripts/fsync-cost.py`).
 pub const ZERO_AHEAD_BYTES: u64 = 1 << 20;
 /// The largest payload of one record; a length field above it on disk marks a torn or corrupt record.
 pub const RECORD_BYTES_MAX: usize = 1 << 20;
@@ -184,10 +185,10 @@ pub fn open(
     let mut closed = Vec::with_capacity(indexes.len());
     for (position, &index) in indexes.iter().enumerate() {
         let path = segment_path(&config.dir, index);
+        let last = position + 1 == indexes.len();
         let scan = scan_segment(&path, &mut visit)?;
         report.records += scan.records;
         if let Some(bad) = scan.bad {
-            let last = position + 1 == indexes.len();
             // A bad header with bytes after it means records we cannot read, even in the last segment.
             let records_lost =
                 bad.offset == 0 && scan.file_bytes > SEGMENT_HEADER_BYTES && !scan.zeros_after;
@@ -220,7 +221,7 @@ pub fn open(
                 continue;
             }
         }
-        if scan.zeros_after && position + 1 == indexes.len() {
+        if scan.zeros_after && last {
             // Left by a crash of a writer that had zeros ahead of its records: the records end there.
             cut_tail(&config.dir, &path, scan.bytes_valid)?;
             tracing::info!(
