@@ -93,6 +93,17 @@ pub struct ConnectionLimit {
     per_address: Arc<PerAddress>,
     send_timeout: Duration,
     open: metrics::Gauge,
+    /// The runtime whose reactor accepted connections are registered with, when it is not the one accepting.
+    serving: Option<tokio::runtime::Handle>,
+}
+
+/// A [`ConnectionLimit`] between runtimes: its listening socket belongs to no reactor.
+struct DetachedLimit {
+    listener: std::net::TcpListener,
+    permits: Arc<Semaphore>,
+    per_address: Arc<PerAddress>,
+    send_timeout: Duration,
+    open: metrics::Gauge,
 }
 
 /// Open connections per client address.
@@ -150,7 +161,33 @@ impl ConnectionLimit {
             }),
             send_timeout: settings.send_timeout,
             open: metrics::gauge!("boxoffice_connections_open"),
+            serving: None,
         }
+    }
+
+    /// Takes the listening socket off this runtime's reactor, to accept on another.
+    fn detach(self) -> io::Result<DetachedLimit> {
+        Ok(DetachedLimit {
+            listener: self.listener.into_std()?,
+            permits: self.permits,
+            per_address: self.per_address,
+            send_timeout: self.send_timeout,
+            open: self.open,
+        })
+    }
+}
+
+impl DetachedLimit {
+    /// Accepts on the current runtime, and hands each connection to `serving`'s reactor.
+    fn attach(self, serving: tokio::runtime::Handle) -> io::Result<ConnectionLimit> {
+        Ok(ConnectionLimit {
+            listener: TcpListener::from_std(self.listener)?,
+            permits: self.permits,
+            per_address: self.per_address,
+            send_timeout: self.send_timeout,
+            open: self.open,
+            serving: Some(serving),
+        })
     }
 }
 
@@ -172,6 +209,19 @@ impl Listener for ConnectionLimit {
                 }
             };
             let (stream, address) = Listener::accept(&mut self.listener).await;
+            let stream = match &self.serving {
+                None => stream,
+                Some(serving) => {
+                    let _serving = serving.enter();
+                    match stream.into_std().and_then(TcpStream::from_std) {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot hand an accepted connection to the runtime");
+                            continue;
+                        }
+                    }
+                }
+            };
             let key = crate::throttle::address_key(address.ip());
             if !self.per_address.try_add(key) {
                 metrics::counter!("boxoffice_connections_refused_per_address_total").increment(1);
@@ -465,57 +515,121 @@ impl TrustedProxies {
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What `axum::serve` does, with a header read timeout, which `axum::serve` cannot set (it builds hyper's
-/// connection without a timer): accept from `listener` until `shutdown` completes, serve each connection over
-/// HTTP/1.1 with the client's address as connect info, then stop accepting and wait for the open connections to
+/// connection without a timer), and with its accept loop on a thread of its own: accept from `listener` until
+/// `shutdown` completes, serve each connection over HTTP/1.1 on the calling runtime with the client's address as
+/// connect info, then stop accepting (the listening socket is closed) and wait for the open connections to
 /// finish their in-flight requests.
+///
+/// Why a thread: a burst of buyers arrives as thousands of connections at once, and the kernel queues at most
+/// `net.core.somaxconn` of them (4096 on Debian 12) for `accept`; beyond that it drops the handshake and the
+/// client tries again after a second. An accept loop that is one task among the runtime's queues behind every
+/// connection it has just accepted (each with an order to run), so in a burst it accepted too slowly and the
+/// queue overflowed. The acceptor thread only accepts, sets each socket up and hands it to the runtime.
 pub async fn serve(
-    mut listener: ConnectionLimit,
+    listener: ConnectionLimit,
     app: axum::Router,
     trusted_proxies: TrustedProxies,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> io::Result<()> {
+    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // Dropped when the acceptor thread ends, however it ends.
+    let (ended, mut acceptor_ended) = tokio::sync::oneshot::channel::<()>();
+    let listener = listener.detach()?;
+    let acceptor = {
+        let graceful = graceful.clone();
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("acceptor".into())
+            .spawn(move || {
+                let _ended = ended;
+                accept_until(listener, stopped, runtime, graceful, app, trusted_proxies)
+            })?
+    };
+    tokio::select! {
+        () = shutdown => {}
+        _ = &mut acceptor_ended => tracing::error!("the acceptor thread stopped on its own"),
+    }
+    let _ = stop.send(());
+    let accepted = tokio::task::spawn_blocking(move || acceptor.join())
+        .await
+        .map_err(io::Error::other)?
+        .map_err(|_| io::Error::other("the acceptor thread panicked"))?;
+    // Joined: the acceptor's handle on `graceful` is gone, and no connection is accepted any more.
+    let graceful =
+        Arc::into_inner(graceful).expect("only this function holds the shutdown once joined");
+    graceful.shutdown().await;
+    accepted
+}
+
+/// The acceptor thread's loop: a runtime of its own that only waits on the listening socket (and on the
+/// connection limit); each connection is moved to `runtime`, where it is served.
+fn accept_until(
+    listener: DetachedLimit,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+    runtime: tokio::runtime::Handle,
+    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
+    app: axum::Router,
+    trusted_proxies: TrustedProxies,
+) -> io::Result<()> {
+    let own = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    own.block_on(async move {
+        let mut listener = listener.attach(runtime.clone())?;
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_header_size(HEADER_SECTION_BYTES_MAX)
+            .max_headers(HEADERS_MAX)
+            .max_buf_size(CONNECTION_BUFFER_BYTES_MAX);
+        loop {
+            let (stream, address) = tokio::select! {
+                accepted = Listener::accept(&mut listener) => accepted,
+                _ = &mut stopped => break,
+            };
+            runtime.spawn(serve_connection(
+                stream,
+                address,
+                app.clone(),
+                trusted_proxies.clone(),
+                http.clone(),
+                graceful.watcher(),
+            ));
+        }
+        // Dropping the listener closes the listening socket: new clients are refused from here on.
+        drop(listener);
+        Ok(())
+    })
+}
+
+/// Serves one accepted connection until it closes, or until a graceful shutdown lets its in-flight request end.
+async fn serve_connection(
+    stream: LimitedStream,
+    address: SocketAddr,
+    app: axum::Router,
+    trusted_proxies: TrustedProxies,
+    http: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
     use axum::extract::Request;
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
     use tower::ServiceExt;
 
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_header_size(HEADER_SECTION_BYTES_MAX)
-        .max_headers(HEADERS_MAX)
-        .max_buf_size(CONNECTION_BUFFER_BYTES_MAX);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, address) = tokio::select! {
-            accepted = Listener::accept(&mut listener) => accepted,
-            () = &mut shutdown => break,
-        };
-        let abort = stream.abort_handle();
-        let trusted_proxies = trusted_proxies.clone();
-        let service = app
-            .clone()
-            .map_request(move |request: Request<hyper::body::Incoming>| {
-                let mut request = request.map(axum::body::Body::new);
-                let extensions = request.extensions_mut();
-                extensions.insert(ConnectInfo(ClientAddress(address)));
-                extensions.insert(abort.clone());
-                extensions.insert(trusted_proxies.clone());
-                request
-            });
-        let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-        });
+    let abort = stream.abort_handle();
+    let service = app.map_request(move |request: Request<hyper::body::Incoming>| {
+        let mut request = request.map(axum::body::Body::new);
+        let extensions = request.extensions_mut();
+        extensions.insert(ConnectInfo(ClientAddress(address)));
+        extensions.insert(abort.clone());
+        extensions.insert(trusted_proxies.clone());
+        request
+    });
+    let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(%error, "connection ended with an error");
     }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -533,6 +647,82 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().expect("an address")
+    }
+
+    /// Sends one request on a new connection and reads the answer to the end (the server closes it).
+    async fn get(address: SocketAddr, path: &str) -> io::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(address).await?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+            )
+            .await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        Ok(answer)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_acceptor_serves_many_connections_at_once_then_stops_and_drains() {
+        let listener =
+            crate::server::listen("127.0.0.1:0".parse().expect("an address")).expect("listen");
+        let address = listener.local_addr().expect("bound");
+        let settings = ConnectionSettings::new(
+            4_000,
+            Some(4_000),
+            Duration::from_secs(5),
+            TrustedProxies::default(),
+        );
+        let started = Arc::new(tokio::sync::Notify::new());
+        let slow_started = started.clone();
+        let app = axum::Router::new()
+            .route("/", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/slow",
+                axum::routing::get(move || async move {
+                    slow_started.notify_one();
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "slow"
+                }),
+            );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            ConnectionLimit::new(listener, &settings),
+            app,
+            TrustedProxies::default(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        // A thousand clients at once are all answered, on connections the acceptor moved to this runtime.
+        let answers = futures_util::future::join_all((0..1_000).map(|_| get(address, "/"))).await;
+        for answer in answers {
+            let answer = answer.expect("answered");
+            assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+            assert!(answer.ends_with("ok"), "{answer}");
+        }
+        // A request in flight when the server is told to stop is still answered; then the port is closed.
+        let slow = tokio::spawn(get(address, "/slow"));
+        started.notified().await;
+        stop.send(()).expect("the server waits for it");
+        let answer = slow
+            .await
+            .expect("joined")
+            .expect("answered while draining");
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("slow"),
+            "{answer}"
+        );
+        server
+            .await
+            .expect("joined")
+            .expect("served without an error");
+        let refused = TcpStream::connect(address).await;
+        assert!(
+            refused.is_err(),
+            "the listening socket is closed once serve returns"
+        );
     }
 
     #[test]
