@@ -616,3 +616,18 @@ async fn sigterm_drains_and_exits_zero() {
     let status = server.terminate();
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// The node turns transparent huge pages off for itself (see `main.rs`): the kernel says so for its process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_runs_without_transparent_huge_pages() {
+    let server = Server::start(&[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+        .expect("the node's /proc status");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("THP_enabled:"))
+        .expect("the kernel reports THP_enabled (Linux 5.0 and later)");
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status:?}");
+}

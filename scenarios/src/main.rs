@@ -5,13 +5,26 @@ use clap::Parser;
 use scenarios::cli::Cli;
 use std::process::ExitCode;
 
-/// The allocator `boxoffice` uses, so that the bare endpoint (`serve-bare`, this program) is compared with the node
-/// on equal terms.
+/// The allocator `boxoffice` uses, with transparent huge pages off as there, so that the bare endpoint
+/// (`serve-bare`, this program) is compared with the node on equal terms, and so that the load, on the same cores
+/// as the node, does not spend them zeroing huge pages it barely uses.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime's threads exist; they inherit it.
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("boxoffice-load: cannot turn transparent huge pages off: {error}");
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(run())
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     if cli.global.allow_remote_target {
         scenarios::client::allow_remote_targets();
