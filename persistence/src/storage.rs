@@ -29,6 +29,7 @@ use engine::shard_state::{ShardEvent, ShardState};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -184,9 +185,13 @@ struct Inner {
     meta_seq: Mutex<u64>,
     /// Orders' payment records journaled and not yet in sled, by order id, the last one each (`None`: removed).
     /// They are several per order, so sled gets them behind, in one batch each time the snapshot writer makes the
-    /// node-wide records durable there ([`apply_payments_behind`]), off the order's path; until then the journal
-    /// holds them (recovery applies them from it).
+    /// node-wide records durable there ([`Inner::apply_payments_behind`]), off the order's path; until then the
+    /// journal holds them (recovery applies them from it).
     payments_behind: Mutex<PaymentsBehind>,
+    /// Held from taking a batch of payment records until sled has it, so that batches reach sled in order.
+    applying_payments: Mutex<()>,
+    /// Whether the snapshot writer has been asked to send the payment records behind to sled and has not yet.
+    payments_nudged: AtomicBool,
     /// The last ledger sequence number handed out; held while a record is queued, so that records reach the
     /// journal and the checkpoint in sequence order.
     ledger_seq: Mutex<u64>,
@@ -230,10 +235,17 @@ struct SnapshotJob {
     done: oneshot::Sender<Result<(), JournalError>>,
 }
 
+/// What the snapshot writer is asked to do.
+enum Job {
+    Snapshot(Box<SnapshotJob>),
+    /// Send the payment records behind to sled: enough of them piled up.
+    Payments,
+}
+
 pub struct Storage {
     inner: Arc<Inner>,
     snapshot_every_events: u64,
-    jobs: Mutex<Option<SyncSender<SnapshotJob>>>,
+    jobs: Mutex<Option<SyncSender<Job>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -379,6 +391,8 @@ impl Storage {
                     .map(|(order_id, _)| order_id.clone())
                     .collect(),
             }),
+            applying_payments: Mutex::new(()),
+            payments_nudged: AtomicBool::new(false),
             ledger_seq: Mutex::new(ledger_seq),
             ledger_checkpoint,
             covered: Mutex::new(covered),
@@ -416,6 +430,7 @@ impl Storage {
             .meta_seq
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let mut due = false;
         if let MetaRecord::Payment { order_id, record } = &record {
             let mut behind = self
                 .inner
@@ -423,15 +438,36 @@ impl Storage {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             behind.record(order_id, record.clone());
-            if behind.is_due() {
-                apply_payments_behind_now(&self.inner.trees, &mut behind);
-            }
+            due = behind.is_due();
         } else if let Err(error) = apply_meta(&self.inner.trees, *seq + 1, &record) {
             return Commit::failed(format!("sled: {error}"));
         }
         *seq += 1;
         let bytes = encode_record(Entry::Meta { seq: *seq, record });
-        Commit::pending(self.inner.log.append(META_STREAM.into(), *seq, bytes))
+        let commit = Commit::pending(self.inner.log.append(META_STREAM.into(), *seq, bytes));
+        drop(seq);
+        if due {
+            self.nudge_payments();
+        }
+        commit
+    }
+
+    /// Asks the snapshot writer to send the payment records behind to sled (once until it has), instead of doing
+    /// it on the caller's thread: a batch of thousands of records would hold up the order that filled it, and
+    /// every other order on that thread.
+    fn nudge_payments(&self) {
+        if self.inner.payments_nudged.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let sent = jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.try_send(Job::Payments).is_ok());
+        if !sent {
+            // A full queue means the writer is storing snapshots, which sends the records too; closed means
+            // close sends them.
+            self.inner.payments_nudged.store(false, Ordering::Release);
+        }
     }
 
     /// Ends an order's payment record without a journal record of its own: sled drops it with the next batch of
@@ -449,20 +485,7 @@ impl Storage {
             behind.is_due()
         };
         if due {
-            // Under the node-wide records' lock, as every batch to sled is, so batches reach it in order.
-            let _seq = self
-                .inner
-                .meta_seq
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            apply_payments_behind_now(
-                &self.inner.trees,
-                &mut self
-                    .inner
-                    .payments_behind
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
+            self.nudge_payments();
         }
     }
 
@@ -629,20 +652,7 @@ impl Storage {
         // The payment records behind go to sled, and the node-wide records' position with them, so that the
         // next start does not apply them again from the journal (forgotten ones would come back).
         {
-            let seq = self
-                .inner
-                .meta_seq
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let applied = apply_payments_behind(
-                &self.inner.trees,
-                &mut self
-                    .inner
-                    .payments_behind
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            )
-            .and_then(|()| {
+            let applied = self.inner.apply_payments_behind().and_then(|seq| {
                 self.inner
                     .trees
                     .meta
@@ -687,7 +697,7 @@ impl Journal for Storage {
         let Some(jobs) = jobs.as_ref() else {
             return Commit::failed("storage is closed".into());
         };
-        match jobs.try_send(SnapshotJob { snapshot, done }) {
+        match jobs.try_send(Job::Snapshot(Box::new(SnapshotJob { snapshot, done }))) {
             Ok(()) => Commit::pending(receiver),
             Err(TrySendError::Full(_)) => {
                 metrics::counter!("boxoffice_snapshots_refused_total").increment(1);
@@ -698,43 +708,54 @@ impl Journal for Storage {
     }
 }
 
-/// Payment records kept behind at most before they go to sled without waiting for the snapshot writer (a node
-/// that snapshots rarely, or owns no shard).
-const PAYMENTS_BEHIND_MAX: usize = 4_096;
+/// Payment records kept behind before the snapshot writer is asked to send them to sled without waiting for its
+/// next snapshots (a node that snapshots rarely, or owns no shard). Nearly all of them belong to orders in flight,
+/// whose payment ends before any batch and so costs sled nothing: twice the payment pool's default concurrency
+/// (16,384), so that a sale whose orders are all in flight at once (a burst of 10,000) writes none of them to sled.
+/// About 7 MB when full.
+const PAYMENTS_BEHIND_MAX: usize = 32_768;
 
-/// [`apply_payments_behind`] for a map that filled up, off the snapshot writer: a refused batch is logged and
-/// stays behind (the journal keeps its records).
-fn apply_payments_behind_now(trees: &Trees, behind: &mut PaymentsBehind) {
-    if let Err(error) = apply_payments_behind(trees, behind) {
-        tracing::warn!(%error, "payment records not applied to sled yet; the journal keeps them");
-    }
-}
-
-/// Applies `Inner::payments_behind` to sled in one batch, emptying it once sled took it (a refused batch stays
-/// behind, for the next). Called under the node-wide records' lock, so batches reach sled in order.
-fn apply_payments_behind(trees: &Trees, behind: &mut PaymentsBehind) -> Result<(), sled::Error> {
-    if behind.changes.is_empty() {
-        return Ok(());
-    }
-    let mut batch = sled::Batch::default();
-    for (order_id, record) in &behind.changes {
-        match record {
-            Some(record) => batch.insert(
-                order_id.as_bytes(),
-                postcard::to_allocvec(&StoredPayment::V1(record.clone()))
-                    .expect("payment records always encode"),
-            ),
-            None => batch.remove(order_id.as_bytes()),
-        }
-    }
-    trees.payments.apply_batch(batch)?;
-    for (order_id, record) in behind.changes.drain() {
-        match record {
-            Some(_) => behind.in_sled.insert(order_id),
-            None => behind.in_sled.remove(&order_id),
+impl Inner {
+    /// Sends the payment records behind to sled in one batch. The batch is taken under the node-wide records'
+    /// lock and applied outside it, so orders go on recording theirs meanwhile (into the next batch); every
+    /// node-wide record up to the returned sequence number is in sled once this returns `Ok`. A batch sled
+    /// refuses goes back behind, under what was recorded since, for the next.
+    fn apply_payments_behind(&self) -> Result<u64, sled::Error> {
+        let _applying = self
+            .applying_payments
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (seq, taken) = {
+            let seq = self.meta_seq.lock().unwrap_or_else(PoisonError::into_inner);
+            let taken = self
+                .payments_behind
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            (*seq, taken)
         };
+        if taken.is_empty() {
+            return Ok(seq);
+        }
+        let mut batch = sled::Batch::default();
+        for (order_id, record) in &taken {
+            match record {
+                Some(record) => batch.insert(
+                    order_id.as_bytes(),
+                    postcard::to_allocvec(&StoredPayment::V1(record.clone()))
+                        .expect("payment records always encode"),
+                ),
+                None => batch.remove(order_id.as_bytes()),
+            }
+        }
+        self.trees.payments.apply_batch(batch).inspect_err(|_| {
+            self.payments_behind
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .put_back(taken);
+        })?;
+        Ok(seq)
     }
-    Ok(())
 }
 
 /// Orders' payment records on their way to sled (`Inner::payments_behind`).
@@ -757,6 +778,27 @@ impl PaymentsBehind {
 
     fn is_due(&self) -> bool {
         self.changes.len() >= PAYMENTS_BEHIND_MAX
+    }
+
+    /// The changes for one batch to sled. `in_sled` counts them in already, so that an order that ends while
+    /// the batch is on its way gets its removal in the next batch (which reaches sled after this one).
+    fn take(&mut self) -> HashMap<String, Option<PaymentRecord>> {
+        let taken = std::mem::take(&mut self.changes);
+        for (order_id, record) in &taken {
+            match record {
+                Some(_) => self.in_sled.insert(order_id.clone()),
+                None => self.in_sled.remove(order_id),
+            };
+        }
+        taken
+    }
+
+    /// A batch sled refused: each change goes back unless the order recorded a newer one since. `in_sled` may
+    /// then name an order sled does not hold, which only costs a removal sled ignores.
+    fn put_back(&mut self, taken: HashMap<String, Option<PaymentRecord>>) {
+        for (order_id, record) in taken {
+            self.changes.entry(order_id).or_insert(record);
+        }
     }
 }
 
@@ -981,13 +1023,30 @@ fn restore_shard(
 }
 
 /// The snapshot writer's loop: takes every queued snapshot, stores them with one flush, then truncates the journal.
-fn write_snapshots(inner: &Inner, jobs: &Receiver<SnapshotJob>) {
+fn write_snapshots(inner: &Inner, jobs: &Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < SNAPSHOT_BATCH_MAX
-            && let Ok(job) = jobs.try_recv()
-        {
-            batch.push(job);
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next {
+            match job {
+                Job::Snapshot(job) => batch.push(*job),
+                Job::Payments => {
+                    inner.payments_nudged.store(false, Ordering::Release);
+                    if batch.is_empty()
+                        && let Err(error) = inner.apply_payments_behind()
+                    {
+                        tracing::warn!(%error, "payment records not applied to sled yet; the journal keeps them");
+                    }
+                }
+            }
+            next = if batch.len() < SNAPSHOT_BATCH_MAX {
+                jobs.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if batch.is_empty() {
+            continue;
         }
         let result = store_snapshots(inner, batch.iter().map(|job| &job.snapshot));
         if let Err(error) = &result {
@@ -1050,21 +1109,7 @@ fn store_snapshots<'a>(
     }
     // Every node-wide record up to this number is in sled now (the payment records once applied below, taken
     // under the same lock); the flush makes them durable there.
-    let meta_seq = {
-        let seq = inner
-            .meta_seq
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        apply_payments_behind(
-            &inner.trees,
-            &mut inner
-                .payments_behind
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
-        .map_err(sled_error)?;
-        *seq
-    };
+    let meta_seq = inner.apply_payments_behind().map_err(sled_error)?;
     inner
         .trees
         .meta
@@ -1156,4 +1201,108 @@ fn sync_dir_files(dir: &Path) -> std::io::Result<()> {
         }
     }
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(intent: Option<&str>) -> PaymentRecord {
+        PaymentRecord {
+            payment_method: "pm_1".into(),
+            amount_cents: 1500,
+            intent_id: intent.map(str::to_owned),
+        }
+    }
+
+    fn behind() -> PaymentsBehind {
+        PaymentsBehind {
+            changes: HashMap::new(),
+            in_sled: HashSet::new(),
+        }
+    }
+
+    #[test]
+    fn an_order_that_ends_while_its_batch_is_on_the_way_is_removed_by_the_next() {
+        let mut behind = behind();
+        behind.record("o_1", Some(record(None)));
+        behind.record("o_2", Some(record(None)));
+        behind.record("o_2", None);
+        let first = behind.take();
+        assert_eq!(
+            first.len(),
+            1,
+            "o_2 began and ended before the batch: sled never hears of it"
+        );
+        assert!(first["o_1"].is_some());
+        // o_1 ends before sled has the first batch: its removal goes in the second.
+        behind.record("o_1", None);
+        let second = behind.take();
+        assert_eq!(second.get("o_1"), Some(&None));
+        assert!(behind.in_sled.is_empty());
+    }
+
+    #[test]
+    fn a_refused_batch_goes_back_under_what_was_recorded_since() {
+        let mut behind = behind();
+        behind.record("o_1", Some(record(None)));
+        behind.record("o_2", Some(record(None)));
+        behind.record("o_3", Some(record(None)));
+        let refused = behind.take();
+        // While the batch was on its way: o_1 got its intent, o_2 ended, o_3 nothing.
+        behind.record("o_1", Some(record(Some("pi_1"))));
+        behind.record("o_2", None);
+        behind.put_back(refused);
+        let retried = behind.take();
+        assert_eq!(retried.len(), 3);
+        assert_eq!(
+            retried["o_1"],
+            Some(record(Some("pi_1"))),
+            "the newer record wins"
+        );
+        assert_eq!(
+            retried["o_2"], None,
+            "the end is kept, not the refused insert"
+        );
+        assert_eq!(
+            retried["o_3"],
+            Some(record(None)),
+            "an untouched change comes back"
+        );
+    }
+
+    #[test]
+    fn a_full_map_goes_to_sled_on_the_snapshot_writer_without_a_snapshot() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = StorageOptions {
+            sync: false,
+            ..StorageOptions::default()
+        };
+        let (storage, _) = Storage::open(dir.path(), options).expect("open");
+        for order in 0..PAYMENTS_BEHIND_MAX {
+            drop(storage.append_meta(MetaRecord::Payment {
+                order_id: format!("o_{order}"),
+                record: Some(record(None)),
+            }));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while storage.inner.trees.payments.len() < PAYMENTS_BEHIND_MAX {
+            assert!(
+                Instant::now() < deadline,
+                "the snapshot writer never sent them"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            storage
+                .inner
+                .payments_behind
+                .lock()
+                .expect("lock")
+                .changes
+                .is_empty()
+        );
+        assert!(!storage.inner.payments_nudged.load(Ordering::Acquire));
+        storage.close();
+    }
 }
