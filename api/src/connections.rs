@@ -209,6 +209,16 @@ impl Listener for ConnectionLimit {
                 }
             };
             let (stream, address) = Listener::accept(&mut self.listener).await;
+            let key = crate::throttle::address_key(address.ip());
+            if !self.per_address.try_add(key) {
+                metrics::counter!("boxoffice_connections_refused_per_address_total").increment(1);
+                // Best effort and never waiting: the socket's buffer is empty, so the answer fits. Written on the
+                // socket itself: a stream just registered with a reactor does not know yet that it is writable.
+                if let Ok(stream) = stream.into_std() {
+                    let _ = std::io::Write::write(&mut &stream, &too_many_connections());
+                }
+                continue;
+            }
             let stream = match &self.serving {
                 None => stream,
                 Some(serving) => {
@@ -216,19 +226,13 @@ impl Listener for ConnectionLimit {
                     match stream.into_std().and_then(TcpStream::from_std) {
                         Ok(stream) => stream,
                         Err(error) => {
+                            self.per_address.remove(key);
                             tracing::warn!(%error, "cannot hand an accepted connection to the runtime");
                             continue;
                         }
                     }
                 }
             };
-            let key = crate::throttle::address_key(address.ip());
-            if !self.per_address.try_add(key) {
-                metrics::counter!("boxoffice_connections_refused_per_address_total").increment(1);
-                // Best effort and never waiting: the socket's buffer is empty, so the answer fits.
-                let _ = stream.try_write(&too_many_connections());
-                continue;
-            }
             // Each event of a stream is a small write of its own: without it Nagle's algorithm holds every event
             // back until the previous one is acknowledged (up to the client's delayed-ack timer).
             if let Err(error) = stream.set_nodelay(true) {
