@@ -793,10 +793,14 @@ impl PaymentsBehind {
         taken
     }
 
-    /// A batch sled refused: each change goes back unless the order recorded a newer one since. `in_sled` may
-    /// then name an order sled does not hold, which only costs a removal sled ignores.
+    /// A batch sled refused: each change goes back unless the order recorded a newer one since. A refused removal
+    /// leaves the record in sled, so `in_sled` names the order again; `in_sled` may also name an order whose
+    /// insert was refused, which only costs a removal sled ignores.
     fn put_back(&mut self, taken: HashMap<String, Option<PaymentRecord>>) {
         for (order_id, record) in taken {
+            if record.is_none() {
+                self.in_sled.insert(order_id.clone());
+            }
             self.changes.entry(order_id).or_insert(record);
         }
     }
@@ -1269,6 +1273,23 @@ mod tests {
             Some(record(None)),
             "an untouched change comes back"
         );
+    }
+
+    #[test]
+    fn a_refused_removal_stays_due_whatever_the_order_records_next() {
+        let mut behind = behind();
+        behind.in_sled.insert("o_1".into());
+        behind.record("o_1", None);
+        let refused = behind.take();
+        assert!(!behind.in_sled.contains("o_1"));
+        behind.put_back(refused);
+        assert!(
+            behind.in_sled.contains("o_1"),
+            "sled still holds its record"
+        );
+        // Ended again (a recovery's second resolution): the removal must not be dropped as never in sled.
+        behind.record("o_1", None);
+        assert_eq!(behind.take().get("o_1"), Some(&None));
     }
 
     #[test]
