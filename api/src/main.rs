@@ -10,8 +10,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 // Transparent huge pages are off for the whole process (`prctl(PR_SET_THP_DISABLE)`, first thing in `main`).
 // mimalloc asks for them on its arenas (`madvise(MADV_HUGEPAGE)`), so the first touch of any 2 MiB of a fresh
 // arena makes the kernel zero all of it, and compact memory first when it has no free 2 MiB block. A node that
-// took a burst of 10,000 orders right after it started peaked at 470 MB with them and 335 MB without; a warm
-// node's orders cost the same either way (docs/performance.md).
+// took a burst of 10,000 orders right after it started peaked at 470 MB with them and 335 MB without, and answered
+// its last order after 2.6-3.0 s instead of 2.1-2.3 s; a warm node's orders cost about the same (docs/performance.md).
 fn main() -> ExitCode {
     // First, before any thread exists: the setting is the process's, and its threads inherit it.
     #[cfg(target_os = "linux")]

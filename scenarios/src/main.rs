@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 /// The allocator `boxoffice` uses, with transparent huge pages off as there, so that the bare endpoint
 /// (`serve-bare`, this program) is compared with the node on equal terms, and so that the load, on the same cores
-/// as the node, does not spend them zeroing huge pages it barely uses.
+/// as the node, does not spend them zeroing huge pages it barely uses. The kernel passes the setting on to the
+/// processes this program starts (`--spawn`): a node built before `boxoffice` turned them off runs without them too.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
