@@ -7,6 +7,7 @@ use std::process::ExitCode;
 /// (requests, orders, events), where glibc's arenas showed as a fifth of the server's CPU under load.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 // Transparent huge pages are off for the whole process (`prctl(PR_SET_THP_DISABLE)`, first thing in `main`).
 // mimalloc asks for them on its arenas (`madvise(MADV_HUGEPAGE)`), so the first touch of any 2 MiB of a fresh
 // arena makes the kernel zero all of it, and compact memory first when it has no free 2 MiB block. A node that

@@ -1026,30 +1026,26 @@ fn restore_shard(
     )))
 }
 
-/// The snapshot writer's loop: takes every queued snapshot, stores them with one flush, then truncates the journal.
+/// The snapshot writer's loop: takes every queued snapshot, stores them with one flush, then truncates the journal;
+/// asked only to send the payment records behind (`Job::Payments`), sends them.
 fn write_snapshots(inner: &Inner, jobs: &Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next {
-            match job {
-                Job::Snapshot(job) => batch.push(*job),
-                Job::Payments => {
-                    inner.payments_nudged.store(false, Ordering::Release);
-                    if batch.is_empty()
-                        && let Err(error) = inner.apply_payments_behind()
-                    {
-                        tracing::warn!(%error, "payment records not applied to sled yet; the journal keeps them");
-                    }
-                }
+            if let Job::Snapshot(job) = job {
+                batch.push(*job);
             }
-            next = if batch.len() < SNAPSHOT_BATCH_MAX {
-                jobs.try_recv().ok()
-            } else {
-                None
-            };
+            next = (batch.len() < SNAPSHOT_BATCH_MAX)
+                .then(|| jobs.try_recv().ok())
+                .flatten();
         }
+        // Storing snapshots sends the payment records behind too; a nudge alone sends only them.
+        inner.payments_nudged.store(false, Ordering::Release);
         if batch.is_empty() {
+            if let Err(error) = inner.apply_payments_behind() {
+                tracing::warn!(%error, "payment records not applied to sled yet; the journal keeps them");
+            }
             continue;
         }
         let result = store_snapshots(inner, batch.iter().map(|job| &job.snapshot));
