@@ -41,6 +41,7 @@ use crate::router::{ClaimRequest, ConcertHandle, Part, Router};
 use crate::shard_state::{
     IdempotencyTag, IssuedTicket, OrderMeta, Purpose, ReleaseReason, StableHasher,
 };
+use futures_util::FutureExt;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -122,6 +123,7 @@ pub struct Hold {
 /// What an order ended in; errors are domain outcomes such as `SoldOut` or `PaymentDeclined`.
 pub type OrderOutcome = Result<Order, EngineError>;
 type OutcomeReceiver = watch::Receiver<Option<OrderOutcome>>;
+type OutcomeSender = watch::Sender<Option<OrderOutcome>>;
 
 /// A request for tickets of one concert.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -1110,17 +1112,33 @@ impl Desk {
                 Err(Earlier::Final(outcome)) => return outcome,
             },
         };
+        self.spawn_work(user, tag, sender, work);
+        wait_outcome(receiver).await
+    }
+
+    /// Runs an order's `work` in a task of its own and publishes its outcome to `sender`. `FutureExt::map` rather
+    /// than an `async` block that awaits `work`: such a block keeps the captured future and the one it awaits
+    /// apart, so an order's task was 4,992 bytes and is 2,520 now (Rust 1.95, release), and a burst of 10,000
+    /// orders peaks about 30 MB lower (docs/performance.md).
+    fn spawn_work<F, Fut>(
+        self: &Arc<Self>,
+        user: &UserId,
+        tag: Option<IdempotencyTag>,
+        sender: OutcomeSender,
+        work: F,
+    ) where
+        F: FnOnce(Option<IdempotencyTag>, Announce) -> Fut,
+        Fut: Future<Output = OrderOutcome> + Send + 'static,
+    {
         let (desk, user) = (self.clone(), user.clone());
         let key = tag.as_ref().map(|tag| tag.key.clone());
         let work = work(tag, Announce::to(sender.clone()));
-        tokio::spawn(async move {
-            let outcome = work.await;
+        tokio::spawn(work.map(move |outcome| {
             if let Some(key) = key {
                 desk.book().key_ended(user, key, &outcome);
             }
             sender.send_replace(Some(outcome));
-        });
-        wait_outcome(receiver).await
+        }));
     }
 }
 
