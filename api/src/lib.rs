@@ -16,6 +16,7 @@ pub mod config;
 pub mod connections;
 pub mod dto;
 pub mod durability;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod keys;
@@ -40,10 +41,12 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
+use edge::{Edge, Public, Recovery, RouteLabels};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use tower::Layer;
 
 /// Request bodies larger than this are refused with 413 (API.md).
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
@@ -62,144 +65,26 @@ impl Guards {
             request_timeout,
         }
     }
-}
 
-/// The public API of a node; in a cluster, requests another process answers are forwarded there first.
-pub fn app(state: AppState) -> axum::Router {
-    let mut app = routes(state.clone());
-    if state.cluster.is_some() {
-        app = app.layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::cluster::route,
-        ));
-    }
-    app.layer(middleware::from_fn_with_state(state.guards(), guard))
-}
-
-/// What a shard node's internal port serves for requests other processes forward: the public API, never
-/// forwarded again.
-pub fn forwarded_app(state: AppState) -> axum::Router {
-    routes(state.clone()).layer(middleware::from_fn_with_state(
-        state.guards(),
-        limit_duration,
-    ))
-}
-
-/// The internal routes a shard node's internal port serves to the other processes of its cluster.
-pub fn internal_app(state: AppState) -> axum::Router {
-    crate::cluster::internal::routes()
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::cluster::internal::wait_for_recovery,
-        ))
-        .with_state(state)
-}
-
-fn routes(state: AppState) -> axum::Router {
-    axum::Router::new()
-        .route("/", get(routes::web::index))
-        .route("/app.js", get(routes::web::script))
-        .route("/app.css", get(routes::web::stylesheet))
-        .route("/health", get(ops::health))
-        .route("/health/ready", get(ops::ready))
-        .route("/health/live", get(ops::live))
-        .route("/admin/cluster", get(ops::cluster))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
-        .route("/users", post(user_routes::create).get(user_routes::list))
-        .route("/users/verify", post(user_routes::verify))
-        .route("/users/logout", post(user_routes::logout))
-        .route(
-            "/users/{id}",
-            get(user_routes::get).put(user_routes::update),
-        )
-        .route("/users/{id}/tickets", get(user_routes::tickets))
-        .route(
-            "/users/{id}/tickets/{ticket_id}/qr",
-            get(user_routes::ticket_qr),
-        )
-        .route("/concerts", post(concerts::create).get(concerts::list))
-        .route("/concerts/{id}", get(concerts::get))
-        .route("/concerts/{id}/seats", get(concerts::seats))
-        .route("/concerts/{id}/events", get(events::stream))
-        .route("/holds", post(holds::create))
-        .route("/holds/{id}", delete(holds::cancel))
-        .route("/holds/{id}/purchase", post(holds::purchase))
-        .route("/orders", post(orders::create))
-        .route("/orders/{id}", get(orders::get))
-        .route("/payments/webhook", post(routes::payments::webhook))
-        .route("/tickets/verify", post(tickets::verify))
-        .route("/admin/users/bulk", post(user_routes::create_bulk))
-        .route("/admin/snapshot", post(ops::snapshot))
-        .route("/admin/backup", post(ops::backup))
-        .route("/admin/rotate-master-key", post(ops::rotate_master_key))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            wait_for_recovery,
-        ))
-        .with_state(state)
-}
-
-/// What every public request runs under, in one layer (each `from_fn` layer costs a clone of the service
-/// behind it per request):
-///
-/// - Load is shed at the edge: beyond `--requests-in-flight-max` concurrent requests, `503 overloaded` at once
-///   rather than a queue without bound.
-/// - No request runs longer than `--request-timeout-s`: past it the handler is dropped and the client gets
-///   `503 processing_timeout`. An order does not live in the handler (the desk runs it in a task of its own), so
-///   it still ends in tickets or a release, and a retry with its `Idempotency-Key` reads the outcome. The limit
-///   covers reading the body and producing the response's head, not streaming a body (server-sent events).
-/// - Answers are not stored by browsers or proxies unless their route says otherwise (the web page's files, the
-///   event stream): tokens, profiles, cards, orders and tickets must not outlive the response in a cache.
-///
-/// Every request is counted by route template and status (`http_requests_total`, `http_request_duration_seconds`).
-pub(crate) async fn guard(State(guards): State<Guards>, request: Request, next: Next) -> Response {
-    let started = std::time::Instant::now();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .cloned();
-    let response = match guards.requests_in_flight.try_acquire() {
-        Ok(_permit) => no_store(timed(&guards, next.run(request)).await),
-        Err(_) => {
-            metrics::counter!("boxoffice_requests_shed_total").increment(1);
-            no_store(ApiError::overloaded().into_response())
-        }
-    };
-    let route = route.as_ref().map_or("unmatched", |route| route.as_str());
-    telemetry::record_http(route, response.status().as_u16(), started.elapsed());
-    response
-}
-
-/// `--request-timeout-s` alone: what the internal port applies to the requests other processes forward (they
-/// were counted and shed where they arrived).
-pub(crate) async fn limit_duration(
-    State(guards): State<Guards>,
-    request: Request,
-    next: Next,
-) -> Response {
-    timed(&guards, next.run(request)).await
-}
-
-async fn timed(guards: &Guards, response: impl Future<Output = Response>) -> Response {
-    match tokio::time::timeout(guards.request_timeout, response).await {
-        Ok(response) => response,
-        Err(_) => {
-            metrics::counter!("boxoffice_requests_timed_out_total").increment(1);
-            ApiError::processing_timeout(guards.request_timeout.as_secs()).into_response()
+    /// The edge of a public port whose routes have `templates`: shed, timed, `no-store` and counted.
+    pub(crate) fn public_edge(
+        self,
+        templates: impl IntoIterator<Item = &'static str>,
+        recovery: Option<Recovery>,
+    ) -> Edge {
+        let labels = RouteLabels::new(templates).unwrap_or_else(|error| {
+            // The templates are this crate's own, each accepted by axum's router just before.
+            unreachable!("{error}")
+        });
+        Edge {
+            public: Some(Public {
+                requests_in_flight: self.requests_in_flight,
+                labels,
+            }),
+            request_timeout: Some(self.request_timeout),
+            recovery,
         }
     }
-}
-
-fn no_store(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .entry(axum::http::header::CACHE_CONTROL)
-        .or_insert(axum::http::HeaderValue::from_static("no-store"));
-    response
 }
 
 /// Paths that answer while the node recovers: how operators and orchestrators watch it come up.
@@ -212,8 +97,121 @@ const OPERATIONAL_PATHS: [&str; 6] = [
     "/admin/cluster",
 ];
 
-/// Until recovery has finished, every route but the operational ones answers `503 recovering`: nothing may read
-/// or change state that is still being rebuilt.
+/// The public API of a node (`crate::edge` says what every request runs under); in a cluster, requests another
+/// process answers are forwarded there first.
+pub fn app(state: AppState) -> axum::Router {
+    let guards = state.guards();
+    if state.cluster.is_some() {
+        // Forwarding comes before the recovery check: a request another process answers does not wait for this
+        // one's recovery.
+        let routes = routes(state.clone()).layer(middleware::from_fn_with_state(
+            state.clone(),
+            wait_for_recovery,
+        ));
+        let routes = routes.layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::cluster::route,
+        ));
+        return guards
+            .public_edge(api_templates(), None)
+            .around(DefaultBodyLimit::max(BODY_BYTES_MAX).layer(routes));
+    }
+    let recovery = Recovery {
+        state: state.clone(),
+        open_paths: &OPERATIONAL_PATHS,
+    };
+    guards
+        .public_edge(api_templates(), Some(recovery))
+        .around(DefaultBodyLimit::max(BODY_BYTES_MAX).layer(routes(state)))
+}
+
+/// What a shard node's internal port serves for requests other processes forward: the public API, never
+/// forwarded again, under `--request-timeout-s` alone (they were counted and shed where they arrived).
+pub fn forwarded_app(state: AppState) -> axum::Router {
+    let edge = Edge {
+        public: None,
+        request_timeout: Some(state.guards().request_timeout),
+        recovery: Some(Recovery {
+            state: state.clone(),
+            open_paths: &OPERATIONAL_PATHS,
+        }),
+    };
+    edge.around(DefaultBodyLimit::max(BODY_BYTES_MAX).layer(routes(state)))
+}
+
+/// The internal routes a shard node's internal port serves to the other processes of its cluster.
+pub fn internal_app(state: AppState) -> axum::Router {
+    let edge = Edge {
+        public: None,
+        request_timeout: None,
+        recovery: Some(Recovery {
+            state: state.clone(),
+            open_paths: &[crate::cluster::internal::STATUS_PATH],
+        }),
+    };
+    edge.around(crate::cluster::internal::routes().with_state(state))
+}
+
+/// Every route of the public API: its template, and what answers it.
+fn api_routes() -> [(&'static str, MethodRouter<AppState>); 30] {
+    [
+        ("/", get(routes::web::index)),
+        ("/app.js", get(routes::web::script)),
+        ("/app.css", get(routes::web::stylesheet)),
+        ("/health", get(ops::health)),
+        ("/health/ready", get(ops::ready)),
+        ("/health/live", get(ops::live)),
+        ("/admin/cluster", get(ops::cluster)),
+        ("/metrics", get(ops::metrics)),
+        ("/openapi.json", get(ops::openapi)),
+        ("/users", post(user_routes::create).get(user_routes::list)),
+        ("/users/verify", post(user_routes::verify)),
+        ("/users/logout", post(user_routes::logout)),
+        (
+            "/users/{id}",
+            get(user_routes::get).put(user_routes::update),
+        ),
+        ("/users/{id}/tickets", get(user_routes::tickets)),
+        (
+            "/users/{id}/tickets/{ticket_id}/qr",
+            get(user_routes::ticket_qr),
+        ),
+        ("/concerts", post(concerts::create).get(concerts::list)),
+        ("/concerts/{id}", get(concerts::get)),
+        ("/concerts/{id}/seats", get(concerts::seats)),
+        ("/concerts/{id}/events", get(events::stream)),
+        ("/holds", post(holds::create)),
+        ("/holds/{id}", delete(holds::cancel)),
+        ("/holds/{id}/purchase", post(holds::purchase)),
+        ("/orders", post(orders::create)),
+        ("/orders/{id}", get(orders::get)),
+        ("/payments/webhook", post(routes::payments::webhook)),
+        ("/tickets/verify", post(tickets::verify)),
+        ("/admin/users/bulk", post(user_routes::create_bulk)),
+        ("/admin/snapshot", post(ops::snapshot)),
+        ("/admin/backup", post(ops::backup)),
+        ("/admin/rotate-master-key", post(ops::rotate_master_key)),
+    ]
+}
+
+/// The route templates of the public API: the `route` label of its requests' metrics, on a node and on a front
+/// (which forwards them).
+pub(crate) fn api_templates() -> impl Iterator<Item = &'static str> {
+    api_routes().into_iter().map(|(template, _)| template)
+}
+
+fn routes(state: AppState) -> axum::Router {
+    api_routes()
+        .into_iter()
+        .fold(axum::Router::new(), |router, (template, handler)| {
+            router.route(template, handler)
+        })
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// In a cluster, the recovery check runs after forwarding (see [`app`]); on a single node it is the edge's.
 async fn wait_for_recovery(
     State(state): State<AppState>,
     request: Request,

@@ -261,9 +261,19 @@ pub fn register() {
 
 /// Counts one HTTP request: `route` is its route template (`/orders/{id}`), `unmatched` for any other path.
 pub fn record_http(route: &str, status: u16, elapsed: Duration) {
+    let (requests, duration) = http_handles(route, status);
+    requests.increment(1);
+    duration.record(elapsed.as_secs_f64());
+}
+
+/// The handles of `http_requests_total` and `http_request_duration_seconds` for `route` and `status`, to keep
+/// (`edge::RouteLabels` registers each pair once).
+pub fn http_handles(route: &str, status: u16) -> (metrics::Counter, metrics::Histogram) {
     let labels = [("route", route.to_owned()), ("status", status.to_string())];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    (
+        metrics::counter!("http_requests_total", &labels),
+        metrics::histogram!("http_request_duration_seconds", &labels),
+    )
 }
 
 /// Sets `boxoffice_payments_unresolved{age}` from the desk's counts by age (`Desk::unresolved_payments_by_age`),

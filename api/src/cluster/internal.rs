@@ -41,10 +41,14 @@ pub enum ConcertRecord {
     },
 }
 
+/// The one internal route that answers while the node recovers (`crate::internal_app`): every other waits, since
+/// users and concerts are not all there before.
+pub const STATUS_PATH: &str = "/internal/v1/status";
+
 /// The internal routes, to merge into the app the internal port serves.
 pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
-        .route("/internal/v1/status", get(status))
+        .route(STATUS_PATH, get(status))
         .route(
             "/internal/v1/concerts",
             get(concert_ids).post(record_concert),
@@ -94,18 +98,6 @@ async fn placements(State(state): State<AppState>) -> Response {
         .map(|concert| (concert.spec.id.clone(), concert.placement.clone()))
         .collect();
     octets(postcard::to_allocvec(&placements).expect("placements encode"))
-}
-
-/// Every internal route but the status waits for recovery: users and concerts are not all there before.
-pub async fn wait_for_recovery(
-    State(state): State<AppState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if state.is_recovered() || request.uri().path() == "/internal/v1/status" {
-        return next.run(request).await;
-    }
-    ApiError::recovering().into_response()
 }
 
 async fn concert(State(state): State<AppState>, ApiPath(id): ApiPath) -> ApiResult<Response> {
