@@ -12,6 +12,7 @@ use crate::users::{
 use axum::http::StatusCode;
 use engine::desk::{Hold, Order, OrderStatus, Ticket};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
@@ -537,23 +538,28 @@ impl From<&Hold> for HoldResponse {
 
 #[derive(Serialize, ToSchema)]
 pub struct TicketResponse {
-    pub id: String,
-    pub token: String,
+    // Shared with the book's ticket (`Arc<str>`): an answer copies no id.
+    #[schema(value_type = String)]
+    pub id: Arc<str>,
+    #[schema(value_type = String)]
+    pub token: Arc<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seat: Option<String>,
-    pub order_id: String,
-    pub concert_id: String,
+    #[schema(value_type = String)]
+    pub order_id: Arc<str>,
+    #[schema(value_type = String)]
+    pub concert_id: Arc<str>,
     pub checked_in_at: Option<String>,
 }
 
 impl From<&Ticket> for TicketResponse {
     fn from(ticket: &Ticket) -> Self {
         Self {
-            id: ticket.id.0.to_string(),
+            id: ticket.id.0.clone(),
             token: ticket.token.clone(),
             seat: ticket.seat.clone(),
-            order_id: ticket.order_id.0.to_string(),
-            concert_id: ticket.concert_id.0.to_string(),
+            order_id: ticket.order_id.0.clone(),
+            concert_id: ticket.concert_id.0.clone(),
             checked_in_at: ticket.checked_in_at_ms.map(rfc3339),
         }
     }
@@ -566,11 +572,15 @@ pub struct TicketList {
 
 #[derive(Serialize, ToSchema)]
 pub struct OrderResponse {
-    pub id: String,
-    pub concert_id: String,
-    pub user_id: String,
+    #[schema(value_type = String)]
+    pub id: Arc<str>,
+    #[schema(value_type = String)]
+    pub concert_id: Arc<str>,
+    #[schema(value_type = String)]
+    pub user_id: Arc<str>,
     /// `confirmed`, `pending` or `declined`.
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: &'static str,
     pub amount_cents: u64,
     pub tickets: Vec<TicketResponse>,
     pub created_at: String,
@@ -579,15 +589,14 @@ pub struct OrderResponse {
 impl From<&Order> for OrderResponse {
     fn from(order: &Order) -> Self {
         Self {
-            id: order.id.0.to_string(),
-            concert_id: order.concert_id.0.to_string(),
-            user_id: order.user_id.0.to_string(),
+            id: order.id.0.clone(),
+            concert_id: order.concert_id.0.clone(),
+            user_id: order.user_id.0.clone(),
             status: match order.status {
                 OrderStatus::Pending => "pending",
                 OrderStatus::Confirmed => "confirmed",
                 OrderStatus::Declined => "declined",
-            }
-            .to_owned(),
+            },
             amount_cents: order.amount_cents,
             tickets: order.tickets.iter().map(TicketResponse::from).collect(),
             created_at: rfc3339(order.created_at_ms),

@@ -80,7 +80,7 @@ fn write_sale(dir: &Path) -> Vec<ShardState> {
             commits.push(journal(&storage, &spec, shard, &mut state, reserved));
             let ticket = IssuedTicket {
                 ticket_id: TicketId::from(format!("t_{shard:02}{sold:018}")),
-                token: format!("{:032x}", (u128::from(shard) << 64) | u128::from(sold)),
+                token: format!("{:032x}", (u128::from(shard) << 64) | u128::from(sold)).into(),
                 seat: None,
             };
             let confirmed = state

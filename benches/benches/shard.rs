@@ -81,7 +81,7 @@ fn shard_state(c: &mut Criterion) {
                         let order_id = OrderId::random();
                         let ticket = IssuedTicket {
                             ticket_id: TicketId::random(),
-                            token: String::new(),
+                            token: "".into(),
                             seat: None,
                         };
                         let purpose = Purpose::Order {

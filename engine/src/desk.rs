@@ -87,7 +87,7 @@ pub enum OrderStatus {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ticket {
     pub id: TicketId,
-    pub token: String,
+    pub token: Arc<str>,
     pub order_id: OrderId,
     pub concert_id: ConcertId,
     pub user_id: UserId,
@@ -214,7 +214,7 @@ struct Book {
     orders: IdMap<OrderId, Order>,
     orders_by_user: IdMap<UserId, Vec<OrderId>>,
     /// Ticket token to its order and position in the order.
-    tickets_by_token: IdMap<String, (OrderId, usize)>,
+    tickets_by_token: IdMap<Arc<str>, (OrderId, usize)>,
     holds: IdMap<HoldId, HoldRecord>,
     idempotency: HashMap<(UserId, String), IdempotencyEntry>,
     /// Keys in the order they were first used, with that time, so the oldest are forgotten first.

@@ -30,7 +30,7 @@ macro_rules! id_type {
 
             /// A fresh random id.
             pub fn random() -> Self {
-                Self(format!("{}{}", $prefix, random_hex(ID_RANDOM_BYTES)).into())
+                Self(random_id($prefix))
             }
 
             pub fn as_str(&self) -> &str {
@@ -94,11 +94,57 @@ id_type!(HoldId, "h_");
 id_type!(OrderId, "o_");
 id_type!(TicketId, "t_");
 
-/// `n` random bytes from the operating system's generator, hex encoded.
+/// Longest text [`random_text`] makes: a prefix and the hex digits of its random bytes.
+const RANDOM_TEXT_BYTES_MAX: usize = 64;
+
+/// `prefix` and [`ID_RANDOM_BYTES`] random bytes, hex encoded.
+fn random_id(prefix: &str) -> Arc<str> {
+    random_text(prefix, ID_RANDOM_BYTES)
+}
+
+/// `prefix` and `n` random bytes, hex encoded: built on the stack, then one allocation.
+fn random_text(prefix: &str, n: usize) -> Arc<str> {
+    let end = prefix.len() + 2 * n;
+    assert!(end <= RANDOM_TEXT_BYTES_MAX, "a random text is short");
+    let mut random = [0u8; RANDOM_TEXT_BYTES_MAX / 2];
+    let random = &mut random[..n];
+    fill_random(random);
+    let mut text = [0u8; RANDOM_TEXT_BYTES_MAX];
+    text[..prefix.len()].copy_from_slice(prefix.as_bytes());
+    for (pair, byte) in text[prefix.len()..end]
+        .chunks_exact_mut(2)
+        .zip(random.iter())
+    {
+        pair.copy_from_slice(&hex_digits(*byte));
+    }
+    Arc::from(std::str::from_utf8(&text[..end]).expect("a prefix and hex digits are UTF-8"))
+}
+
+/// `byte` as two lowercase hex digits.
+fn hex_digits(byte: u8) -> [u8; 2] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    [
+        DIGITS[usize::from(byte >> 4)],
+        DIGITS[usize::from(byte & 0x0f)],
+    ]
+}
+
+/// `n` random bytes from the operating system's generator, hex encoded (one allocation, the text's).
 pub fn random_hex(n: usize) -> String {
-    let mut bytes = vec![0u8; n];
-    fill_random(&mut bytes);
-    hex::encode(bytes)
+    let mut text = String::with_capacity(2 * n);
+    let mut random = [0u8; 32];
+    let mut left = n;
+    while left > 0 {
+        let chunk = &mut random[..left.min(32)];
+        fill_random(chunk);
+        for &byte in chunk.iter() {
+            let [high, low] = hex_digits(byte);
+            text.push(char::from(high));
+            text.push(char::from(low));
+        }
+        left -= chunk.len();
+    }
+    text
 }
 
 /// Fills `buf` from the thread-local cryptographically secure generator.
@@ -107,9 +153,10 @@ pub fn fill_random(buf: &mut [u8]) {
     rand::rng().fill(buf);
 }
 
-/// A new ticket token: 128 random bits, hex encoded.
-pub fn ticket_token() -> String {
-    random_hex(TOKEN_RANDOM_BYTES)
+/// A new ticket token: 128 random bits, hex encoded. Shared text: the desk's ticket, its index and the shard's
+/// record hold the same one.
+pub fn ticket_token() -> Arc<str> {
+    random_text("", TOKEN_RANDOM_BYTES)
 }
 
 #[cfg(test)]
@@ -117,12 +164,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn random_hex_has_two_lowercase_digits_a_byte() {
+        for n in [0, 1, 16, 32, 33, 100] {
+            let text = random_hex(n);
+            assert_eq!(text.len(), 2 * n);
+            assert!(
+                text.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{text}"
+            );
+        }
+        assert_ne!(random_hex(16), random_hex(16));
+        assert_eq!(hex_digits(0x00), *b"00");
+        assert_eq!(hex_digits(0x9f), *b"9f");
+        assert_eq!(hex_digits(0xa0), *b"a0");
+    }
+
+    #[test]
     fn ids_carry_their_prefix_and_differ() {
         let a = OrderId::random();
         let b = OrderId::random();
         assert!(a.as_str().starts_with("o_"));
         assert_eq!(a.as_str().len(), 2 + 2 * ID_RANDOM_BYTES);
+        assert!(
+            a.as_str()[2..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
         assert_ne!(a, b);
+        assert!(TicketId::random().as_str().starts_with("t_"));
     }
 
     #[test]

@@ -989,15 +989,17 @@ impl ConcertHandle {
     /// The shards a buyer's general-admission orders go to, in order: this node's first, starting at one chosen
     /// by the buyer so that buyers spread evenly, then the other nodes' the same way.
     fn shard_order(&self, owner: &UserId) -> Vec<usize> {
-        let (local, remote): (Vec<usize>, Vec<usize>) =
-            (0..self.shards.len()).partition(|shard| self.shards[*shard].is_local());
-        let mut order = Vec::with_capacity(self.shards.len());
-        for group in [local, remote] {
-            if group.is_empty() {
+        let count = self.shards.len();
+        let local_count = self.shards.iter().filter(|shard| shard.is_local()).count();
+        let mut order = Vec::with_capacity(count);
+        for (local, size) in [(true, local_count), (false, count - local_count)] {
+            if size == 0 {
                 continue;
             }
-            let first = preferred(owner, group.len());
-            order.extend((0..group.len()).map(|offset| group[(first + offset) % group.len()]));
+            let first = preferred(owner, size);
+            let group = (0..count).filter(|shard| self.shards[*shard].is_local() == local);
+            // The group in index order, from its member `first` round to the one before it.
+            order.extend(group.clone().skip(first).chain(group.take(first)));
         }
         order
     }
@@ -1440,6 +1442,15 @@ impl ConcertHandle {
         tickets: Vec<Vec<IssuedTicket>>,
     ) -> Result<(), EngineError> {
         assert_eq!(parts.len(), tickets.len(), "tickets for every part");
+        if let [part] = parts {
+            // One part (a general-admission order is served by one shard): no join and no list of commits.
+            let mut tickets = tickets;
+            let tickets = tickets.pop().unwrap_or_default();
+            let commit = self.shards[part.shard as usize]
+                .confirm(part.reservation_id, order_id, tickets)
+                .await?;
+            return commit.wait().await.map_err(|_| EngineError::Unavailable);
+        }
         let replies = join_all(parts.iter().zip(tickets).map(|(part, tickets)| {
             self.shards[part.shard as usize].confirm(part.reservation_id, order_id, tickets)
         }))
@@ -1565,9 +1576,15 @@ fn preferred(owner: &UserId, count: usize) -> usize {
     (hasher.finish() % count as u64) as usize
 }
 
+/// Waits for every commit and answers the first failure. One after the other: each completes when the journal
+/// writer says so, whoever waits, so this ends when the last one does, as a join would, without a join's lists.
 async fn wait_all(commits: Vec<Commit>) -> Result<(), crate::journal::JournalError> {
-    for result in join_all(commits.into_iter().map(Commit::wait)).await {
-        result?;
+    let mut result = Ok(());
+    for commit in commits {
+        let outcome = commit.wait().await;
+        if result.is_ok() {
+            result = outcome;
+        }
     }
-    Ok(())
+    result
 }

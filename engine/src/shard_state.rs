@@ -21,6 +21,7 @@ use crate::ids::{HoldId, IdMap, OrderId, TicketId, UserId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 /// A reservation's number, unique within its shard.
 pub type ReservationId = u64;
@@ -128,7 +129,7 @@ pub enum ReleaseReason {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedTicket {
     pub ticket_id: TicketId,
-    pub token: String,
+    pub token: Arc<str>,
     pub seat: Option<u32>,
 }
 
@@ -231,7 +232,7 @@ pub struct Reservation {
 pub struct TicketRecord {
     pub order_id: OrderId,
     pub owner: UserId,
-    pub token: String,
+    pub token: Arc<str>,
     pub seat: Option<u32>,
     pub checked_in_at_ms: Option<u64>,
 }

@@ -39,6 +39,15 @@ enum WireCharge {
     },
 }
 
+/// The same layout as [`WireCharge`], borrowing the charge's key, so that encoding it copies nothing.
+#[derive(Serialize)]
+enum WireChargeRef<'a> {
+    V1 {
+        key: &'a str,
+        charge: &'a SimulatedCharge,
+    },
+}
+
 pub struct LedgerCheckpoint {
     log: LogWriter,
     stream: StreamId,
@@ -85,11 +94,7 @@ impl LedgerCheckpoint {
 
     /// Queues the record numbered `seq` (the next after the last); nobody waits for it (see the module comment).
     pub fn append(&self, seq: u64, key: &str, charge: &SimulatedCharge) {
-        let bytes = postcard::to_allocvec(&WireCharge::V1 {
-            key: key.to_owned(),
-            charge: charge.clone(),
-        })
-        .expect("ledger records always encode");
+        let bytes = crate::wire::encode_with_room(&WireChargeRef::V1 { key, charge });
         let mut pending = self.pending();
         pending.push((seq, bytes));
         if pending.len() >= PENDING_MAX {

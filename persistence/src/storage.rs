@@ -18,8 +18,8 @@
 use crate::ledger::{LEDGER_DIR, LedgerCheckpoint};
 use crate::log::{self, LogConfig, LogStats, LogWriter, ReadReport, StreamId, SyncPolicy};
 use crate::wire::{
-    Entry, LEDGER_STREAM, META_STREAM, MetaRecord, decode_record, decode_snapshot, encode_record,
-    encode_snapshot, shard_stream,
+    Entry, LEDGER_STREAM, META_STREAM, MetaRecord, decode_record, decode_snapshot,
+    encode_ledger_record, encode_record, encode_snapshot, shard_stream, shard_stream_id,
 };
 use engine::concert::ConcertSpec;
 use engine::journal::{Commit, Journal, JournalError, JournalRecord, ShardSnapshot};
@@ -199,6 +199,9 @@ struct Inner {
     ledger_checkpoint: LedgerCheckpoint,
     /// Per stream, the position up to which the journal is no longer needed.
     covered: Mutex<HashMap<String, u64>>,
+    /// The ids of the node-wide and the ledger's streams, made once: each record takes a reference.
+    meta_stream: StreamId,
+    ledger_stream: StreamId,
     /// Held while snapshots are stored (and the journal truncated behind them) and while a backup copies the
     /// data dir: a backup never sees a journal cut short behind snapshots it did not copy.
     copying: Mutex<()>,
@@ -396,6 +399,8 @@ impl Storage {
             ledger_seq: Mutex::new(ledger_seq),
             ledger_checkpoint,
             covered: Mutex::new(covered),
+            meta_stream: META_STREAM.into(),
+            ledger_stream: LEDGER_STREAM.into(),
             copying: Mutex::new(()),
         });
         let (jobs, receiver) = mpsc::sync_channel(SNAPSHOT_QUEUE_MAX);
@@ -444,7 +449,11 @@ impl Storage {
         }
         *seq += 1;
         let bytes = encode_record(Entry::Meta { seq: *seq, record });
-        let commit = Commit::pending(self.inner.log.append(META_STREAM.into(), *seq, bytes));
+        let commit = Commit::pending(self.inner.log.append(
+            self.inner.meta_stream.clone(),
+            *seq,
+            bytes,
+        ));
         drop(seq);
         if due {
             self.nudge_payments();
@@ -500,12 +509,12 @@ impl Storage {
             .unwrap_or_else(PoisonError::into_inner);
         *seq += 1;
         self.inner.ledger_checkpoint.append(*seq, key, charge);
-        let bytes = encode_record(Entry::Ledger {
-            seq: *seq,
-            key: key.to_owned(),
-            charge: charge.clone(),
-        });
-        Commit::pending(self.inner.log.append(LEDGER_STREAM.into(), *seq, bytes))
+        let bytes = encode_ledger_record(*seq, key, charge);
+        Commit::pending(
+            self.inner
+                .log
+                .append(self.inner.ledger_stream.clone(), *seq, bytes),
+        )
     }
 
     /// Stores snapshots given directly (offline: `boxoffice snapshot`) and waits until they are durable.
@@ -677,7 +686,7 @@ impl Drop for Storage {
 
 impl Journal for Storage {
     fn append(&self, record: JournalRecord) -> Commit {
-        let stream: StreamId = shard_stream(&record.concert_id.0, record.shard).into();
+        let stream = shard_stream_id(&record.concert_id.0, record.shard);
         let seq = record.seq;
         let bytes = encode_record(Entry::Shard(record));
         Commit::pending(self.inner.log.append(stream, seq, bytes))

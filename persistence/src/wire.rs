@@ -63,6 +63,30 @@ pub enum Entry {
     },
 }
 
+/// The same layout as [`WireRecord`] for a ledger entry, borrowing its key, so that encoding it copies nothing.
+#[derive(Serialize)]
+enum WireRecordRef<'a> {
+    V1(EntryRef<'a>),
+}
+
+/// [`Entry`]'s variants in the same order (postcard writes the index); only `Ledger` is ever written this way.
+#[derive(Serialize)]
+enum EntryRef<'a> {
+    #[allow(dead_code)] // layout only: written as `Entry::Shard`
+    Shard(()),
+    #[allow(dead_code)] // layout only: written as `Entry::Meta`
+    Meta(()),
+    Ledger {
+        seq: u64,
+        key: &'a str,
+        charge: &'a SimulatedCharge,
+    },
+}
+
+/// Bytes set aside for a journal record before it is encoded: most records fit, so encoding one is one
+/// allocation instead of a vector doubling from empty.
+const RECORD_ENCODED_BYTES_TYPICAL: usize = 256;
+
 /// V2 added the counts a general-admission shard moved to and from other shards.
 #[derive(Debug, Deserialize)]
 enum WireSnapshot {
@@ -83,8 +107,37 @@ pub fn shard_stream(concert_id: &str, shard: u32) -> String {
     format!("{concert_id}/{shard}")
 }
 
+/// Longest stream id [`shard_stream_id`] builds on the stack; a longer one is formatted on the heap.
+const STREAM_ID_BYTES_STACK: usize = 96;
+
+/// [`shard_stream`] as the log's stream id, in one allocation (the id's own) when it is short, as ids are.
+pub fn shard_stream_id(concert_id: &str, shard: u32) -> crate::log::StreamId {
+    use std::io::Write;
+    let mut text = [0u8; STREAM_ID_BYTES_STACK];
+    let room = text.len();
+    let mut rest = &mut text[..];
+    if write!(rest, "{concert_id}/{shard}").is_ok() {
+        let written = room - rest.len();
+        if let Ok(id) = std::str::from_utf8(&text[..written]) {
+            return id.into();
+        }
+    }
+    shard_stream(concert_id, shard).into()
+}
+
 pub fn encode_record(entry: Entry) -> Vec<u8> {
-    postcard::to_allocvec(&WireRecord::V1(entry)).expect("journal records always encode")
+    encode_with_room(&WireRecord::V1(entry))
+}
+
+/// The journal record of the simulator's charge under `key`: what `encode_record(Entry::Ledger { .. })` writes.
+pub fn encode_ledger_record(seq: u64, key: &str, charge: &SimulatedCharge) -> Vec<u8> {
+    encode_with_room(&WireRecordRef::V1(EntryRef::Ledger { seq, key, charge }))
+}
+
+/// `value` in postcard, into a vector with room for a typical record.
+pub fn encode_with_room(value: &impl Serialize) -> Vec<u8> {
+    postcard::to_extend(value, Vec::with_capacity(RECORD_ENCODED_BYTES_TYPICAL))
+        .expect("records always encode")
 }
 
 pub fn decode_record(bytes: &[u8]) -> Result<Entry, String> {
@@ -115,5 +168,46 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<ShardState, String> {
         Ok(WireSnapshot::V1(state)) => Ok(state.into()),
         Ok(WireSnapshot::V2(state)) => Ok(state),
         Err(error) => Err(format!("undecodable snapshot: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::payment::SimulatedChargeState;
+
+    #[test]
+    fn a_shard_stream_id_is_its_stream_name() {
+        assert_eq!(&*shard_stream_id("c_1a2b", 3), "c_1a2b/3");
+        let long = "c".repeat(200);
+        assert_eq!(
+            &*shard_stream_id(&long, 4_000_000_000),
+            format!("{long}/4000000000")
+        );
+    }
+
+    #[test]
+    fn a_ledger_record_reads_back_as_the_entry_it_was_written_from() {
+        let charge = SimulatedCharge {
+            amount_cents: 4_200,
+            state: SimulatedChargeState::Approved,
+        };
+        let borrowed = encode_ledger_record(7, "authorize-o_1", &charge);
+        let owned = encode_record(Entry::Ledger {
+            seq: 7,
+            key: "authorize-o_1".into(),
+            charge: charge.clone(),
+        });
+        assert_eq!(borrowed, owned);
+        match decode_record(&borrowed) {
+            Ok(Entry::Ledger {
+                seq,
+                key,
+                charge: read,
+            }) => {
+                assert_eq!((seq, key.as_str(), read), (7, "authorize-o_1", charge));
+            }
+            other => panic!("not the ledger entry: {other:?}"),
+        }
     }
 }

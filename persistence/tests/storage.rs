@@ -113,7 +113,7 @@ fn sell(storage: &Storage, spec: &ConcertSpec, shard: u32, steps: u64, seed: u64
                 let tickets = (0..quantity)
                     .map(|n| IssuedTicket {
                         ticket_id: TicketId::from(format!("t_{shard}_{step}_{n}")),
-                        token: format!("{shard:04}{step:020}{n:08}"),
+                        token: format!("{shard:04}{step:020}{n:08}").into(),
                         seat: None,
                     })
                     .collect();

@@ -92,7 +92,7 @@ impl Driver {
                 self.tickets_issued += 1;
                 IssuedTicket {
                     ticket_id: TicketId::from(format!("t_{number}")),
-                    token: format!("token_{number}"),
+                    token: format!("token_{number}").into(),
                     seat: None,
                 }
             })
