@@ -416,23 +416,29 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self::of(&parts.extensions, &parts.headers))
+    }
+}
+
+impl ClientIp {
+    /// The caller's address of a request with `extensions` and `headers`.
+    pub fn of(extensions: &axum::http::Extensions, headers: &axum::http::HeaderMap) -> Self {
         // A request another process of the cluster forwarded carries the client's address as that process saw
         // it (the internal port trusts it: only a holder of the cluster secret can send it).
-        if let Some(forwarded) = parts.extensions.get::<cluster::server::Forwarded>() {
-            return Ok(Self(forwarded.client));
+        if let Some(forwarded) = extensions.get::<cluster::server::Forwarded>() {
+            return Self(forwarded.client);
         }
-        let Some(peer) = parts
-            .extensions
+        let Some(peer) = extensions
             .get::<ConnectInfo<ClientAddress>>()
             .map(|ConnectInfo(ClientAddress(address))| address.ip())
         else {
-            return Ok(Self(None));
+            return Self(None);
         };
-        let trusted = parts.extensions.get::<TrustedProxies>();
-        Ok(Self(Some(match trusted {
-            Some(trusted) if trusted.contains(peer) => trusted.client_behind(peer, &parts.headers),
+        let trusted = extensions.get::<TrustedProxies>();
+        Self(Some(match trusted {
+            Some(trusted) if trusted.contains(peer) => trusted.client_behind(peer, headers),
             _ => peer,
-        })))
+        }))
     }
 }
 

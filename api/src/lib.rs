@@ -37,10 +37,8 @@ pub mod webhook;
 use crate::error::ApiError;
 use crate::routes::{concerts, events, holds, ops, orders, tickets, users as user_routes};
 pub use crate::state::AppState;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
 use edge::{Edge, Public, Recovery, RouteLabels};
 use std::sync::Arc;
@@ -88,7 +86,7 @@ impl Guards {
 }
 
 /// Paths that answer while the node recovers: how operators and orchestrators watch it come up.
-const OPERATIONAL_PATHS: [&str; 6] = [
+pub(crate) const OPERATIONAL_PATHS: [&str; 6] = [
     "/health",
     "/health/ready",
     "/health/live",
@@ -102,19 +100,13 @@ const OPERATIONAL_PATHS: [&str; 6] = [
 pub fn app(state: AppState) -> axum::Router {
     let guards = state.guards();
     if state.cluster.is_some() {
-        // Forwarding comes before the recovery check: a request another process answers does not wait for this
-        // one's recovery.
-        let routes = routes(state.clone()).layer(middleware::from_fn_with_state(
-            state.clone(),
-            wait_for_recovery,
-        ));
-        let routes = routes.layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::cluster::route,
-        ));
+        let routing = crate::cluster::Routing {
+            inner: routes(state.clone()),
+            state,
+        };
         return guards
             .public_edge(api_templates(), None)
-            .around(DefaultBodyLimit::max(BODY_BYTES_MAX).layer(routes));
+            .around(DefaultBodyLimit::max(BODY_BYTES_MAX).layer(routing));
     }
     let recovery = Recovery {
         state: state.clone(),
@@ -209,18 +201,6 @@ fn routes(state: AppState) -> axum::Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-}
-
-/// In a cluster, the recovery check runs after forwarding (see [`app`]); on a single node it is the edge's.
-async fn wait_for_recovery(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if state.is_recovered() || OPERATIONAL_PATHS.contains(&request.uri().path()) {
-        return next.run(request).await;
-    }
-    ApiError::recovering().into_response()
 }
 
 async fn not_found() -> ApiError {

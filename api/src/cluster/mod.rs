@@ -1,7 +1,7 @@
 //! The HTTP front in a cluster: which process answers a request, forwarding it there, and gathering what the
 //! admin asks of every node.
 //!
-//! [`route`] runs before everything else on the public port: it decides with `cluster::route::target` where a
+//! [`Routing`] runs first on the public port, after the edge: it decides with `cluster::route::target` where a
 //! request is answered and, when that is another process, forwards it whole (streamed both ways) with scope
 //! `cluster`. A request that arrives forwarded is never forwarded again; one with scope `node` is answered from
 //! this node's own data (a part of a gathering). The admin's requests that concern every node (listing users,
@@ -163,23 +163,72 @@ impl FromRequestParts<crate::AppState> for FanOut {
     }
 }
 
-/// Routes a request of a shard node's public port: answered here, or forwarded to the process that answers it.
-pub async fn route(
-    axum::extract::State(state): axum::extract::State<crate::AppState>,
-    ClientIp(client): ClientIp,
-    request: Request,
-    next: axum::middleware::Next,
-) -> Response {
+/// Routes each request of a shard node's public port: answered here (once this node has recovered, but on the
+/// operational paths), or forwarded to the process that answers it. A service in front of the router, like
+/// `crate::edge::Edge` and for the same reason: a layer on every route would be cloned, nest by nest, for every
+/// request. Forwarding comes before the recovery check: a request another process answers does not wait for this
+/// one's recovery.
+#[derive(Clone)]
+pub struct Routing<S> {
+    pub inner: S,
+    pub state: crate::AppState,
+}
+
+impl<S> tower::Service<Request> for Routing<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let (inner, state) = (self.inner.clone(), self.state.clone());
+        Box::pin(async move { Ok(route(state, inner, request).await) })
+    }
+}
+
+async fn route<S>(state: crate::AppState, inner: S, request: Request) -> Response
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+{
     let Some(cluster) = state.cluster.clone() else {
-        return next.run(request).await;
+        return answer_here(&state, inner, request).await;
     };
     if request.extensions().get::<Forwarded>().is_some() {
-        return next.run(request).await;
+        return answer_here(&state, inner, request).await;
     }
+    let client = ClientIp::of(request.extensions(), request.headers()).0;
     match resolve(&cluster, request, |token| state.is_admin_token(token)).await {
-        Ok((None, request)) => next.run(request).await,
+        Ok((None, request)) => answer_here(&state, inner, request).await,
         Ok((Some(node), request)) => cluster.forward(node, request, Scope::Cluster, client).await,
         Err(error) => error.into_response(),
+    }
+}
+
+async fn answer_here<S>(state: &crate::AppState, inner: S, request: Request) -> Response
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+{
+    use tower::ServiceExt;
+    if !state.is_recovered() && !crate::OPERATIONAL_PATHS.contains(&request.uri().path()) {
+        return ApiError::recovering().into_response();
+    }
+    match inner.oneshot(request).await {
+        Ok(response) => response,
     }
 }
 
