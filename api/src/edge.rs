@@ -285,6 +285,131 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    /// A public edge admitting `in_flight_max` requests for `timeout` around a router with `/orders/{id}` (answers
+    /// at once) and `/wait` (answers when `release` is notified).
+    fn public_app(
+        in_flight_max: usize,
+        timeout: Duration,
+        release: Arc<tokio::sync::Notify>,
+    ) -> axum::Router {
+        let router = axum::Router::new()
+            .route("/orders/{id}", get(|| async { "order" }))
+            .route(
+                "/wait",
+                get(move || async move {
+                    release.notified().await;
+                    "waited"
+                }),
+            );
+        let edge = Edge {
+            public: Some(Public {
+                requests_in_flight: Arc::new(Semaphore::new(in_flight_max)),
+                labels: RouteLabels::new(["/orders/{id}", "/wait"]).expect("templates"),
+            }),
+            request_timeout: Some(timeout),
+            recovery: None,
+        };
+        edge.around(router)
+    }
+
+    async fn get_path(app: &axum::Router, path: &str) -> Response {
+        let request = axum::http::Request::get(path)
+            .body(Body::empty())
+            .expect("a request");
+        app.clone().oneshot(request).await.expect("infallible")
+    }
+
+    async fn error_code(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("a body");
+        let body: serde_json::Value = serde_json::from_slice(&bytes).expect("a JSON error");
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn beyond_the_requests_in_flight_an_answer_is_503_overloaded_until_one_ends() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let app = public_app(1, Duration::from_secs(60), release.clone());
+        let waiting = tokio::spawn({
+            let app = app.clone();
+            async move { get_path(&app, "/wait").await }
+        });
+        // The first request holds the only permit while it waits.
+        let mut shed = None;
+        for _ in 0..1_000 {
+            let response = get_path(&app, "/orders/o_1").await;
+            if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+                shed = Some(response);
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let shed = shed.expect("a request beyond the limit is shed");
+        assert_eq!(shed.headers()[header::CACHE_CONTROL], "no-store");
+        assert_eq!(error_code(shed).await, "overloaded");
+        release.notify_one();
+        let waited = waiting.await.expect("the waiting request");
+        assert_eq!(waited.status(), StatusCode::OK);
+        // Its permit is back: the next request is served.
+        let served = get_path(&app, "/orders/o_1").await;
+        assert_eq!(served.status(), StatusCode::OK);
+        assert_eq!(served.headers()[header::CACHE_CONTROL], "no-store");
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_timeout_is_503_processing_timeout() {
+        // `/wait` is never released: only the timeout ends it.
+        let app = public_app(
+            8,
+            Duration::from_millis(100),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        let response = get_path(&app, "/wait").await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error_code(response).await, "processing_timeout");
+    }
+
+    #[test]
+    fn requests_are_counted_by_route_template_and_status() {
+        let recorder = crate::telemetry::builder()
+            .expect("the recorder's buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let app = public_app(
+                    8,
+                    Duration::from_secs(60),
+                    Arc::new(tokio::sync::Notify::new()),
+                );
+                for path in ["/orders/o_1", "/orders/o_2", "/nothing"] {
+                    get_path(&app, path).await;
+                }
+            });
+        });
+        let rendered = handle.render();
+        assert!(
+            rendered.contains(r#"http_requests_total{route="/orders/{id}",status="200"} 2"#),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains(r#"http_requests_total{route="unmatched",status="404"} 1"#),
+            "{rendered}"
+        );
+    }
 
     fn check(templates: &[&'static str], path: &str, label: &str) {
         let labels = RouteLabels::new(templates.iter().copied()).expect("valid templates");
