@@ -115,6 +115,12 @@ pub struct Recovery {
     pub open_paths: &'static [&'static str],
 }
 
+/// Whether a request for `path` waits for `state`'s recovery (`503 recovering`): until it has finished, every path
+/// but `open_paths`.
+pub(crate) fn holds_back(state: &AppState, open_paths: &[&str], path: &str) -> bool {
+    !state.is_recovered() && !open_paths.contains(&path)
+}
+
 /// What one port's requests run under; [`Edge::around`] puts it in front of a router.
 pub struct Edge {
     pub public: Option<Public>,
@@ -156,8 +162,7 @@ impl Edge {
             None => None,
         };
         if let Some(recovery) = &self.recovery
-            && !recovery.state.is_recovered()
-            && !recovery.open_paths.contains(&request.uri().path())
+            && holds_back(&recovery.state, recovery.open_paths, request.uri().path())
         {
             return Err(ApiError::recovering());
         }

@@ -71,7 +71,7 @@ impl Guards {
         recovery: Option<Recovery>,
     ) -> Edge {
         let labels = RouteLabels::new(templates).unwrap_or_else(|error| {
-            // The templates are this crate's own, each accepted by axum's router just before.
+            // The templates are this crate's own (`edge`'s tests build the public API's labels).
             unreachable!("{error}")
         });
         Edge {

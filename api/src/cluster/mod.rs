@@ -224,7 +224,7 @@ where
     S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
 {
     use tower::ServiceExt;
-    if !state.is_recovered() && !crate::OPERATIONAL_PATHS.contains(&request.uri().path()) {
+    if crate::edge::holds_back(state, &crate::OPERATIONAL_PATHS, request.uri().path()) {
         return ApiError::recovering().into_response();
     }
     match inner.oneshot(request).await {
